@@ -16,6 +16,8 @@
 //! - [`affinity_token`] / [`verify_affinity`]: an HMAC-keyed token naming the backend that owns
 //!   a dialog, for the proxy's Record-Route URI, so in-dialog requests keep their backend even
 //!   when the pool changes.
+//! - [`Health`]: active OPTIONS probing ([`write_probe`], [`recognise_probe_response`]) and
+//!   passive failure signals, marking members up and down in the pool and the blacklist.
 //!
 //! A shard's use per new request:
 //! ```
@@ -38,9 +40,16 @@
 mod affinity;
 mod backend;
 mod blacklist;
+mod health;
 mod pool;
+mod probe;
 
 pub use affinity::{AFFINITY_TOKEN_LEN, AffinityKey, affinity_token, verify_affinity};
 pub use backend::{Backend, BackendId, BackendSpec, BackendUri, SpecError, Transport};
 pub use blacklist::{Blacklist, BlacklistConfig, BlacklistEntry, BlacklistView, BlockReason};
+pub use health::{AliveCodes, Health, HealthConfig, HealthEvent, MemberHealth};
 pub use pool::{Candidates, Pool, PoolError};
+pub use probe::{
+    InsufficientSize, PROBE_CALL_ID_PREFIX, ProbeResponse, ProbeTarget, recognise_probe_response,
+    write_probe,
+};
