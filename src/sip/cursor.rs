@@ -1,0 +1,170 @@
+//! A bounded cursor over a region of the message buffer, with absolute offsets.
+
+use super::Span;
+use super::chars::{is_lws, is_token};
+
+#[derive(Clone)]
+/// Reads `buf[pos..end]`; every position it reports is an offset into the whole buffer.
+pub(crate) struct Cursor<'b> {
+    pub(crate) buf: &'b [u8],
+    pub(crate) pos: usize,
+    pub(crate) end: usize,
+}
+
+impl<'b> Cursor<'b> {
+    pub(crate) fn new(buf: &'b [u8], span: Span) -> Self {
+        let end = span.end.min(buf.len());
+        Self {
+            buf,
+            pos: span.start.min(end),
+            end,
+        }
+    }
+
+    #[inline]
+    pub(crate) fn peek(&self) -> Option<u8> {
+        if self.pos < self.end {
+            self.buf.get(self.pos).copied()
+        } else {
+            None
+        }
+    }
+
+    #[inline]
+    pub(crate) fn at_end(&self) -> bool {
+        self.pos >= self.end
+    }
+
+    /// Skips linear white space (folds included); returns whether any was skipped.
+    pub(crate) fn skip_lws(&mut self) -> bool {
+        let start = self.pos;
+        while self.peek().is_some_and(is_lws) {
+            self.pos += 1;
+        }
+        self.pos > start
+    }
+
+    pub(crate) fn eat(&mut self, byte: u8) -> bool {
+        if self.peek() == Some(byte) {
+            self.pos += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Consumes bytes while `pred` holds and returns their span (possibly empty).
+    pub(crate) fn take_while(&mut self, pred: impl Fn(u8) -> bool) -> Span {
+        let start = self.pos;
+        while self.peek().is_some_and(&pred) {
+            self.pos += 1;
+        }
+        Span::new(start, self.pos)
+    }
+
+    /// Consumes a non-empty token.
+    pub(crate) fn token(&mut self) -> Option<Span> {
+        let span = self.take_while(is_token);
+        (!span.is_empty()).then_some(span)
+    }
+
+    /// Consumes a quoted-string (RFC 3261 §25.1) including its quotes. Backslash escapes any
+    /// byte except CR and LF.
+    pub(crate) fn quoted_string(&mut self) -> Option<Span> {
+        let start = self.pos;
+        if !self.eat(b'"') {
+            return None;
+        }
+        while let Some(b) = self.peek() {
+            self.pos += 1;
+            match b {
+                b'"' => return Some(Span::new(start, self.pos)),
+                b'\\' => match self.peek() {
+                    Some(b'\r' | b'\n') | None => return None,
+                    Some(_) => self.pos += 1,
+                },
+                _ => {}
+            }
+        }
+        None
+    }
+
+    pub(crate) fn slice(&self, span: Span) -> &'b [u8] {
+        span.slice(self.buf)
+    }
+}
+
+/// Splits a comma-separated header value into elements (RFC 3261 §7.3.1), honouring quoted
+/// strings and `<...>`. Each element is trimmed of white space; an empty element (`a,,b`) comes
+/// out as an empty span so validators can reject it.
+pub(crate) struct ListIter<'b> {
+    buf: &'b [u8],
+    pos: usize,
+    end: usize,
+    done: bool,
+}
+
+impl<'b> ListIter<'b> {
+    pub(crate) fn new(buf: &'b [u8], span: Span) -> Self {
+        let end = span.end.min(buf.len());
+        Self {
+            buf,
+            pos: span.start.min(end),
+            end,
+            done: false,
+        }
+    }
+}
+
+impl Iterator for ListIter<'_> {
+    type Item = Span;
+
+    fn next(&mut self) -> Option<Span> {
+        if self.done {
+            return None;
+        }
+        let start = self.pos;
+        let mut in_quotes = false;
+        let mut in_angle = false;
+        let mut i = start;
+        while i < self.end {
+            let b = self.buf[i];
+            if in_quotes {
+                match b {
+                    b'\\' => i += 1,
+                    b'"' => in_quotes = false,
+                    _ => {}
+                }
+            } else {
+                match b {
+                    b'"' => in_quotes = true,
+                    b'<' => in_angle = true,
+                    b'>' => in_angle = false,
+                    b',' if !in_angle => break,
+                    _ => {}
+                }
+            }
+            i += 1;
+        }
+        let stop = i.min(self.end);
+        if stop >= self.end {
+            self.done = true;
+        } else {
+            self.pos = stop + 1;
+        }
+        Some(trim(self.buf, Span::new(start, stop)))
+    }
+}
+
+/// Trims linear white space from both ends of a span.
+pub(crate) fn trim(buf: &[u8], span: Span) -> Span {
+    let mut s = span.start;
+    let mut e = span.end.min(buf.len());
+    while s < e && is_lws(buf[s]) {
+        s += 1;
+    }
+    while e > s && is_lws(buf[e - 1]) {
+        e -= 1;
+    }
+    Span::new(s, e)
+}

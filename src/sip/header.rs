@@ -1,0 +1,246 @@
+//! Header slots and the table of header names the message core understands.
+
+use super::Span;
+use super::chars::eq_ic;
+
+/// A header name the parser recognises, in long or compact form (RFC 3261 §7.3.3, §20 and the
+/// IANA compact-form registry), compared case-insensitively. Everything else is
+/// [`HeaderName::Other`] and is kept byte-exact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum HeaderName {
+    /// `Via` / `v`.
+    Via,
+    /// `Route`.
+    Route,
+    /// `Record-Route`.
+    RecordRoute,
+    /// `Call-ID` / `i`.
+    CallId,
+    /// `CSeq`.
+    CSeq,
+    /// `From` / `f`.
+    From,
+    /// `To` / `t`.
+    To,
+    /// `Max-Forwards`.
+    MaxForwards,
+    /// `Content-Length` / `l`.
+    ContentLength,
+    /// `Content-Type` / `c`.
+    ContentType,
+    /// `Content-Encoding` / `e`.
+    ContentEncoding,
+    /// `Contact` / `m`.
+    Contact,
+    /// `Require`.
+    Require,
+    /// `Proxy-Require`.
+    ProxyRequire,
+    /// `Supported` / `k`.
+    Supported,
+    /// `Unsupported`.
+    Unsupported,
+    /// `Path` (RFC 3327).
+    Path,
+    /// `Expires`.
+    Expires,
+    /// `Allow`.
+    Allow,
+    /// `Subject` / `s`.
+    Subject,
+    /// `Event` / `o` (RFC 6665).
+    Event,
+    /// `Allow-Events` / `u` (RFC 6665).
+    AllowEvents,
+    /// `Refer-To` / `r` (RFC 3515).
+    ReferTo,
+    /// `Referred-By` / `b` (RFC 3892).
+    ReferredBy,
+    /// `Session-Expires` / `x` (RFC 4028).
+    SessionExpires,
+    /// `Identity` / `y` (RFC 8224).
+    Identity,
+    /// `Proxy-Authorization`.
+    ProxyAuthorization,
+    /// `Authorization`.
+    Authorization,
+    /// `Flow-Timer` (RFC 5626).
+    FlowTimer,
+    /// `Warning`.
+    Warning,
+    /// `Retry-After`.
+    RetryAfter,
+    /// Any other header; the name as written is in [`Header::name`].
+    Other,
+}
+
+impl HeaderName {
+    /// Classifies a header name as written (long or compact form, any case).
+    pub fn classify(name: &[u8]) -> Self {
+        if name.len() == 1 {
+            return match name[0].to_ascii_lowercase() {
+                b'v' => Self::Via,
+                b'i' => Self::CallId,
+                b'f' => Self::From,
+                b't' => Self::To,
+                b'l' => Self::ContentLength,
+                b'c' => Self::ContentType,
+                b'e' => Self::ContentEncoding,
+                b'm' => Self::Contact,
+                b'k' => Self::Supported,
+                b's' => Self::Subject,
+                b'o' => Self::Event,
+                b'u' => Self::AllowEvents,
+                b'r' => Self::ReferTo,
+                b'b' => Self::ReferredBy,
+                b'x' => Self::SessionExpires,
+                b'y' => Self::Identity,
+                _ => Self::Other,
+            };
+        }
+        LONG_NAMES
+            .iter()
+            .find(|(long, _)| long.len() == name.len() && eq_ic(long, name))
+            .map_or(Self::Other, |&(_, h)| h)
+    }
+
+    /// The canonical long name, as written by this crate.
+    pub fn as_str(self) -> &'static str {
+        LONG_NAMES
+            .iter()
+            .find(|(_, h)| *h == self)
+            .and_then(|(long, _)| std::str::from_utf8(long).ok())
+            .unwrap_or("(other)")
+    }
+
+    /// True for headers that may carry a comma-separated list of values (RFC 3261 §7.3.1)
+    /// which this crate splits.
+    pub fn is_list(self) -> bool {
+        matches!(
+            self,
+            Self::Via
+                | Self::Route
+                | Self::RecordRoute
+                | Self::Contact
+                | Self::Require
+                | Self::ProxyRequire
+                | Self::Supported
+                | Self::Unsupported
+                | Self::Path
+                | Self::Allow
+                | Self::AllowEvents
+        )
+    }
+
+    /// True for headers that must appear at most once (RFC 3261 §7.3.1, §20).
+    pub fn is_singleton(self) -> bool {
+        matches!(
+            self,
+            Self::CallId
+                | Self::CSeq
+                | Self::From
+                | Self::To
+                | Self::MaxForwards
+                | Self::ContentLength
+        )
+    }
+}
+
+const LONG_NAMES: [(&[u8], HeaderName); 31] = [
+    (b"Via", HeaderName::Via),
+    (b"Route", HeaderName::Route),
+    (b"Record-Route", HeaderName::RecordRoute),
+    (b"Call-ID", HeaderName::CallId),
+    (b"CSeq", HeaderName::CSeq),
+    (b"From", HeaderName::From),
+    (b"To", HeaderName::To),
+    (b"Max-Forwards", HeaderName::MaxForwards),
+    (b"Content-Length", HeaderName::ContentLength),
+    (b"Content-Type", HeaderName::ContentType),
+    (b"Content-Encoding", HeaderName::ContentEncoding),
+    (b"Contact", HeaderName::Contact),
+    (b"Require", HeaderName::Require),
+    (b"Proxy-Require", HeaderName::ProxyRequire),
+    (b"Supported", HeaderName::Supported),
+    (b"Unsupported", HeaderName::Unsupported),
+    (b"Path", HeaderName::Path),
+    (b"Expires", HeaderName::Expires),
+    (b"Allow", HeaderName::Allow),
+    (b"Subject", HeaderName::Subject),
+    (b"Event", HeaderName::Event),
+    (b"Allow-Events", HeaderName::AllowEvents),
+    (b"Refer-To", HeaderName::ReferTo),
+    (b"Referred-By", HeaderName::ReferredBy),
+    (b"Session-Expires", HeaderName::SessionExpires),
+    (b"Identity", HeaderName::Identity),
+    (b"Proxy-Authorization", HeaderName::ProxyAuthorization),
+    (b"Authorization", HeaderName::Authorization),
+    (b"Flow-Timer", HeaderName::FlowTimer),
+    (b"Warning", HeaderName::Warning),
+    (b"Retry-After", HeaderName::RetryAfter),
+];
+
+/// One header line of a parsed message. The caller supplies the slots
+/// (`[EMPTY_HEADER; N]`), as with `httparse`; the parser fills them in order of appearance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header<'b> {
+    /// The recognised name, or [`HeaderName::Other`].
+    pub kind: HeaderName,
+    /// The name as written (without the colon or surrounding white space).
+    pub name: &'b [u8],
+    /// The value with leading and trailing white space removed. A folded value keeps its
+    /// CRLF + white space inside; RFC 3261 §7.3.1 makes that equal to one space.
+    pub value: &'b [u8],
+    /// Offsets of [`Header::value`] in the message buffer.
+    pub value_span: Span,
+    /// Offsets of the whole header line in the buffer, from the first byte of the name to
+    /// just after the line's terminating CRLF (or LF). Removing this span removes the header.
+    pub line: Span,
+}
+
+/// An unused header slot, to initialise the array passed to [`super::parse`].
+pub const EMPTY_HEADER: Header<'static> = Header {
+    kind: HeaderName::Other,
+    name: b"",
+    value: b"",
+    value_span: Span { start: 0, end: 0 },
+    line: Span { start: 0, end: 0 },
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    macro_rules! name_table {
+        ($($name:ident: $input:expr => $expected:expr,)*) => {
+            $(#[test] fn $name() { assert_eq!(HeaderName::classify($input), $expected); })*
+        };
+    }
+
+    name_table! {
+        via_long: b"Via" => HeaderName::Via,
+        via_compact: b"v" => HeaderName::Via,
+        via_compact_upper: b"V" => HeaderName::Via,
+        call_id_any_case: b"cAlL-iD" => HeaderName::CallId,
+        call_id_compact: b"i" => HeaderName::CallId,
+        cseq_lower: b"cseq" => HeaderName::CSeq,
+        max_forwards: b"MaX-fOrWaRdS" => HeaderName::MaxForwards,
+        content_length_compact: b"L" => HeaderName::ContentLength,
+        contact_compact: b"m" => HeaderName::Contact,
+        supported_compact: b"k" => HeaderName::Supported,
+        record_route: b"record-route" => HeaderName::RecordRoute,
+        identity_compact: b"y" => HeaderName::Identity,
+        unknown_single: b"z" => HeaderName::Other,
+        unknown_long: b"NewFangledHeader" => HeaderName::Other,
+        prefix_is_not_match: b"Vias" => HeaderName::Other,
+    }
+
+    #[test]
+    fn canonical_names_classify_back() {
+        for (long, kind) in LONG_NAMES {
+            assert_eq!(HeaderName::classify(long), kind);
+            assert_eq!(kind.as_str().as_bytes(), long);
+        }
+    }
+}

@@ -1,0 +1,894 @@
+//! The datagram parser: start line, header lines, typed checks of the headers a proxy uses,
+//! and the body by Content-Length.
+
+use super::chars::{eq_ic, is_token, is_word, parse_decimal};
+use super::cursor::{ListIter, trim};
+use super::uri::{SipUri, Uri, UriError, parse_uri};
+use super::values::{CSeq, NameAddr, Via, parse_cseq, parse_name_addr, parse_via};
+use super::{ErrorKind, Header, HeaderName, Limits, ParseError, Span};
+
+/// A request method (RFC 3261 §7.1, plus the common extensions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Method<'b> {
+    /// INVITE
+    Invite,
+    /// ACK
+    Ack,
+    /// BYE
+    Bye,
+    /// CANCEL
+    Cancel,
+    /// OPTIONS
+    Options,
+    /// REGISTER
+    Register,
+    /// PRACK (RFC 3262)
+    Prack,
+    /// SUBSCRIBE (RFC 6665)
+    Subscribe,
+    /// NOTIFY (RFC 6665)
+    Notify,
+    /// PUBLISH (RFC 3903)
+    Publish,
+    /// INFO (RFC 6086)
+    Info,
+    /// REFER (RFC 3515)
+    Refer,
+    /// MESSAGE (RFC 3428)
+    Message,
+    /// UPDATE (RFC 3311)
+    Update,
+    /// Any other token, as written. Methods are case-sensitive (RFC 3261 §7.1).
+    Other(&'b [u8]),
+}
+
+impl<'b> Method<'b> {
+    /// Classifies a method token (case-sensitive, RFC 3261 §7.1).
+    pub fn from_token(token: &'b [u8]) -> Self {
+        match token {
+            b"INVITE" => Self::Invite,
+            b"ACK" => Self::Ack,
+            b"BYE" => Self::Bye,
+            b"CANCEL" => Self::Cancel,
+            b"OPTIONS" => Self::Options,
+            b"REGISTER" => Self::Register,
+            b"PRACK" => Self::Prack,
+            b"SUBSCRIBE" => Self::Subscribe,
+            b"NOTIFY" => Self::Notify,
+            b"PUBLISH" => Self::Publish,
+            b"INFO" => Self::Info,
+            b"REFER" => Self::Refer,
+            b"MESSAGE" => Self::Message,
+            b"UPDATE" => Self::Update,
+            other => Self::Other(other),
+        }
+    }
+
+    /// The method token.
+    pub fn as_bytes(&self) -> &'b [u8] {
+        match self {
+            Self::Invite => b"INVITE",
+            Self::Ack => b"ACK",
+            Self::Bye => b"BYE",
+            Self::Cancel => b"CANCEL",
+            Self::Options => b"OPTIONS",
+            Self::Register => b"REGISTER",
+            Self::Prack => b"PRACK",
+            Self::Subscribe => b"SUBSCRIBE",
+            Self::Notify => b"NOTIFY",
+            Self::Publish => b"PUBLISH",
+            Self::Info => b"INFO",
+            Self::Refer => b"REFER",
+            Self::Message => b"MESSAGE",
+            Self::Update => b"UPDATE",
+            Self::Other(t) => t,
+        }
+    }
+}
+
+/// The first line of a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartLine<'b> {
+    /// `Method SP Request-URI SP SIP/2.0`.
+    Request {
+        /// The method.
+        method: Method<'b>,
+        /// The Request-URI (SIP/SIPS parsed; other schemes opaque).
+        uri: Uri<'b>,
+    },
+    /// `SIP/2.0 SP Status-Code SP Reason-Phrase`.
+    Response {
+        /// The status code, 100..=699.
+        code: u16,
+        /// The reason phrase as written (may be empty or UTF-8).
+        reason: &'b [u8],
+    },
+}
+
+/// Max-Forwards (RFC 3261 §20.22).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaxForwards {
+    /// The value, 0..=255.
+    pub value: u8,
+    /// Offsets of the digits; replace this span to rewrite the value (RFC 3261 §16.6 step 3).
+    pub span: Span,
+}
+
+/// Indices of headers the parser found, into the header slots.
+#[derive(Debug, Clone, Copy, Default)]
+struct Known {
+    call_id: Option<u16>,
+    cseq: Option<u16>,
+    from: Option<u16>,
+    to: Option<u16>,
+    max_forwards: Option<u16>,
+    content_length: Option<u16>,
+}
+
+/// A parsed message borrowing the datagram (`'b`) and the caller's header slots (`'h`).
+#[derive(Debug, Clone, Copy)]
+pub struct Message<'h, 'b> {
+    buf: &'b [u8],
+    len: usize,
+    start_line: StartLine<'b>,
+    start_line_span: Span,
+    headers: &'h [Header<'b>],
+    body: Span,
+    known: Known,
+    call_id: &'b [u8],
+    cseq: CSeq<'b>,
+    from: NameAddr<'b>,
+    to: NameAddr<'b>,
+    top_via: Via<'b>,
+    max_forwards: Option<MaxForwards>,
+    content_length: Option<u32>,
+}
+
+/// Parses one message from a datagram (RFC 3261 §7, §18.3: one message per datagram;
+/// Content-Length may be absent, and bytes beyond Content-Length are ignored).
+///
+/// `slots` receives the header lines; its length bounds the header count together with
+/// [`Limits::max_headers`]. Leading CRLFs are skipped (RFC 3261 §7.5). Validates the start line,
+/// every header line's syntax, and the values of Via, From, To, Call-ID, CSeq, Max-Forwards,
+/// Content-Length, Route, Record-Route, Contact, Path, Require, Proxy-Require, Supported and
+/// Unsupported; other headers are kept as written and not interpreted.
+pub fn parse<'h, 'b>(
+    buf: &'b [u8],
+    slots: &'h mut [Header<'b>],
+    limits: &Limits,
+) -> Result<Message<'h, 'b>, ParseError> {
+    parse_inner(buf, slots, limits, false)
+}
+
+/// Parses one complete message delimited by [`super::frame`] on a stream: as [`parse`], but
+/// Content-Length is mandatory (RFC 3261 §18.3).
+pub fn parse_stream_message<'h, 'b>(
+    buf: &'b [u8],
+    slots: &'h mut [Header<'b>],
+    limits: &Limits,
+) -> Result<Message<'h, 'b>, ParseError> {
+    parse_inner(buf, slots, limits, true)
+}
+
+fn err(kind: ErrorKind, offset: usize, header: Option<HeaderName>) -> ParseError {
+    ParseError::new(kind, offset, header)
+}
+
+/// Finds the end of the line starting at `pos`: returns (end of content, start of next line).
+/// A line ends with CRLF or a bare LF.
+pub(crate) fn line_end(buf: &[u8], pos: usize) -> Option<(usize, usize)> {
+    let nl = pos + buf.get(pos..)?.iter().position(|&b| b == b'\n')?;
+    let content_end = if nl > pos && buf[nl - 1] == b'\r' {
+        nl - 1
+    } else {
+        nl
+    };
+    Some((content_end, nl + 1))
+}
+
+fn parse_inner<'h, 'b>(
+    buf: &'b [u8],
+    slots: &'h mut [Header<'b>],
+    limits: &Limits,
+    stream: bool,
+) -> Result<Message<'h, 'b>, ParseError> {
+    if buf
+        .first()
+        .is_some_and(|&b| super::frame::is_sigcomp_byte(b))
+    {
+        return Err(err(ErrorKind::SigComp, 0, None));
+    }
+    // RFC 3261 §7.5: ignore CRLFs preceding the start line.
+    let mut pos = buf
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .ok_or(err(ErrorKind::Empty, 0, None))?;
+    let start_pos = pos;
+    let (sl_end, next) = line_end(buf, pos).ok_or(err(ErrorKind::Framing, pos, None))?;
+    if sl_end - pos > limits.max_header_line {
+        return Err(err(ErrorKind::HeaderTooLong, pos, None));
+    }
+    let start_line = parse_start_line(buf, pos, sl_end)?;
+    let start_line_span = Span::new(start_pos, next);
+    pos = next;
+
+    // Header lines.
+    let max_headers = slots.len().min(limits.max_headers);
+    let mut count = 0usize;
+    let mut known = Known::default();
+    loop {
+        if pos >= buf.len() {
+            // A datagram that ends right after a header line lacks the empty line; accept it
+            // with an empty body (liberal, as common UDP stacks are). Streams cannot do this.
+            if stream || pos > buf.len() {
+                return Err(err(ErrorKind::Framing, pos, None));
+            }
+            break;
+        }
+        let (mut content_end, mut line_next) =
+            line_end(buf, pos).ok_or(err(ErrorKind::Framing, pos, None))?;
+        if content_end == pos {
+            pos = line_next;
+            break;
+        }
+        let line_start = pos;
+        // Unfold: continuation lines start with SP or HT (RFC 3261 §7.3.1).
+        while buf.get(line_next).is_some_and(|&b| b == b' ' || b == b'\t') {
+            let (e, n) =
+                line_end(buf, line_next).ok_or(err(ErrorKind::Framing, line_next, None))?;
+            content_end = e;
+            line_next = n;
+        }
+        if content_end - line_start > limits.max_header_line {
+            return Err(err(ErrorKind::HeaderTooLong, line_start, None));
+        }
+        let line = &buf[line_start..content_end];
+        let name_len = line.iter().take_while(|&&b| is_token(b)).count();
+        if name_len == 0 {
+            return Err(err(ErrorKind::HeaderName, line_start, None));
+        }
+        let mut colon = line_start + name_len;
+        while colon < content_end && matches!(buf[colon], b' ' | b'\t') {
+            colon += 1;
+        }
+        if buf.get(colon) != Some(&b':') || colon >= content_end {
+            return Err(err(ErrorKind::HeaderName, line_start, None));
+        }
+        let name = &buf[line_start..line_start + name_len];
+        let kind = HeaderName::classify(name);
+        // A bare CR inside a line is never legal (RFC 3261 §25.1 excludes it even from quoted-pair).
+        if let Some(cr) = buf[colon..content_end]
+            .iter()
+            .enumerate()
+            .position(|(i, &b)| b == b'\r' && buf.get(colon + i + 1) != Some(&b'\n'))
+        {
+            return Err(err(ErrorKind::HeaderValue, colon + cr, Some(kind)));
+        }
+        let value_span = trim(buf, Span::new(colon + 1, content_end));
+        if count >= max_headers {
+            return Err(err(ErrorKind::TooManyHeaders, line_start, Some(kind)));
+        }
+        let idx = count as u16;
+        let slot_ref = match kind {
+            HeaderName::CallId => Some(&mut known.call_id),
+            HeaderName::CSeq => Some(&mut known.cseq),
+            HeaderName::From => Some(&mut known.from),
+            HeaderName::To => Some(&mut known.to),
+            HeaderName::MaxForwards => Some(&mut known.max_forwards),
+            HeaderName::ContentLength => Some(&mut known.content_length),
+            _ => None,
+        };
+        if let Some(slot) = slot_ref {
+            if slot.is_some() {
+                return Err(err(ErrorKind::DuplicateHeader, line_start, Some(kind)));
+            }
+            *slot = Some(idx);
+        }
+        slots[count] = Header {
+            kind,
+            name,
+            value: value_span.slice(buf),
+            value_span,
+            line: Span::new(line_start, line_next),
+        };
+        count += 1;
+        pos = line_next;
+    }
+    let headers: &'h [Header<'b>] = &slots[..count];
+    let body_start = pos;
+
+    // Body by Content-Length (RFC 3261 §18.3, §20.14).
+    let content_length = match known.content_length {
+        Some(i) => {
+            let h = &headers[usize::from(i)];
+            let n = parse_decimal(h.value, u64::from(u32::MAX))
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or(err(
+                    ErrorKind::ContentLength,
+                    h.value_span.start,
+                    Some(HeaderName::ContentLength),
+                ))?;
+            Some(n)
+        }
+        None if stream => {
+            return Err(err(
+                ErrorKind::MissingHeader,
+                body_start,
+                Some(HeaderName::ContentLength),
+            ));
+        }
+        None => None,
+    };
+    let body_end = match content_length {
+        Some(n) => {
+            let end = body_start
+                .checked_add(n as usize)
+                .filter(|&e| e <= buf.len());
+            end.ok_or(err(
+                ErrorKind::BodyTruncated,
+                body_start,
+                Some(HeaderName::ContentLength),
+            ))?
+        }
+        None => buf.len(),
+    };
+    if body_end > limits.max_message_size {
+        return Err(err(
+            ErrorKind::TooLarge,
+            limits.max_message_size.min(body_end),
+            None,
+        ));
+    }
+
+    // Mandatory headers (RFC 3261 §8.1.1).
+    let need = |i: Option<u16>, h: HeaderName| {
+        i.map(usize::from)
+            .ok_or(err(ErrorKind::MissingHeader, body_start, Some(h)))
+    };
+    let call_id_h = &headers[need(known.call_id, HeaderName::CallId)?];
+    let cseq_h = &headers[need(known.cseq, HeaderName::CSeq)?];
+    let from_h = &headers[need(known.from, HeaderName::From)?];
+    let to_h = &headers[need(known.to, HeaderName::To)?];
+
+    let call_id = call_id_h.value;
+    // RFC 3261 §25.1: callid = word [ "@" word ].
+    if call_id.is_empty() || !call_id.iter().all(|&b| is_word(b) || b == b'@') {
+        return Err(err(
+            ErrorKind::CallId,
+            call_id_h.value_span.start,
+            Some(HeaderName::CallId),
+        ));
+    }
+    let cseq = parse_cseq(buf, cseq_h.value_span)
+        .map_err(|at| err(ErrorKind::CSeq, at, Some(HeaderName::CSeq)))?;
+    if let StartLine::Request { method, .. } = start_line {
+        // RFC 3261 §8.1.1.5 / RFC 4475 §3.1.2.17: the CSeq method matches the request method.
+        if cseq.method != method.as_bytes() {
+            return Err(err(
+                ErrorKind::CSeqMethod,
+                cseq_h.value_span.start,
+                Some(HeaderName::CSeq),
+            ));
+        }
+    }
+    let from = parse_name_addr(buf, from_h.value_span)
+        .map_err(|at| err(ErrorKind::NameAddr, at, Some(HeaderName::From)))?;
+    let to = parse_name_addr(buf, to_h.value_span)
+        .map_err(|at| err(ErrorKind::NameAddr, at, Some(HeaderName::To)))?;
+    let max_forwards = match known.max_forwards {
+        Some(i) => {
+            let h = &headers[usize::from(i)];
+            let v = parse_decimal(h.value, 255)
+                .and_then(|v| u8::try_from(v).ok())
+                .ok_or(err(
+                    ErrorKind::MaxForwards,
+                    h.value_span.start,
+                    Some(HeaderName::MaxForwards),
+                ))?;
+            Some(MaxForwards {
+                value: v,
+                span: h.value_span,
+            })
+        }
+        None => None,
+    };
+
+    // Multi-value headers: every value must parse; count them against the limit.
+    let mut values = 0usize;
+    let mut top_via = None;
+    for h in headers {
+        if !h.kind.is_list() {
+            continue;
+        }
+        if h.kind == HeaderName::Contact && h.value == b"*" {
+            continue;
+        }
+        for v in ListIter::new(buf, h.value_span) {
+            values += 1;
+            if values > limits.max_values {
+                return Err(err(ErrorKind::TooManyValues, v.start, Some(h.kind)));
+            }
+            let fail = |kind: ErrorKind| move |at: usize| err(kind, at, Some(h.kind));
+            if v.is_empty() {
+                let kind = match h.kind {
+                    HeaderName::Via => ErrorKind::Via,
+                    HeaderName::Require
+                    | HeaderName::ProxyRequire
+                    | HeaderName::Supported
+                    | HeaderName::Unsupported => ErrorKind::OptionTag,
+                    HeaderName::Allow | HeaderName::AllowEvents => ErrorKind::HeaderValue,
+                    _ => ErrorKind::NameAddr,
+                };
+                // RFC 3261 allows an empty Supported header (no option tags at all).
+                if h.kind == HeaderName::Supported && h.value.is_empty() {
+                    continue;
+                }
+                return Err(err(kind, v.start, Some(h.kind)));
+            }
+            match h.kind {
+                HeaderName::Via => {
+                    let via = parse_via(buf, v).map_err(fail(ErrorKind::Via))?;
+                    if top_via.is_none() {
+                        top_via = Some(via);
+                    }
+                }
+                HeaderName::Route
+                | HeaderName::RecordRoute
+                | HeaderName::Path
+                | HeaderName::Contact => {
+                    parse_name_addr(buf, v).map_err(fail(ErrorKind::NameAddr))?;
+                }
+                HeaderName::Require
+                | HeaderName::ProxyRequire
+                | HeaderName::Supported
+                | HeaderName::Unsupported
+                    if !v.slice(buf).iter().all(|&b| is_token(b)) =>
+                {
+                    return Err(err(ErrorKind::OptionTag, v.start, Some(h.kind)));
+                }
+                _ => {}
+            }
+        }
+    }
+    let top_via = top_via.ok_or(err(
+        ErrorKind::MissingHeader,
+        body_start,
+        Some(HeaderName::Via),
+    ))?;
+
+    Ok(Message {
+        buf,
+        len: body_end,
+        start_line,
+        start_line_span,
+        headers,
+        body: Span::new(body_start, body_end),
+        known,
+        call_id,
+        cseq,
+        from,
+        to,
+        top_via,
+        max_forwards,
+        content_length,
+    })
+}
+
+fn parse_start_line(buf: &[u8], pos: usize, end: usize) -> Result<StartLine<'_>, ParseError> {
+    let line = &buf[pos..end];
+    let bad = |kind, at| err(kind, at, None);
+    if line.len() >= 4 && eq_ic(&line[..4], b"SIP/") {
+        // Status-Line = SIP-Version SP Status-Code SP Reason-Phrase (RFC 3261 §7.2).
+        let sp = line
+            .iter()
+            .position(|&b| b == b' ')
+            .ok_or(bad(ErrorKind::StartLine, pos))?;
+        check_version(&line[..sp], pos)?;
+        let code_bytes = line
+            .get(sp + 1..sp + 4)
+            .ok_or(bad(ErrorKind::StatusCode, pos + sp + 1))?;
+        let code = parse_decimal(code_bytes, 699)
+            .filter(|&c| c >= 100)
+            .ok_or(bad(ErrorKind::StatusCode, pos + sp + 1))? as u16;
+        if line.get(sp + 4) != Some(&b' ') {
+            return Err(bad(ErrorKind::StatusCode, pos + sp + 1));
+        }
+        let reason = &line[sp + 5..];
+        if reason.iter().any(|&b| b < 0x20 && b != b'\t') {
+            return Err(bad(ErrorKind::StartLine, pos + sp + 5));
+        }
+        return Ok(StartLine::Response { code, reason });
+    }
+    // Request-Line = Method SP Request-URI SP SIP-Version (RFC 3261 §7.1): exactly one SP each.
+    let method_len = line.iter().take_while(|&&b| is_token(b)).count();
+    if method_len == 0 {
+        return Err(bad(ErrorKind::Method, pos));
+    }
+    if line.get(method_len) != Some(&b' ') {
+        return Err(bad(
+            if line.get(method_len).is_none() {
+                ErrorKind::StartLine
+            } else {
+                ErrorKind::Method
+            },
+            pos + method_len,
+        ));
+    }
+    let uri_start = method_len + 1;
+    let uri_len = line[uri_start..]
+        .iter()
+        .take_while(|&&b| b != b' ' && b != b'\t')
+        .count();
+    let version_start = uri_start + uri_len + 1;
+    if uri_len == 0 || line.get(uri_start + uri_len) != Some(&b' ') {
+        return Err(bad(ErrorKind::StartLine, pos + uri_start));
+    }
+    let version = &line[version_start..];
+    if version.iter().any(|&b| b == b' ' || b == b'\t') {
+        // Extra SP inside the Request-URI, or trailing SP after the version (RFC 4475 §3.1.2.8-10).
+        return Err(bad(
+            if looks_like_version(version) {
+                ErrorKind::StartLine
+            } else {
+                ErrorKind::RequestUri
+            },
+            pos + version_start,
+        ));
+    }
+    check_version(version, pos + version_start)?;
+    let uri =
+        parse_uri(buf, pos + uri_start, pos + uri_start + uri_len, false).map_err(|e| match e {
+            UriError::Malformed(at) => bad(ErrorKind::RequestUri, at),
+            UriError::Headers(at) => bad(ErrorKind::RequestUriHeaders, at),
+        })?;
+    Ok(StartLine::Request {
+        method: Method::from_token(&line[..method_len]),
+        uri,
+    })
+}
+
+fn looks_like_version(v: &[u8]) -> bool {
+    v.len() >= 4 && eq_ic(&v[..4], b"SIP/")
+}
+
+/// RFC 3261 §7.1: SIP-Version = "SIP" "/" 1*DIGIT "." 1*DIGIT; only 2.0 is supported (505 else).
+fn check_version(v: &[u8], at: usize) -> Result<(), ParseError> {
+    if !looks_like_version(v) {
+        return Err(err(ErrorKind::StartLine, at, None));
+    }
+    let num = &v[4..];
+    let dot = num
+        .iter()
+        .position(|&b| b == b'.')
+        .ok_or(err(ErrorKind::StartLine, at, None))?;
+    let (major, minor) = (&num[..dot], &num[dot + 1..]);
+    let digits = |d: &[u8]| !d.is_empty() && d.iter().all(u8::is_ascii_digit);
+    if !digits(major) || !digits(minor) {
+        return Err(err(ErrorKind::StartLine, at, None));
+    }
+    if major != b"2" || minor != b"0" {
+        return Err(err(ErrorKind::Version, at, None));
+    }
+    Ok(())
+}
+
+impl<'h, 'b> Message<'h, 'b> {
+    /// The buffer the message was parsed from (may extend beyond the message, see [`Self::len`]).
+    pub fn buf(&self) -> &'b [u8] {
+        self.buf
+    }
+
+    /// Length of the message in the buffer: leading CRLFs, start line, headers, empty line and
+    /// Content-Length bytes of body. Octets after it in a datagram are not part of it.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Always false: a parsed message has a start line.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The message bytes, `buf()[..len()]`.
+    pub fn as_bytes(&self) -> &'b [u8] {
+        &self.buf[..self.len]
+    }
+
+    /// The start line.
+    pub fn start_line(&self) -> &StartLine<'b> {
+        &self.start_line
+    }
+
+    /// Offsets of the start line, including leading CRLFs and its terminating CRLF.
+    pub fn start_line_span(&self) -> Span {
+        self.start_line_span
+    }
+
+    /// True for requests.
+    pub fn is_request(&self) -> bool {
+        matches!(self.start_line, StartLine::Request { .. })
+    }
+
+    /// The method of a request; for a response, the CSeq method.
+    pub fn method(&self) -> Method<'b> {
+        match self.start_line {
+            StartLine::Request { method, .. } => method,
+            StartLine::Response { .. } => Method::from_token(self.cseq.method),
+        }
+    }
+
+    /// The Request-URI of a request.
+    pub fn request_uri(&self) -> Option<&Uri<'b>> {
+        match &self.start_line {
+            StartLine::Request { uri, .. } => Some(uri),
+            StartLine::Response { .. } => None,
+        }
+    }
+
+    /// The Request-URI as a SIP/SIPS URI; [`ErrorKind::UnsupportedUriScheme`] (416) for another
+    /// scheme, [`ErrorKind::StartLine`] on a response.
+    pub fn request_sip_uri(&self) -> Result<&SipUri<'b>, ParseError> {
+        match &self.start_line {
+            StartLine::Request {
+                uri: Uri::Sip(u), ..
+            } => Ok(u),
+            StartLine::Request {
+                uri: Uri::Other { span, .. },
+                ..
+            } => Err(err(ErrorKind::UnsupportedUriScheme, span.start, None)),
+            StartLine::Response { .. } => {
+                Err(err(ErrorKind::StartLine, self.start_line_span.start, None))
+            }
+        }
+    }
+
+    /// The status code of a response.
+    pub fn status_code(&self) -> Option<u16> {
+        match self.start_line {
+            StartLine::Response { code, .. } => Some(code),
+            StartLine::Request { .. } => None,
+        }
+    }
+
+    /// The reason phrase of a response.
+    pub fn reason_phrase(&self) -> Option<&'b [u8]> {
+        match self.start_line {
+            StartLine::Response { reason, .. } => Some(reason),
+            StartLine::Request { .. } => None,
+        }
+    }
+
+    /// All header lines, in order.
+    pub fn headers(&self) -> &'h [Header<'b>] {
+        self.headers
+    }
+
+    /// Header lines of one kind, in order.
+    pub fn headers_of(&self, kind: HeaderName) -> impl Iterator<Item = &'h Header<'b>> + 'h {
+        self.headers.iter().filter(move |h| h.kind == kind)
+    }
+
+    /// The first header with this name as written (case-insensitive; compact forms are not
+    /// expanded here, use [`Self::headers_of`] for known headers).
+    pub fn header_named(&self, name: &[u8]) -> Option<&'h Header<'b>> {
+        self.headers.iter().find(|h| eq_ic(h.name, name))
+    }
+
+    /// The Call-ID value.
+    pub fn call_id(&self) -> &'b [u8] {
+        self.call_id
+    }
+
+    /// The CSeq.
+    pub fn cseq(&self) -> &CSeq<'b> {
+        &self.cseq
+    }
+
+    /// The From value (with its tag).
+    pub fn from(&self) -> &NameAddr<'b> {
+        &self.from
+    }
+
+    /// The To value (with its tag, if any).
+    pub fn to(&self) -> &NameAddr<'b> {
+        &self.to
+    }
+
+    /// The Max-Forwards value and span, if present (RFC 2543 requests may lack it).
+    pub fn max_forwards(&self) -> Option<MaxForwards> {
+        self.max_forwards
+    }
+
+    /// The Content-Length, if present.
+    pub fn content_length(&self) -> Option<u32> {
+        self.content_length
+    }
+
+    /// Offsets of the body.
+    pub fn body_span(&self) -> Span {
+        self.body
+    }
+
+    /// The body bytes.
+    pub fn body(&self) -> &'b [u8] {
+        self.body.slice(self.buf)
+    }
+
+    /// The header slot index of a singleton header, if present.
+    pub fn header_index(&self, kind: HeaderName) -> Option<usize> {
+        let k = &self.known;
+        let idx = match kind {
+            HeaderName::CallId => k.call_id,
+            HeaderName::CSeq => k.cseq,
+            HeaderName::From => k.from,
+            HeaderName::To => k.to,
+            HeaderName::MaxForwards => k.max_forwards,
+            HeaderName::ContentLength => k.content_length,
+            _ => return self.headers.iter().position(|h| h.kind == kind),
+        };
+        idx.map(usize::from)
+    }
+
+    /// The top (first) Via value.
+    pub fn top_via(&self) -> &Via<'b> {
+        &self.top_via
+    }
+
+    /// All Via values in order, across header lines and commas.
+    pub fn vias(&self) -> Values<'h, 'b, Via<'b>> {
+        Values::new(self.buf, self.headers, HeaderName::Via, parse_via)
+    }
+
+    /// All Route values in order (RFC 3261 §16.4 removes the first when it names this proxy).
+    pub fn routes(&self) -> Values<'h, 'b, NameAddr<'b>> {
+        Values::new(self.buf, self.headers, HeaderName::Route, parse_name_addr)
+    }
+
+    /// All Record-Route values in order.
+    pub fn record_routes(&self) -> Values<'h, 'b, NameAddr<'b>> {
+        Values::new(
+            self.buf,
+            self.headers,
+            HeaderName::RecordRoute,
+            parse_name_addr,
+        )
+    }
+
+    /// All Path values in order (RFC 3327).
+    pub fn paths(&self) -> Values<'h, 'b, NameAddr<'b>> {
+        Values::new(self.buf, self.headers, HeaderName::Path, parse_name_addr)
+    }
+
+    /// All Contact values in order (`Contact: *` yields nothing; see [`Self::is_contact_star`]).
+    pub fn contacts(&self) -> Values<'h, 'b, NameAddr<'b>> {
+        Values::new(self.buf, self.headers, HeaderName::Contact, parse_name_addr)
+    }
+
+    /// True for `Contact: *` (RFC 3261 §10.2.2 remove all bindings).
+    pub fn is_contact_star(&self) -> bool {
+        self.headers_of(HeaderName::Contact)
+            .any(|h| h.value == b"*")
+    }
+
+    /// Option tags of Require, Proxy-Require, Supported or Unsupported, in order.
+    pub fn option_tags(&self, kind: HeaderName) -> Values<'h, 'b, &'b [u8]> {
+        fn tag(buf: &[u8], span: Span) -> Result<&[u8], usize> {
+            Ok(span.slice(buf))
+        }
+        Values::new(self.buf, self.headers, kind, tag)
+    }
+
+    /// Converts a sub-slice of the buffer (any `&[u8]` this message handed out) back into its
+    /// offsets; `None` if the slice does not point into the buffer.
+    pub fn span_of(&self, part: &[u8]) -> Option<Span> {
+        let base = self.buf.as_ptr() as usize;
+        let start = (part.as_ptr() as usize).checked_sub(base)?;
+        let end = start.checked_add(part.len())?;
+        (end <= self.buf.len()).then_some(Span::new(start, end))
+    }
+}
+
+/// One value of a multi-value header with where it sits, for edits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Located<T> {
+    /// The parsed value.
+    pub value: T,
+    /// Offsets of the value.
+    pub span: Span,
+    /// Index of the header line (slot) holding the value.
+    pub header_index: usize,
+    /// Position of the value within its header line (0 = first).
+    pub index_in_header: usize,
+    /// What to remove to delete exactly this value and keep the message well-formed: the whole
+    /// header line when it is the line's only value; otherwise the value with its following
+    /// comma and white space (or, for the last value of a line, the preceding comma).
+    pub removal: Span,
+}
+
+/// Iterator over the values of one header kind, in order, across lines and commas.
+pub struct Values<'h, 'b, T> {
+    buf: &'b [u8],
+    headers: &'h [Header<'b>],
+    kind: HeaderName,
+    parse: fn(&'b [u8], Span) -> Result<T, usize>,
+    header_index: usize,
+    current: Option<(ListIter<'b>, usize)>,
+    pending: Option<Span>,
+    previous_end: Option<usize>,
+}
+
+impl<'h, 'b, T> Values<'h, 'b, T> {
+    fn new(
+        buf: &'b [u8],
+        headers: &'h [Header<'b>],
+        kind: HeaderName,
+        parse: fn(&'b [u8], Span) -> Result<T, usize>,
+    ) -> Self {
+        Self {
+            buf,
+            headers,
+            kind,
+            parse,
+            header_index: 0,
+            current: None,
+            pending: None,
+            previous_end: None,
+        }
+    }
+
+    /// Advances to the next value span with its header index and position in the line.
+    fn next_span(&mut self) -> Option<(Span, usize, usize, Option<Span>)> {
+        loop {
+            if let Some((iter, idx_in_header)) = &mut self.current {
+                let span = match self.pending.take() {
+                    Some(s) => Some(s),
+                    None => iter.next(),
+                };
+                if let Some(span) = span {
+                    let position = *idx_in_header;
+                    *idx_in_header += 1;
+                    let following = iter.next();
+                    self.pending = following;
+                    return Some((span, self.header_index - 1, position, following));
+                }
+                self.current = None;
+            }
+            let h = self
+                .headers
+                .get(self.header_index..)?
+                .iter()
+                .position(|h| h.kind == self.kind)?;
+            self.header_index += h + 1;
+            let header = &self.headers[self.header_index - 1];
+            if header.value.is_empty() || (self.kind == HeaderName::Contact && header.value == b"*")
+            {
+                continue;
+            }
+            self.current = Some((ListIter::new(self.buf, header.value_span), 0));
+            self.previous_end = None;
+        }
+    }
+}
+
+impl<'b, T> Iterator for Values<'_, 'b, T> {
+    type Item = Located<T>;
+
+    fn next(&mut self) -> Option<Located<T>> {
+        let (span, header_index, index_in_header, following) = self.next_span()?;
+        let header = &self.headers[header_index];
+        let removal = match (index_in_header, following) {
+            (0, None) => header.line,
+            (_, Some(next)) => Span::new(span.start, next.start),
+            (_, None) => Span::new(self.previous_end.unwrap_or(span.start), span.end),
+        };
+        self.previous_end = Some(span.end);
+        let value = (self.parse)(self.buf, span).ok()?;
+        Some(Located {
+            value,
+            span,
+            header_index,
+            index_in_header,
+            removal,
+        })
+    }
+}

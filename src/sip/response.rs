@@ -1,0 +1,371 @@
+//! Stateless responses (RFC 3261 §8.2.6, §16.7) and the salvage scan that makes them possible
+//! for messages that failed to parse (RFC 3261 §18.2.2, RFC 3581 §4).
+
+use super::chars::{eq_ic, is_lws};
+use super::cursor::{ListIter, trim};
+use super::parse::{Message, line_end};
+use super::values::{Rport, parse_via};
+use super::{HeaderName, Span};
+
+/// How many Via header lines a salvage or response keeps; more are a sign of abuse and the
+/// response is then refused with [`ResponseError::TooManyVias`].
+pub const MAX_VIA_LINES: usize = 32;
+
+/// The parts of a request a stateless response copies: Via lines, From, To, Call-ID, CSeq.
+/// Built from a parsed [`Message`] ([`Salvage::from_message`]) or by a best-effort scan of bytes
+/// that failed to parse ([`salvage`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Salvage<'b> {
+    buf: &'b [u8],
+    /// True when the start line does not begin with `SIP/` (so the message is a request and
+    /// may be answered; responses are never answered, RFC 3261 §18.1.2).
+    pub is_request: bool,
+    /// The request method token, if the start line has one.
+    pub method: Option<&'b [u8]>,
+    vias: [Span; MAX_VIA_LINES],
+    via_count: usize,
+    via_overflow: bool,
+    /// Offsets of the From value.
+    pub from: Option<Span>,
+    /// Offsets of the To value.
+    pub to: Option<Span>,
+    /// Offsets of the Call-ID value.
+    pub call_id: Option<Span>,
+    /// Offsets of the CSeq value.
+    pub cseq: Option<Span>,
+}
+
+impl<'b> Salvage<'b> {
+    fn empty(buf: &'b [u8]) -> Self {
+        Self {
+            buf,
+            is_request: false,
+            method: None,
+            vias: [Span::new(0, 0); MAX_VIA_LINES],
+            via_count: 0,
+            via_overflow: false,
+            from: None,
+            to: None,
+            call_id: None,
+            cseq: None,
+        }
+    }
+
+    fn push_via(&mut self, value: Span) {
+        match self.vias.get_mut(self.via_count) {
+            Some(slot) => {
+                *slot = value;
+                self.via_count += 1;
+            }
+            None => self.via_overflow = true,
+        }
+    }
+
+    /// The parts of a successfully parsed message.
+    pub fn from_message(msg: &Message<'_, 'b>) -> Self {
+        let mut s = Self::empty(msg.buf());
+        s.is_request = msg.is_request();
+        s.method = Some(msg.method().as_bytes());
+        for h in msg.headers_of(HeaderName::Via) {
+            s.push_via(h.value_span);
+        }
+        let value = |kind| msg.header_index(kind).map(|i| msg.headers()[i].value_span);
+        s.from = value(HeaderName::From);
+        s.to = value(HeaderName::To);
+        s.call_id = value(HeaderName::CallId);
+        s.cseq = value(HeaderName::CSeq);
+        s
+    }
+
+    /// The Via header values (one per line, commas included), in order.
+    pub fn via_lines(&self) -> &[Span] {
+        &self.vias[..self.via_count]
+    }
+
+    /// True when a response can be built: at least one Via, and From, To, Call-ID, CSeq.
+    pub fn is_answerable(&self) -> bool {
+        self.is_request
+            && self.via_count > 0
+            && !self.via_overflow
+            && self.from.is_some()
+            && self.to.is_some()
+            && self.call_id.is_some()
+            && self.cseq.is_some()
+    }
+
+    /// The buffer the spans point into.
+    pub fn buf(&self) -> &'b [u8] {
+        self.buf
+    }
+}
+
+/// Best-effort scan of a message that failed to parse: finds the start-line kind and the
+/// values of Via, From, To, Call-ID and CSeq, tolerating any defect elsewhere. Bounded by the
+/// buffer length; allocation-free.
+pub fn salvage(buf: &[u8]) -> Salvage<'_> {
+    let mut s = Salvage::empty(buf);
+    let Some(mut pos) = buf.iter().position(|&b| b != b'\r' && b != b'\n') else {
+        return s;
+    };
+    let (first_end, mut next) = line_end(buf, pos).unwrap_or((buf.len(), buf.len()));
+    let first = &buf[pos..first_end];
+    s.is_request = !(first.len() >= 4 && eq_ic(&first[..4], b"SIP/"));
+    if s.is_request {
+        let method_len = first.iter().position(|&b| b == b' ').unwrap_or(first.len());
+        s.method = (method_len > 0).then(|| &first[..method_len]);
+    }
+    pos = next;
+    while pos < buf.len() {
+        let Some((mut end, n)) = line_end(buf, pos) else {
+            // Unterminated last line: still usable.
+            record(&mut s, buf, pos, buf.len());
+            break;
+        };
+        next = n;
+        if end == pos {
+            break;
+        }
+        while buf.get(next).is_some_and(|&b| b == b' ' || b == b'\t') {
+            match line_end(buf, next) {
+                Some((e, n2)) => {
+                    end = e;
+                    next = n2;
+                }
+                None => {
+                    end = buf.len();
+                    next = buf.len();
+                }
+            }
+        }
+        record(&mut s, buf, pos, end);
+        pos = next;
+    }
+    s
+}
+
+fn record(s: &mut Salvage<'_>, buf: &[u8], start: usize, end: usize) {
+    let line = &buf[start..end];
+    let Some(colon) = line.iter().position(|&b| b == b':') else {
+        return;
+    };
+    let name = line[..colon].trim_ascii();
+    let value = trim(buf, Span::new(start + colon + 1, end));
+    match HeaderName::classify(name) {
+        HeaderName::Via => s.push_via(value),
+        HeaderName::From if s.from.is_none() => s.from = Some(value),
+        HeaderName::To if s.to.is_none() => s.to = Some(value),
+        HeaderName::CallId if s.call_id.is_none() => s.call_id = Some(value),
+        HeaderName::CSeq if s.cseq.is_none() => s.cseq = Some(value),
+        _ => {}
+    }
+}
+
+/// Why a response could not be written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseError {
+    /// The request lacks a part the response must copy (Via, From, To, Call-ID or CSeq), or
+    /// was a response.
+    NotAnswerable,
+    /// More Via lines than [`MAX_VIA_LINES`].
+    TooManyVias,
+    /// `out` is too small; the response needs `required_size` bytes.
+    InsufficientSize {
+        /// Bytes needed.
+        required_size: usize,
+    },
+}
+
+/// Options of a stateless response.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ResponseOptions<'a> {
+    /// Add `;received=` with this address to the top Via (RFC 3261 §18.2.1), replacing any
+    /// received already there.
+    pub received: Option<&'a [u8]>,
+    /// Fill `;rport=` with this source port if the top Via asked for it (RFC 3581 §4).
+    pub rport: Option<u16>,
+    /// Extra header lines written before Content-Length, each ending in CRLF
+    /// (e.g. `Warning: 399 edge "Malformed Via"\r\nRetry-After: 5\r\n`).
+    pub extra_headers: &'a [u8],
+}
+
+struct Writer<'o> {
+    out: &'o mut [u8],
+    len: usize,
+}
+
+impl Writer<'_> {
+    fn put(&mut self, bytes: &[u8]) {
+        if let Some(dst) = self.out.get_mut(self.len..self.len + bytes.len()) {
+            dst.copy_from_slice(bytes);
+        }
+        self.len += bytes.len();
+    }
+
+    fn put_u64(&mut self, mut n: u64) {
+        let mut digits = [0u8; 20];
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        self.put(&digits[i..]);
+    }
+}
+
+/// Writes a stateless response (RFC 3261 §8.2.6.2): status line, all Via lines in order (the
+/// top value with received/rport when asked), From, To (with a tag added when the request had
+/// none, see [`to_tag`]), Call-ID, CSeq, the extra headers, and `Content-Length: 0`.
+/// Returns the length written into `out`.
+pub fn write_response(
+    req: &Salvage<'_>,
+    code: u16,
+    reason: &[u8],
+    opts: &ResponseOptions<'_>,
+    out: &mut [u8],
+) -> Result<usize, ResponseError> {
+    if req.via_overflow {
+        return Err(ResponseError::TooManyVias);
+    }
+    if !req.is_answerable() {
+        return Err(ResponseError::NotAnswerable);
+    }
+    let (Some(from), Some(to), Some(call_id), Some(cseq)) =
+        (req.from, req.to, req.call_id, req.cseq)
+    else {
+        return Err(ResponseError::NotAnswerable);
+    };
+    let buf = req.buf;
+    let mut w = Writer { out, len: 0 };
+    w.put(b"SIP/2.0 ");
+    w.put_u64(u64::from(code.clamp(100, 699)));
+    w.put(b" ");
+    w.put(reason);
+    w.put(b"\r\n");
+    for (i, line) in req.via_lines().iter().enumerate() {
+        w.put(b"Via: ");
+        if i == 0 {
+            write_top_via(&mut w, buf, *line, opts);
+        } else {
+            w.put(line.slice(buf));
+        }
+        w.put(b"\r\n");
+    }
+    for (name, span) in [(&b"From: "[..], from), (b"To: ", to)] {
+        w.put(name);
+        w.put(span.slice(buf));
+        if name == b"To: " && !has_tag(span.slice(buf)) {
+            w.put(b";tag=");
+            w.put(&to_tag(req));
+        }
+        w.put(b"\r\n");
+    }
+    w.put(b"Call-ID: ");
+    w.put(call_id.slice(buf));
+    w.put(b"\r\nCSeq: ");
+    w.put(cseq.slice(buf));
+    w.put(b"\r\n");
+    w.put(opts.extra_headers);
+    w.put(b"Content-Length: 0\r\n\r\n");
+    if w.len > w.out.len() {
+        return Err(ResponseError::InsufficientSize {
+            required_size: w.len,
+        });
+    }
+    Ok(w.len)
+}
+
+/// Writes the first Via line; its first value gets received/rport.
+fn write_top_via(w: &mut Writer<'_>, buf: &[u8], line: Span, opts: &ResponseOptions<'_>) {
+    let first = ListIter::new(buf, line).next().unwrap_or(line);
+    let Ok(via) = parse_via(buf, first) else {
+        // Unparseable: copy as is; the response still goes back to the source address.
+        w.put(line.slice(buf));
+        return;
+    };
+    let mut skip = [Span::new(0, 0); 2];
+    if let (Some(_), Some(r)) = (opts.received, via.received) {
+        skip[0] = r.span;
+    }
+    let fill_rport = opts.rport.filter(|_| via.rport != Rport::Absent);
+    if let (Some(_), Some(r)) = (fill_rport, via.rport_param) {
+        skip[1] = r;
+    }
+    if skip[0].start > skip[1].start {
+        skip.swap(0, 1);
+    }
+    let mut read = line.start;
+    for s in skip.iter().filter(|s| !s.is_empty()) {
+        w.put(&buf[read..s.start]);
+        read = s.end;
+    }
+    w.put(&buf[read..first.end]);
+    if let Some(received) = opts.received {
+        w.put(b";received=");
+        w.put(received);
+    }
+    if let Some(port) = fill_rport {
+        w.put(b";rport=");
+        w.put_u64(u64::from(port));
+    }
+    w.put(&buf[first.end..line.end]);
+}
+
+/// True when a To/From value carries a `tag` header parameter (best effort, case-insensitive).
+fn has_tag(value: &[u8]) -> bool {
+    let params = match value.iter().rposition(|&b| b == b'>') {
+        Some(gt) => &value[gt + 1..],
+        None => value,
+    };
+    params.split(|&b| b == b';').skip(1).any(|p| {
+        let name = p.split(|&b| b == b'=').next().unwrap_or(b"");
+        let name = trim_lws(name);
+        eq_ic(name, b"tag")
+    })
+}
+
+fn trim_lws(mut s: &[u8]) -> &[u8] {
+    while let [first, rest @ ..] = s {
+        if !is_lws(*first) {
+            break;
+        }
+        s = rest;
+    }
+    while let [rest @ .., last] = s {
+        if !is_lws(*last) {
+            break;
+        }
+        s = rest;
+    }
+    s
+}
+
+/// The To tag of a stateless response: 16 hex digits of a 64-bit FNV-1a hash over the request's
+/// Call-ID, From, CSeq and top Via line. A retransmission carries the same bytes and so gets the
+/// same tag (RFC 3261 §8.2.6.2, §16.7: the UAC must see one tag per transaction).
+pub fn to_tag(req: &Salvage<'_>) -> [u8; 16] {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let parts = [
+        req.call_id,
+        req.from,
+        req.cseq,
+        req.via_lines().first().copied(),
+    ];
+    for part in parts.iter().flatten() {
+        for &b in part.slice(req.buf) {
+            hash ^= u64::from(b);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        hash ^= 0xff;
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    let mut tag = [0u8; 16];
+    for (i, t) in tag.iter_mut().enumerate() {
+        let nibble = (hash >> (60 - 4 * i)) & 0xf;
+        *t = b"0123456789abcdef"[nibble as usize];
+    }
+    tag
+}

@@ -1,0 +1,426 @@
+//! SIP and SIPS URIs (RFC 3261 §19.1, §25.1), parsed in place.
+
+use super::Span;
+use super::Transport;
+use super::chars::{
+    eq_ic, is_abs_uri, is_password, is_token, is_uri_headers, is_uri_param, is_user, parse_decimal,
+};
+
+/// The kind of a host (RFC 3261 §25.1 `host = hostname / IPv4address / IPv6reference`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HostKind {
+    /// A domain name.
+    Domain,
+    /// A dotted-quad IPv4 address.
+    Ipv4,
+    /// A bracketed IPv6 reference (`[2001:db8::1]`); the brackets are part of the text.
+    Ipv6,
+}
+
+/// A host as written, with its kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Host<'b> {
+    /// The host text as written (IPv6 references keep their brackets).
+    pub text: &'b [u8],
+    /// What kind of host it is.
+    pub kind: HostKind,
+}
+
+impl<'b> Host<'b> {
+    /// The address without IPv6 brackets, ready for `str::parse::<IpAddr>()`.
+    pub fn unbracketed(&self) -> &'b [u8] {
+        match self.kind {
+            HostKind::Ipv6 => self
+                .text
+                .get(1..self.text.len().saturating_sub(1))
+                .unwrap_or(b""),
+            _ => self.text,
+        }
+    }
+}
+
+/// Validates and classifies a host. Rejects empty hosts and characters outside the grammar.
+pub(crate) fn parse_host(text: &[u8]) -> Option<Host<'_>> {
+    let (&first, &last) = (text.first()?, text.last()?);
+    if first == b'[' {
+        if last != b']' || text.len() < 4 {
+            return None;
+        }
+        let inner = &text[1..text.len() - 1];
+        let ok = inner
+            .iter()
+            .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+            && inner.contains(&b':');
+        return ok.then_some(Host {
+            text,
+            kind: HostKind::Ipv6,
+        });
+    }
+    if !text
+        .iter()
+        .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    {
+        return None;
+    }
+    let dotted_quad = text.split(|&b| b == b'.').count() == 4
+        && text
+            .split(|&b| b == b'.')
+            .all(|o| parse_decimal(o, 255).is_some() && o.len() <= 3);
+    let kind = if dotted_quad {
+        HostKind::Ipv4
+    } else {
+        HostKind::Domain
+    };
+    Some(Host { text, kind })
+}
+
+/// Parses a port: 1 to 5 digits, at most 65535.
+pub(crate) fn parse_port(digits: &[u8]) -> Option<u16> {
+    if digits.len() > 5 {
+        return None;
+    }
+    parse_decimal(digits, u64::from(u16::MAX)).and_then(|p| u16::try_from(p).ok())
+}
+
+/// The URI scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scheme {
+    /// `sip:`
+    Sip,
+    /// `sips:` (RFC 3261 §19.1: TLS on every hop).
+    Sips,
+}
+
+/// A SIP or SIPS URI, borrowed from the message. All text is as written (still %-escaped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SipUri<'b> {
+    /// Offsets of the whole URI in the message buffer.
+    pub span: Span,
+    /// `sip` or `sips`.
+    pub scheme: Scheme,
+    /// The user part, if any (escaped as written).
+    pub user: Option<&'b [u8]>,
+    /// The password, if any.
+    pub password: Option<&'b [u8]>,
+    /// The host.
+    pub host: Host<'b>,
+    /// The port, if written.
+    pub port: Option<u16>,
+    /// The raw parameter region, starting with its first `;` (empty when there is none).
+    pub params: &'b [u8],
+    /// The raw headers after `?` (without the `?`), if any.
+    pub headers: Option<&'b [u8]>,
+    /// The `lr` parameter is present (RFC 3261 §19.1.1 loose routing).
+    pub lr: bool,
+    /// The `ob` parameter is present (RFC 5626 §5.3 outbound).
+    pub ob: bool,
+    /// The `transport=` parameter, if present.
+    pub transport: Option<Transport>,
+    /// The `maddr=` parameter value, if present.
+    pub maddr: Option<&'b [u8]>,
+    /// The `comp=` parameter value (RFC 3486, `sigcomp`), if present.
+    pub comp: Option<&'b [u8]>,
+}
+
+impl<'b> SipUri<'b> {
+    /// Looks up a URI parameter by name (case-insensitive): `None` if absent, `Some(None)` for
+    /// a parameter without value, `Some(Some(value))` otherwise.
+    pub fn param(&self, name: &[u8]) -> Option<Option<&'b [u8]>> {
+        uri_params(self.params)
+            .find(|(n, _)| eq_ic(n, name))
+            .map(|(_, v)| v)
+    }
+
+    /// Iterates over the URI parameters in order, as `(name, value)`.
+    pub fn params(&self) -> impl Iterator<Item = (&'b [u8], Option<&'b [u8]>)> + 'b {
+        uri_params(self.params)
+    }
+
+    /// True for `sips:`.
+    pub fn is_sips(&self) -> bool {
+        self.scheme == Scheme::Sips
+    }
+}
+
+/// Splits a `;a=b;c` region into `(name, value)` pairs.
+fn uri_params(region: &[u8]) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> {
+    region
+        .split(|&b| b == b';')
+        .skip(1)
+        .map(|p| match p.iter().position(|&b| b == b'=') {
+            Some(eq) => (&p[..eq], Some(&p[eq + 1..])),
+            None => (p, None),
+        })
+}
+
+/// A URI as found in a Request-URI or a name-addr: SIP/SIPS, or another scheme kept opaque.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Uri<'b> {
+    /// A SIP or SIPS URI.
+    Sip(SipUri<'b>),
+    /// An absolute URI of another scheme (`tel:`, `urn:`, ...), kept as written.
+    Other {
+        /// The scheme, without the colon.
+        scheme: &'b [u8],
+        /// Offsets of the whole URI.
+        span: Span,
+    },
+}
+
+impl<'b> Uri<'b> {
+    /// Offsets of the URI in the buffer.
+    pub fn span(&self) -> Span {
+        match self {
+            Self::Sip(u) => u.span,
+            Self::Other { span, .. } => *span,
+        }
+    }
+
+    /// The SIP/SIPS URI, if it is one.
+    pub fn as_sip(&self) -> Option<&SipUri<'b>> {
+        match self {
+            Self::Sip(u) => Some(u),
+            Self::Other { .. } => None,
+        }
+    }
+}
+
+/// Why a URI failed to parse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum UriError {
+    /// Malformed, at this absolute offset.
+    Malformed(usize),
+    /// A SIP URI with headers where they are not allowed (Request-URI).
+    Headers(usize),
+}
+
+/// Parses the URI occupying `buf[start..end]` (no surrounding white space).
+/// `allow_headers` is false for a Request-URI (RFC 3261 §19.1.5).
+pub(crate) fn parse_uri(
+    buf: &[u8],
+    start: usize,
+    end: usize,
+    allow_headers: bool,
+) -> Result<Uri<'_>, UriError> {
+    let text = buf.get(start..end).ok_or(UriError::Malformed(start))?;
+    let colon = text
+        .iter()
+        .position(|&b| b == b':')
+        .ok_or(UriError::Malformed(start))?;
+    let scheme = &text[..colon];
+    let scheme_ok = scheme.first().is_some_and(u8::is_ascii_alphabetic)
+        && scheme
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'));
+    if !scheme_ok {
+        return Err(UriError::Malformed(start));
+    }
+    let sip_scheme = if eq_ic(scheme, b"sip") {
+        Scheme::Sip
+    } else if eq_ic(scheme, b"sips") {
+        Scheme::Sips
+    } else {
+        let rest = &text[colon + 1..];
+        if rest.is_empty() || !rest.iter().all(|&b| is_abs_uri(b)) {
+            return Err(UriError::Malformed(start));
+        }
+        return Ok(Uri::Other {
+            scheme,
+            span: Span::new(start, end),
+        });
+    };
+    parse_sip_rest(
+        buf,
+        start,
+        start + colon + 1,
+        end,
+        sip_scheme,
+        allow_headers,
+    )
+    .map(Uri::Sip)
+}
+
+fn parse_sip_rest(
+    buf: &[u8],
+    start: usize,
+    mut pos: usize,
+    end: usize,
+    scheme: Scheme,
+    allow_headers: bool,
+) -> Result<SipUri<'_>, UriError> {
+    let bad = |at: usize| UriError::Malformed(at);
+    let text = &buf[pos..end];
+    // RFC 3261 §25.1: userinfo cannot contain an unescaped '@', so the first '@' ends it.
+    let (user, password) = match text.iter().position(|&b| b == b'@') {
+        Some(at) => {
+            let userinfo = &text[..at];
+            let (user, password) = match userinfo.iter().position(|&b| b == b':') {
+                Some(c) => (&userinfo[..c], Some(&userinfo[c + 1..])),
+                None => (userinfo, None),
+            };
+            if user.is_empty() || !user.iter().all(|&b| is_user(b)) {
+                return Err(bad(pos));
+            }
+            if let Some(p) = password {
+                if !p.iter().all(|&b| is_password(b)) {
+                    return Err(bad(pos));
+                }
+            }
+            pos += at + 1;
+            (Some(user), password)
+        }
+        None => (None, None),
+    };
+    let rest = &buf[pos..end];
+    let host_len = if rest.first() == Some(&b'[') {
+        rest.iter()
+            .position(|&b| b == b']')
+            .map(|i| i + 1)
+            .ok_or(bad(pos))?
+    } else {
+        rest.iter()
+            .position(|&b| matches!(b, b':' | b';' | b'?'))
+            .unwrap_or(rest.len())
+    };
+    let host = parse_host(&rest[..host_len]).ok_or(bad(pos))?;
+    pos += host_len;
+    let mut port = None;
+    if buf.get(pos) == Some(&b':') && pos < end {
+        let digits_start = pos + 1;
+        let digits_len = buf[digits_start..end]
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .count();
+        port = Some(parse_port(&buf[digits_start..digits_start + digits_len]).ok_or(bad(pos))?);
+        pos = digits_start + digits_len;
+    }
+    let params_start = pos;
+    let mut uri = SipUri {
+        span: Span::new(start, end),
+        scheme,
+        user,
+        password,
+        host,
+        port,
+        params: b"",
+        headers: None,
+        lr: false,
+        ob: false,
+        transport: None,
+        maddr: None,
+        comp: None,
+    };
+    while pos < end && buf[pos] == b';' {
+        let name_start = pos + 1;
+        let len = buf[name_start..end]
+            .iter()
+            .take_while(|&&b| is_uri_param(b))
+            .count();
+        let name = &buf[name_start..name_start + len];
+        if name.is_empty() {
+            return Err(bad(pos));
+        }
+        pos = name_start + len;
+        let mut value = None;
+        if pos < end && buf[pos] == b'=' {
+            let v_start = pos + 1;
+            let v_len = buf[v_start..end]
+                .iter()
+                .take_while(|&&b| is_uri_param(b))
+                .count();
+            if v_len == 0 {
+                return Err(bad(pos));
+            }
+            value = Some(&buf[v_start..v_start + v_len]);
+            pos = v_start + v_len;
+        }
+        if eq_ic(name, b"lr") {
+            uri.lr = true;
+        } else if eq_ic(name, b"ob") {
+            uri.ob = true;
+        } else if eq_ic(name, b"transport") {
+            let v = value.ok_or(bad(name_start))?;
+            if !v.iter().all(|&b| is_token(b)) {
+                return Err(bad(name_start));
+            }
+            uri.transport = Some(Transport::from_token(v));
+        } else if eq_ic(name, b"maddr") {
+            uri.maddr = Some(value.ok_or(bad(name_start))?);
+        } else if eq_ic(name, b"comp") {
+            uri.comp = Some(value.ok_or(bad(name_start))?);
+        }
+    }
+    uri.params = &buf[params_start..pos];
+    if pos < end && buf[pos] == b'?' {
+        if !allow_headers {
+            return Err(UriError::Headers(pos));
+        }
+        let h = &buf[pos + 1..end];
+        if h.is_empty() || !h.iter().all(|&b| is_uri_headers(b)) {
+            return Err(bad(pos));
+        }
+        uri.headers = Some(h);
+        pos = end;
+    }
+    if pos != end {
+        return Err(bad(pos));
+    }
+    Ok(uri)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sip(text: &str) -> Option<SipUri<'_>> {
+        match parse_uri(text.as_bytes(), 0, text.len(), true) {
+            Ok(Uri::Sip(u)) => Some(u),
+            _ => None,
+        }
+    }
+
+    macro_rules! uri_table {
+        ($($name:ident: $input:expr => |$u:ident| $check:expr;)*) => {
+            $(#[test] fn $name() {
+                let $u = sip($input);
+                assert!($check, "{:?}", $u);
+            })*
+        };
+    }
+
+    uri_table! {
+        plain: "sip:alice@atlanta.com" => |u| u.is_some_and(|u| u.user == Some(b"alice") && u.host.text == b"atlanta.com" && u.port.is_none());
+        port: "sip:alice@atlanta.com:5070" => |u| u.is_some_and(|u| u.port == Some(5070));
+        ipv4: "sip:192.0.2.4" => |u| u.is_some_and(|u| u.host.kind == HostKind::Ipv4 && u.user.is_none());
+        ipv6: "sips:[2001:db8::10]:5061;transport=tls" => |u| u.is_some_and(|u| u.host.kind == HostKind::Ipv6 && u.host.unbracketed() == b"2001:db8::10" && u.port == Some(5061) && u.transport == Some(Transport::Tls) && u.is_sips());
+        lr: "sip:ss1.example.com;lr" => |u| u.is_some_and(|u| u.lr && u.param(b"LR") == Some(None));
+        ob_and_params: "sip:ep1.example.com;lr;ob;foo=bar" => |u| u.is_some_and(|u| u.ob && u.param(b"foo") == Some(Some(&b"bar"[..])));
+        maddr_comp: "sip:p.example.com;maddr=239.1.1.1;comp=sigcomp" => |u| u.is_some_and(|u| u.maddr == Some(b"239.1.1.1") && u.comp == Some(b"sigcomp"));
+        password: "sip:alice:secret@host" => |u| u.is_some_and(|u| u.password == Some(b"secret"));
+        headers_allowed: "sip:a@b?subject=x" => |u| u.is_some_and(|u| u.headers == Some(b"subject=x"));
+        bad_port: "sip:a@b:99999" => |u| u.is_none();
+        empty_host: "sip:a@" => |u| u.is_none();
+        space: "sip:a b@c" => |u| u.is_none();
+        empty_param: "sip:a@b;;lr" => |u| u.is_none();
+        unterminated_v6: "sip:[2001:db8::1" => |u| u.is_none();
+        intmeth_user: "sip:1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*:&it+has=1,weird!*pas$wo~d_too.(doesn't-it)@example.com" => |u| u.is_some_and(|u| u.host.text == b"example.com" && u.password.is_some());
+    }
+
+    #[test]
+    fn request_uri_headers_rejected() {
+        let t = b"sip:user@example.com?Route=%3Csip:example.com%3E";
+        assert_eq!(parse_uri(t, 0, t.len(), false), Err(UriError::Headers(20)));
+    }
+
+    #[test]
+    fn other_scheme_is_opaque() {
+        let t = b"nobodyKnowsThisScheme:totallyopaquecontent";
+        assert!(matches!(
+            parse_uri(t, 0, t.len(), false),
+            Ok(Uri::Other {
+                scheme: b"nobodyKnowsThisScheme",
+                ..
+            })
+        ));
+    }
+}

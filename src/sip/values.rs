@@ -1,0 +1,400 @@
+//! Typed header values: Via, name-addr (From/To/Contact/Route/Record-Route/Path), CSeq and
+//! generic parameters. Parsers take the absolute span of one value and return borrowed views.
+
+use super::Span;
+use super::Transport;
+use super::chars::{eq_ic, is_host, is_lws, is_token};
+use super::cursor::Cursor;
+use super::uri::{Host, Uri, UriError, parse_host, parse_port, parse_uri};
+
+/// One `;name[=value]` parameter of a header value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Param<'b> {
+    /// The parameter name as written.
+    pub name: &'b [u8],
+    /// The value as written (quoted strings keep their quotes), if any.
+    pub value: Option<&'b [u8]>,
+    /// Offsets from the `;` to the end of the value; removing this span removes the parameter.
+    pub span: Span,
+}
+
+/// Parses `*( SEMI generic-param )` from the cursor position to the end of the value
+/// (RFC 3261 §25.1). Fails on an empty parameter or a value that is neither a token, a host nor
+/// a quoted-string. Returns the region spanning all parameters.
+fn parse_params(cur: &mut Cursor<'_>) -> Result<Span, usize> {
+    let start = cur.pos;
+    let mut region_end = cur.pos;
+    loop {
+        cur.skip_lws();
+        if cur.at_end() {
+            return Ok(Span::new(start, region_end));
+        }
+        if !cur.eat(b';') {
+            return Err(cur.pos);
+        }
+        cur.skip_lws();
+        cur.token().ok_or(cur.pos)?;
+        region_end = cur.pos;
+        let before_eq = cur.pos;
+        cur.skip_lws();
+        if cur.eat(b'=') {
+            cur.skip_lws();
+            if cur.peek() == Some(b'"') {
+                cur.quoted_string().ok_or(cur.pos)?;
+            } else if cur.take_while(|b| is_token(b) || is_host(b)).is_empty() {
+                return Err(cur.pos);
+            }
+            region_end = cur.pos;
+        } else {
+            cur.pos = before_eq;
+        }
+    }
+}
+
+/// Iterates over the parameters of a region validated by `parse_params`.
+#[derive(Clone)]
+pub struct Params<'b> {
+    cur: Cursor<'b>,
+}
+
+impl<'b> Params<'b> {
+    pub(crate) fn new(buf: &'b [u8], region: Span) -> Self {
+        Self {
+            cur: Cursor::new(buf, region),
+        }
+    }
+
+    /// Finds a parameter by name (case-insensitive).
+    pub fn get(mut self, name: &[u8]) -> Option<Param<'b>> {
+        self.find(|p| eq_ic(p.name, name))
+    }
+}
+
+impl<'b> Iterator for Params<'b> {
+    type Item = Param<'b>;
+
+    fn next(&mut self) -> Option<Param<'b>> {
+        let cur = &mut self.cur;
+        cur.skip_lws();
+        let start = cur.pos;
+        if !cur.eat(b';') {
+            return None;
+        }
+        cur.skip_lws();
+        let name = cur.token()?;
+        let mut end = cur.pos;
+        let mut value = None;
+        cur.skip_lws();
+        if cur.eat(b'=') {
+            cur.skip_lws();
+            let v = if cur.peek() == Some(b'"') {
+                cur.quoted_string()?
+            } else {
+                cur.take_while(|b| is_token(b) || is_host(b))
+            };
+            value = Some(cur.slice(v));
+            end = cur.pos;
+        } else {
+            cur.pos = end;
+        }
+        Some(Param {
+            name: cur.slice(name),
+            value,
+            span: Span::new(start, end),
+        })
+    }
+}
+
+/// The `rport` parameter of a Via value (RFC 3581).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rport {
+    /// No rport parameter.
+    Absent,
+    /// `;rport` without a value: the client asks for symmetric response routing.
+    Requested,
+    /// `;rport=PORT`.
+    Port(u16),
+}
+
+/// One Via value (`via-parm`, RFC 3261 §20.42), borrowed from the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Via<'b> {
+    /// Offsets of the whole value (sent-protocol to the end of the last parameter).
+    pub span: Span,
+    /// The transport token as written (`UDP`, `TCP`, ...).
+    pub transport_token: &'b [u8],
+    /// The parsed transport.
+    pub transport: Transport,
+    /// The sent-by host.
+    pub host: Host<'b>,
+    /// The sent-by port, if written.
+    pub port: Option<u16>,
+    /// Offsets of sent-by (host and optional port).
+    pub sent_by: Span,
+    /// Offsets of the parameter region (empty if none); append new parameters at its end.
+    pub params: Span,
+    /// The `branch` value (RFC 3261 §8.1.1.7), if present.
+    pub branch: Option<&'b [u8]>,
+    /// The `received` value (RFC 3261 §18.2.1), if present.
+    pub received: Option<Param<'b>>,
+    /// The `rport` parameter (RFC 3581).
+    pub rport: Rport,
+    /// The whole `;rport[=N]` parameter, if present (replace it to fill in the port).
+    pub rport_param: Option<Span>,
+    /// The `maddr` value, if present.
+    pub maddr: Option<&'b [u8]>,
+    /// The `comp` value (RFC 3486), if present.
+    pub comp: Option<&'b [u8]>,
+    /// The `alias` parameter is present (RFC 5923).
+    pub alias: bool,
+    buf: &'b [u8],
+}
+
+impl<'b> Via<'b> {
+    /// Iterates over all parameters, including unknown ones, in order.
+    pub fn params(&self) -> Params<'b> {
+        Params::new(self.buf, self.params)
+    }
+
+    /// Looks up any parameter by name (case-insensitive).
+    pub fn param(&self, name: &[u8]) -> Option<Param<'b>> {
+        self.params().get(name)
+    }
+
+    /// True when the branch carries the RFC 3261 magic cookie `z9hG4bK` followed by at least
+    /// one more character (RFC 4475 §3.2.1 shows a bare cookie, which is not an RFC 3261 branch).
+    pub fn has_rfc3261_branch(&self) -> bool {
+        self.branch
+            .is_some_and(|b| b.len() > 7 && b.starts_with(b"z9hG4bK"))
+    }
+}
+
+/// Parses one Via value occupying `span`.
+pub(crate) fn parse_via(buf: &[u8], span: Span) -> Result<Via<'_>, usize> {
+    let mut cur = Cursor::new(buf, span);
+    // RFC 3261 §25.1: sent-protocol = protocol-name SLASH protocol-version SLASH transport,
+    // SLASH = SWS "/" SWS.
+    cur.token().ok_or(cur.pos)?;
+    for _ in 0..2 {
+        cur.skip_lws();
+        if !cur.eat(b'/') {
+            return Err(cur.pos);
+        }
+        cur.skip_lws();
+        cur.token().ok_or(cur.pos)?;
+    }
+    let transport_span = Span::new(
+        buf[..cur.pos]
+            .iter()
+            .rposition(|&b| !is_token(b))
+            .map_or(0, |p| p + 1),
+        cur.pos,
+    );
+    if !cur.skip_lws() {
+        return Err(cur.pos);
+    }
+    let host_start = cur.pos;
+    let host_span = if cur.peek() == Some(b'[') {
+        cur.take_while(|b| b != b']' && !is_lws(b) && b != b';');
+        if !cur.eat(b']') {
+            return Err(host_start);
+        }
+        Span::new(host_start, cur.pos)
+    } else {
+        cur.take_while(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    };
+    let host = parse_host(cur.slice(host_span)).ok_or(host_start)?;
+    let mut sent_by_end = cur.pos;
+    let after_host = cur.pos;
+    cur.skip_lws();
+    let mut port = None;
+    if cur.eat(b':') {
+        cur.skip_lws();
+        let digits = cur.take_while(|b| b.is_ascii_digit());
+        port = Some(parse_port(cur.slice(digits)).ok_or(digits.start)?);
+        sent_by_end = cur.pos;
+    } else {
+        cur.pos = after_host;
+    }
+    let params = parse_params(&mut cur)?;
+    let mut via = Via {
+        span,
+        transport_token: transport_span.slice(buf),
+        transport: Transport::from_token(transport_span.slice(buf)),
+        host,
+        port,
+        sent_by: Span::new(host_start, sent_by_end),
+        params: if params.is_empty() {
+            Span::new(sent_by_end, sent_by_end)
+        } else {
+            params
+        },
+        branch: None,
+        received: None,
+        rport: Rport::Absent,
+        rport_param: None,
+        maddr: None,
+        comp: None,
+        alias: false,
+        buf,
+    };
+    for p in Params::new(buf, params) {
+        let value_start = p.span.end - p.value.map_or(0, <[u8]>::len);
+        if eq_ic(p.name, b"branch") {
+            via.branch = Some(p.value.ok_or(p.span.start)?);
+        } else if eq_ic(p.name, b"received") {
+            p.value.ok_or(p.span.start)?;
+            via.received = Some(p);
+        } else if eq_ic(p.name, b"rport") {
+            via.rport = match p.value {
+                None => Rport::Requested,
+                Some(v) => Rport::Port(parse_port(v).ok_or(value_start)?),
+            };
+            via.rport_param = Some(p.span);
+        } else if eq_ic(p.name, b"maddr") {
+            via.maddr = Some(p.value.ok_or(p.span.start)?);
+        } else if eq_ic(p.name, b"comp") {
+            via.comp = Some(p.value.ok_or(p.span.start)?);
+        } else if eq_ic(p.name, b"alias") {
+            via.alias = true;
+        }
+    }
+    Ok(via)
+}
+
+/// A `name-addr` or `addr-spec` with header parameters: the value of From, To, Contact, Route,
+/// Record-Route and Path (RFC 3261 §20.10, §20.20, §20.30, §20.34, §20.39; RFC 3327).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NameAddr<'b> {
+    /// Offsets of the whole value.
+    pub span: Span,
+    /// The display name as written (quoted-string keeps its quotes), if any.
+    pub display_name: Option<&'b [u8]>,
+    /// The URI.
+    pub uri: Uri<'b>,
+    /// True when the URI was enclosed in `<>`.
+    pub bracketed: bool,
+    /// Offsets of the header-parameter region after the URI (empty if none).
+    pub params: Span,
+    /// The `tag` parameter (From/To, RFC 3261 §19.3), if present.
+    pub tag: Option<&'b [u8]>,
+    buf: &'b [u8],
+}
+
+impl<'b> NameAddr<'b> {
+    /// Iterates over the header parameters in order (not the URI parameters).
+    pub fn params(&self) -> Params<'b> {
+        Params::new(self.buf, self.params)
+    }
+
+    /// Looks up a header parameter by name (case-insensitive).
+    pub fn param(&self, name: &[u8]) -> Option<Param<'b>> {
+        self.params().get(name)
+    }
+
+    /// The URI text as written.
+    pub fn uri_bytes(&self) -> &'b [u8] {
+        self.uri.span().slice(self.buf)
+    }
+}
+
+/// Parses a name-addr / addr-spec value occupying `span`.
+pub(crate) fn parse_name_addr(buf: &[u8], span: Span) -> Result<NameAddr<'_>, usize> {
+    let mut cur = Cursor::new(buf, span);
+    let value = cur.slice(span);
+    let start = span.start;
+    let mut display_name = None;
+    let (uri_span, bracketed);
+    if value.first() == Some(&b'"') {
+        let q = cur.quoted_string().ok_or(start)?;
+        display_name = Some(cur.slice(q));
+        cur.skip_lws();
+        if cur.peek() != Some(b'<') {
+            return Err(cur.pos);
+        }
+    }
+    if value.first() == Some(&b'"') || value.contains(&b'<') {
+        // name-addr: everything before '<' must be `*(token LWS)` (RFC 3261 §25.1 display-name).
+        if value.first() != Some(&b'"') {
+            let lt = cur.pos + value.iter().position(|&b| b == b'<').unwrap_or(0);
+            let name = Span::new(cur.pos, lt);
+            let name_bytes = cur.slice(name);
+            if let Some(bad) = name_bytes.iter().position(|&b| !is_token(b) && !is_lws(b)) {
+                return Err(name.start + bad);
+            }
+            let trimmed = super::cursor::trim(buf, name);
+            display_name = (!trimmed.is_empty()).then(|| trimmed.slice(buf));
+            cur.pos = lt;
+        }
+        cur.eat(b'<');
+        let uri_start = cur.pos;
+        cur.take_while(|b| b != b'>');
+        if !cur.eat(b'>') {
+            return Err(uri_start);
+        }
+        uri_span = Span::new(uri_start, cur.pos - 1);
+        bracketed = true;
+    } else {
+        // addr-spec form: header parameters follow the URI, so the URI ends at ';' or LWS;
+        // RFC 3261 §20.10: it may then contain no ',', '?' or ';' of its own.
+        uri_span = cur.take_while(|b| b != b';' && !is_lws(b));
+        bracketed = false;
+    }
+    let uri = parse_uri(buf, uri_span.start, uri_span.end, bracketed).map_err(|e| match e {
+        UriError::Malformed(at) | UriError::Headers(at) => at,
+    })?;
+    let params = parse_params(&mut cur)?;
+    let params = if params.is_empty() {
+        Span::new(
+            uri_span.end + usize::from(bracketed),
+            uri_span.end + usize::from(bracketed),
+        )
+    } else {
+        params
+    };
+    let tag = match Params::new(buf, params).get(b"tag") {
+        Some(p) => Some(p.value.ok_or(p.span.start)?),
+        None => None,
+    };
+    Ok(NameAddr {
+        span,
+        display_name,
+        uri,
+        bracketed,
+        params,
+        tag,
+        buf,
+    })
+}
+
+/// The CSeq value (RFC 3261 §20.16).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CSeq<'b> {
+    /// The sequence number (at most 2**32-1).
+    pub number: u32,
+    /// The method as written.
+    pub method: &'b [u8],
+    /// Offsets of the number.
+    pub number_span: Span,
+}
+
+pub(crate) fn parse_cseq(buf: &[u8], span: Span) -> Result<CSeq<'_>, usize> {
+    let mut cur = Cursor::new(buf, span);
+    let digits = cur.take_while(|b| b.is_ascii_digit());
+    let number = super::chars::parse_decimal(cur.slice(digits), u64::from(u32::MAX))
+        .and_then(|n| u32::try_from(n).ok())
+        .ok_or(span.start)?;
+    if !cur.skip_lws() {
+        return Err(cur.pos);
+    }
+    let method = cur.token().ok_or(cur.pos)?;
+    cur.skip_lws();
+    if !cur.at_end() {
+        return Err(cur.pos);
+    }
+    Ok(CSeq {
+        number,
+        method: cur.slice(method),
+        number_span: digits,
+    })
+}
