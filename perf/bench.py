@@ -1,0 +1,801 @@
+#!/usr/bin/env python3
+"""sipedge side-by-side benchmark: the floor, Kamailio and sipedge in one run on loopback.
+
+Run it through perf/run.sh (see perf/README.md). Standard library only.
+
+Every process it starts is recorded by PID and stopped by that PID (SIGTERM, then SIGKILL);
+every load is bounded in call count and in time. Figures that compare systems are written as
+ratios against references measured in the same run, because the machine is shared and noisy.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REFERENCE = os.path.normpath(os.path.join(ROOT, "..", "shared", "reference"))
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+# Which Debian package provides each external tool (a missing tool is an error, never a skip).
+PACKAGES = {"sipp": "sip-tester", "kamailio": "kamailio", "taskset": "util-linux"}
+
+
+class Fatal(Exception):
+    """A setup error that ends the run with a message."""
+
+
+def need(tool):
+    path = shutil.which(tool)
+    if path is None:
+        raise Fatal(f"`{tool}` not found: install the Debian package `{PACKAGES[tool]}` "
+                    f"(apt-get install -y {PACKAGES[tool]})")
+    return path
+
+
+def log(msg):
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Processes
+
+STARTED = []  # every Popen this run started, so a crash still stops them by PID
+
+
+class Proc:
+    """One started process (and, for Kamailio, the workers it forks)."""
+
+    def __init__(self, name, cmd, workdir, cpus=None, env=None):
+        self.name = name
+        if cpus is not None:
+            cmd = [need("taskset"), "-c", cpus] + cmd
+        self.cmd = cmd
+        self.log_path = os.path.join(workdir, f"{name}.log")
+        self.log_file = open(self.log_path, "wb")
+        self.popen = subprocess.Popen(cmd, stdout=self.log_file, stderr=subprocess.STDOUT,
+                                      stdin=subprocess.DEVNULL, cwd=workdir, env=env)
+        self.pid = self.popen.pid
+        STARTED.append(self)
+
+    def alive(self):
+        return self.popen.poll() is None
+
+    def tail(self, n=20):
+        try:
+            with open(self.log_path, "rb") as f:
+                return b"\n".join(f.read().splitlines()[-n:]).decode(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self):
+        if self.popen.poll() is None:
+            try:
+                os.kill(self.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.popen.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                os.kill(self.pid, signal.SIGKILL)
+                self.popen.wait(timeout=5)
+        self.log_file.close()
+        if self in STARTED:
+            STARTED.remove(self)
+
+
+def stop_all():
+    for p in list(reversed(STARTED)):
+        try:
+            p.stop()
+        except Exception as e:  # keep stopping the others
+            log(f"stopping {p.name} (pid {p.pid}): {e}")
+
+
+def tree(pid):
+    """`pid` and every live descendant (Kamailio forks its workers)."""
+    parent = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                parent[int(entry)] = int(fields[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    found, frontier = {pid}, [pid]
+    while frontier:
+        p = frontier.pop()
+        for child, ppid in parent.items():
+            if ppid == p and child not in found:
+                found.add(child)
+                frontier.append(child)
+    return sorted(found)
+
+
+def cpu_sample(pid):
+    """CPU used so far by `pid`, its live descendants and its reaped children.
+
+    Returns (seconds from /proc/PID/stat utime+stime(+cutime+cstime of the root), seconds from
+    schedstat run time, which has ns resolution)."""
+    ticks, run_ns = 0, 0
+    for p in tree(pid):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            # Fields after the name: state=0, utime=11, stime=12, cutime=13, cstime=14.
+            ticks += int(fields[11]) + int(fields[12])
+            if p == pid:
+                ticks += int(fields[13]) + int(fields[14])
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/schedstat") as f:
+                    run_ns += int(f.read().split()[0])
+        except (OSError, IndexError, ValueError):
+            pass
+    return ticks / CLK_TCK, run_ns / 1e9
+
+
+def memory_kib(pid):
+    """(sum of VmRSS, sum of Pss) over the process tree, KiB. Pss splits shared pages fairly,
+    which matters for Kamailio's forked workers sharing one shm segment."""
+    rss, pss = 0, 0
+    for p in tree(pid):
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        rss += int(line.split()[1])
+            with open(f"/proc/{p}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        pss += int(line.split()[1])
+        except (OSError, IndexError, ValueError):
+            pass
+    return rss, pss
+
+
+def udp_bound(port, proto="udp"):
+    for table in (f"/proc/net/{proto}", f"/proc/net/{proto}6"):
+        try:
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    local = line.split()[1]
+                    state = line.split()[3]
+                    if int(local.rsplit(":", 1)[1], 16) == port and (proto == "udp" or state == "0A"):
+                        return True
+        except OSError:
+            pass
+    return False
+
+
+def wait_bound(proc, port, proto="udp", timeout=10.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if not proc.alive():
+            raise Fatal(f"{proc.name} exited at start:\n{proc.tail()}")
+        if udp_bound(port, proto):
+            time.sleep(0.2)  # let forked workers reach their receive loop
+            return
+        time.sleep(0.05)
+    raise Fatal(f"{proc.name} did not bind {proto} port {port} within {timeout} s:\n{proc.tail()}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The systems under test ("proxies"); each returns a started Proc listening on `port`.
+
+class Setup:
+    def __init__(self, args, workdir):
+        self.args = args
+        self.workdir = workdir
+        self.port = args.base_port            # the proxy's listen port
+        self.backends = [args.base_port + 10, args.base_port + 11]
+        self.uac_port = args.base_port + 30
+        self.media = args.base_port + 100     # sipp media ports, 10 apart per instance
+        self.bin = args.bin_dir
+
+    def exe(self, name):
+        path = os.path.join(self.bin, name)
+        if not os.access(path, os.X_OK):
+            raise Fatal(f"{path} missing: build it first (cargo build --release --bins)")
+        return path
+
+    def next_media(self):
+        self.media += 10
+        return str(self.media)
+
+
+def start_relay(s, shards, cpus):
+    cmd = [s.exe("udp-relay"), "--listen", f"127.0.0.1:{s.port}"]
+    for b in s.backends:
+        cmd += ["--backend", f"127.0.0.1:{b}"]
+    p = Proc("udp-relay", cmd, s.workdir, cpus)
+    wait_bound(p, s.port)
+    return p
+
+
+def start_kamailio(s, workers, cpus):
+    need("kamailio")
+    rundir = os.path.join(s.workdir, f"kamailio-{workers}")
+    os.makedirs(rundir, exist_ok=True)
+    ds_list = os.path.join(rundir, "dispatcher.list")
+    with open(ds_list, "w") as f:
+        f.write("".join(f"1 sip:127.0.0.1:{b}\n" for b in s.backends))
+    cmd = [need("kamailio"), "-f", os.path.join(REFERENCE, "kamailio.cfg"), "-DD", "-E",
+           "-m", "64", "-M", "8", "-n", str(workers), "-Y", rundir, "-w", rundir,
+           "-A", f"LISTEN_PORT={s.port}", "-A", f'DS_LIST="{ds_list}"',
+           "-A", f'CTL_SOCK="unix:{rundir}/kamailio.ctl"']
+    p = Proc(f"kamailio-n{workers}", cmd, s.workdir, cpus)
+    wait_bound(p, s.port)
+    return p
+
+
+def start_sipedge(s, shards, cpus, transport="udp"):
+    cmd = [s.exe("sipedge"), "--listen", f"127.0.0.1:{s.port}", "--shards", str(shards)]
+    suffix = ";transport=tcp" if transport == "tcp" else ""
+    for b in s.backends:
+        cmd += ["--backend", f"sip:127.0.0.1:{b}{suffix}"]
+    p = Proc(f"sipedge-{shards}shard", cmd, s.workdir, cpus)
+    wait_bound(p, s.port, "tcp" if transport == "tcp" else "udp")
+    return p
+
+
+# name -> (starter, argument); None = no proxy (sipp straight to the UAS / loadgen straight to
+# the responder).
+SYSTEMS = {
+    "direct": None,
+    "relay": (start_relay, 1),
+    "kamailio-n2": (start_kamailio, 2),
+    "sipedge-1": (start_sipedge, 1),
+    "sipedge-2": (start_sipedge, 2),
+}
+
+# Ceiling runs: (label, system, proxy cores). One-core proxies are pinned to CPU 0 with the load
+# generator and responder on CPU 1; two-core proxies share both CPUs with them.
+CEILING = [
+    ("direct", None, 1),
+    ("relay", (start_relay, 1), 1),
+    ("kamailio-n1", (start_kamailio, 1), 1),
+    ("sipedge-1", (start_sipedge, 1), 1),
+    ("kamailio-n2", (start_kamailio, 2), 2),
+    ("sipedge-2", (start_sipedge, 2), 2),
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# Loads
+
+def start_sipp_uas(s, port, transport="u1"):
+    cmd = [need("sipp"), "-sn", "uas", "-i", "127.0.0.1", "-p", str(port), "-mp", s.next_media(),
+           "-t", transport, "-nostdin"]
+    p = Proc(f"sipp-uas-{port}", cmd, s.workdir)
+    wait_bound(p, port, "tcp" if transport.startswith("t") else "udp")
+    return p
+
+
+def sipp_stats(csv_path):
+    with open(csv_path) as f:
+        lines = [l.rstrip("\n") for l in f if l.strip()]
+    head, last = lines[0].split(";"), lines[-1].split(";")
+    return dict(zip(head, last))
+
+
+def run_sipp_uac(s, target_port, rate, calls, limit_s, transport="u1", tag="uac"):
+    """One bounded sipp UAC run; returns counts, wall time and coarse sipp RTT percentiles."""
+    workdir = os.path.join(s.workdir, f"{tag}-{int(time.time() * 1000)}")
+    os.makedirs(workdir)
+    cmd = [need("sipp"), "-sn", "uac", f"127.0.0.1:{target_port}", "-i", "127.0.0.1",
+           "-p", str(s.uac_port), "-mp", s.next_media(), "-t", transport,
+           "-r", str(int(rate)), "-m", str(int(calls)), "-l", str(max(1000, int(rate * 4))),
+           "-nostdin", "-trace_stat", "-fd", "1", "-trace_rtt", "-rtt_freq", "1",
+           "-timeout", f"{int(limit_s)}s", "-recv_timeout", "3000"]
+    if transport.startswith("u"):
+        cmd.append("-nr")  # no retransmissions: a lost datagram is a failed call, visible as loss
+    t0 = time.time()
+    p = Proc("sipp-uac", cmd, workdir)
+    try:
+        p.popen.wait(timeout=limit_s + 10)
+    except subprocess.TimeoutExpired:
+        pass
+    wall = time.time() - t0
+    p.stop()
+    stats_files = [f for f in os.listdir(workdir) if f.endswith("_.csv")]
+    if not stats_files:
+        raise Fatal(f"sipp UAC wrote no statistics:\n{p.tail()}")
+    st = sipp_stats(os.path.join(workdir, stats_files[0]))
+    ok = int(st["SuccessfulCall(C)"])
+    failed = int(st["FailedCall(C)"])
+    created = int(st["TotalCallCreated"])
+    rtts = []
+    for f in os.listdir(workdir):
+        if f.endswith("_rtt.csv"):
+            with open(os.path.join(workdir, f)) as fh:
+                next(fh, None)
+                rtts += [float(l.split(";")[1]) for l in fh if l.count(";") == 2]
+    rtts.sort()
+    pct = lambda q: rtts[min(len(rtts) - 1, int(q * len(rtts)))] if rtts else None
+    return {
+        "offered_rate": rate, "created": created, "successful": ok, "failed": failed,
+        "unexpected": int(st.get("FailedUnexpectedMessage(C)", 0)),
+        "timeouts": int(st.get("FailedTimeoutOnRecv(C)", 0)),
+        "fail_pct": 100.0 * (created - ok) / created if created else 100.0,
+        "wall_s": wall, "sipp_call_rate": float(st.get("CallRate(C)", 0) or 0),
+        "sipp_rtt_ms_p50": pct(0.5), "sipp_rtt_ms_p99": pct(0.99),
+    }
+
+
+def run_loadgen(s, target_port, rate, calls, limit_s, window=1000, cpus=None):
+    cmd = [s.exe("sipedge-loadgen"), "--target", f"127.0.0.1:{target_port}", "--calls", str(int(calls)),
+           "--duration", str(limit_s), "--rate", str(rate), "--window", str(window), "--json"]
+    if cpus is not None:
+        cmd = [need("taskset"), "-c", cpus] + cmd
+    out = subprocess.run(cmd, capture_output=True, timeout=limit_s + 30)
+    if out.returncode != 0:
+        raise Fatal(f"loadgen failed: {out.stderr.decode(errors='replace')}")
+    return json.loads(out.stdout)
+
+
+class Measure:
+    """CPU and memory of a proxy around one load."""
+
+    def __init__(self, proxy):
+        self.proxy = proxy
+        self.cpu0 = cpu_sample(proxy.pid) if proxy else (0, 0)
+        self.t0 = time.time()
+
+    def done(self, calls):
+        if not self.proxy:
+            return {}
+        if not self.proxy.alive():
+            raise Fatal(f"{self.proxy.name} died under load:\n{self.proxy.tail()}")
+        stat_s, sched_s = (b - a for a, b in zip(self.cpu0, cpu_sample(self.proxy.pid)))
+        rss, pss = memory_kib(self.proxy.pid)
+        per = lambda v: v / calls * 10_000 if calls else None
+        return {"cpu_s": stat_s, "cpu_sched_s": sched_s, "cpu_s_per_10k_calls": per(stat_s),
+                "cpu_sched_s_per_10k_calls": per(sched_s), "cpu_util": stat_s / (time.time() - self.t0),
+                "rss_kib": rss, "pss_kib": pss}
+
+
+# ---------------------------------------------------------------------------------------------
+# Scenarios
+
+def start_system(s, name, cpus=None, transport="udp"):
+    entry = SYSTEMS[name]
+    if entry is None:
+        return None
+    starter, arg = entry
+    if starter is start_sipedge:
+        return starter(s, arg, cpus, transport)
+    return starter(s, arg, cpus)
+
+
+def with_sipp_backends(s, transport, body):
+    ttag = "u1" if transport == "udp" else "t1"
+    uas = [start_sipp_uas(s, b, ttag) for b in s.backends]
+    try:
+        return body(ttag)
+    finally:
+        for u in uas:
+            u.stop()
+
+
+def sipp_search(s, systems, transport, plan):
+    """sipp UAC -> proxy -> two sipp UAS: the highest offered rate with < 0.1 % failed calls."""
+    def body(ttag):
+        results = {}
+        for name in systems:
+            proxy = start_system(s, name, None, transport)
+            target = s.port if proxy else s.backends[0]
+            steps, best, rate = [], None, plan["search_start"]
+            try:
+                while rate <= plan["search_max"]:
+                    log(f"{transport} {name}: sipp search at {rate} calls/s")
+                    m = Measure(proxy)
+                    r = run_sipp_uac(s, target, rate, rate * plan["search_seconds"],
+                                     plan["search_seconds"] * 3 + 10, ttag, f"{transport}-{name}-s{rate}")
+                    r.update(m.done(r["successful"]))
+                    steps.append(r)
+                    if r["fail_pct"] >= 0.1 or r["sipp_call_rate"] < 0.95 * rate:
+                        break
+                    best = r
+                    rate = int(rate * plan["search_step"] / 500 + 0.5) * 500
+            finally:
+                if proxy:
+                    proxy.stop()
+            results[name] = {"max_clean_rate": best["offered_rate"] if best else None, "max_clean": best,
+                             "steps": steps, "limit": "search_max" if best and best is steps[-1] else "failures"}
+        return results
+    return with_sipp_backends(s, transport, body)
+
+
+def sipp_fixed(s, systems, transport, points):
+    """sipp UAC -> proxy -> two sipp UAS at fixed (rate, seconds) points: CPU per call, RSS."""
+    def body(ttag):
+        results = {}
+        for name in systems:
+            proxy = start_system(s, name, None, transport)
+            target = s.port if proxy else s.backends[0]
+            results[name] = []
+            try:
+                for rate, seconds in points:
+                    log(f"{transport} {name}: sipp {rate} calls/s for {seconds} s")
+                    m = Measure(proxy)
+                    r = run_sipp_uac(s, target, rate, rate * seconds, seconds * 3 + 10, ttag,
+                                     f"{transport}-{name}-{rate}")
+                    r.update(m.done(r["successful"]))
+                    results[name].append(r)
+            finally:
+                if proxy:
+                    proxy.stop()
+        return results
+    return with_sipp_backends(s, transport, body)
+
+
+def latency(s, systems, rates, calls_for):
+    """Our load generator -> proxy -> two sipp UAS at fixed rates: round trips in µs."""
+    def body(_ttag):
+        results = {}
+        for name in systems:
+            proxy = start_system(s, name)
+            target = s.port if proxy else s.backends[0]
+            results[name] = []
+            try:
+                for rate in rates:
+                    log(f"latency {name}: loadgen {rate} calls/s")
+                    m = Measure(proxy)
+                    r = run_loadgen(s, target, rate, calls_for(rate), calls_for(rate) / rate + 5)
+                    r["offered_rate"] = rate
+                    r.update(m.done(r["completed"]))
+                    results[name].append(r)
+            finally:
+                if proxy:
+                    proxy.stop()
+        return results
+    return with_sipp_backends(s, "udp", body)
+
+
+def ceiling(s, seconds, window):
+    """Load generator + responder flat out against the proxy: its own ceiling (see CEILING)."""
+    results = {}
+    for label, entry, cores in CEILING:
+        proxy_cpus, gen_cpus = ("0", "1") if cores == 1 else ("0,1", "0,1")
+        responder = Proc("responder", [s.exe("sipedge-responder")] +
+                         sum((["--listen", f"127.0.0.1:{b}"] for b in s.backends), []), s.workdir, gen_cpus)
+        wait_bound(responder, s.backends[1])
+        proxy = entry[0](s, entry[1], proxy_cpus) if entry else None
+        target = s.port if proxy else s.backends[0]
+        try:
+            log(f"ceiling {label} on {cores} core(s): loadgen flat out for {seconds} s")
+            m = Measure(proxy)
+            r = run_loadgen(s, target, 0, 10_000_000, seconds, window, gen_cpus)
+            r.update(m.done(r["completed"]))
+            r["cores"] = cores
+            if proxy:
+                # Datagrams the proxy forwarded per second of its own CPU: its capacity per core.
+                r["messages_per_cpu_s"] = (r["datagrams_sent"] + r["datagrams_received"]) / max(r["cpu_sched_s"], 1e-9)
+            results[label] = r
+        finally:
+            if proxy:
+                proxy.stop()
+            responder.stop()
+    return results
+
+
+def rss_growth(s, small, large, limit_s):
+    """sipedge, 2 shards: memory after `small` forwarded calls and after `large` more."""
+    responder = Proc("responder", [s.exe("sipedge-responder")] +
+                     sum((["--listen", f"127.0.0.1:{b}"] for b in s.backends), []), s.workdir)
+    wait_bound(responder, s.backends[1])
+    proxy = start_sipedge(s, 2, None)
+    try:
+        a = run_loadgen(s, s.port, 0, small, limit_s, 1000)
+        rss_a = memory_kib(proxy.pid)
+        b = run_loadgen(s, s.port, 0, large, limit_s, 1000)
+        rss_b = memory_kib(proxy.pid)
+        return {"calls_small": a["completed"], "rss_small_kib": rss_a[0], "pss_small_kib": rss_a[1],
+                "calls_large": a["completed"] + b["completed"], "rss_large_kib": rss_b[0],
+                "pss_large_kib": rss_b[1], "large_run": b}
+    finally:
+        proxy.stop()
+        responder.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+def machine():
+    cpu = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    version = lambda cmd: (subprocess.run(cmd, capture_output=True, text=True).stdout
+                           + subprocess.run(cmd, capture_output=True, text=True).stderr).strip().splitlines()
+    sipp_v = next((l.strip() for l in version([need("sipp"), "-v"]) if "SIPp" in l), "?")
+    kam_v = next((l.strip() for l in version([need("kamailio"), "-v"]) if l.startswith("version")), "?")
+    return {"nproc": os.cpu_count(), "kernel": platform.release(), "cpu": cpu, "sipp": sipp_v,
+            "kamailio": kam_v}
+
+
+def fmt(v, digits=1):
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:,.{digits}f}"
+    return f"{v:,}"
+
+
+def ratio(a, b, digits=2):
+    if a is None or b is None or b == 0:
+        return "–"
+    return f"{a / b:.{digits}f}×"
+
+
+def get(d, *path):
+    for p in path:
+        if d is None:
+            return None
+        d = d.get(p) if isinstance(d, dict) else (d[p] if isinstance(d, list) and len(d) > p else None)
+    return d
+
+
+def render(res, cmd, smoke):
+    m = res["machine"]
+    out = ["## Side by side", ""]
+    out.append(f"Run {res['date']} with `{cmd}`{' (smoke: seconds-long runs, figures not meaningful)' if smoke else ''}.")
+    out.append(f"Machine: {m['nproc']} vCPU ({m['cpu']}), kernel {m['kernel']}, {m['kamailio']}, {m['sipp']}; "
+               f"sipedge driver: {res.get('sipedge_driver', '?')}. All on loopback (127.0.0.1).")
+    out.append("")
+    out.append("Cores: the sipp runs are not pinned (sipp UAC, two sipp UAS and the proxy share both vCPUs, as in "
+               "the Kamailio reference figures). Ceiling runs pin a one-core proxy to CPU 0 and the load generator "
+               "plus responder to CPU 1; two-core proxies share both CPUs with them. CPU time is the proxy's own "
+               "(all its threads and, for Kamailio, all its processes) from `/proc/PID/stat` utime+stime; "
+               "`schedstat` run time (ns resolution) is in the raw JSON and agrees within a tick.")
+    out.append("")
+
+    udp = res.get("udp_search", {})
+    fixed = res.get("udp_fixed", {})
+    if udp:
+        out += ["### UDP, sipp UAC → proxy → two sipp UAS", "",
+                "Highest offered rate with < 0.1 % failed calls (sipp `-nr`: no retransmissions, so a lost "
+                "datagram is a failed call; search from "
+                f"{res['plan']['search_start']} calls/s in steps of ×{res['plan']['search_step']}, "
+                f"{res['plan']['search_seconds']} s each). CPU per 10,000 calls at fixed rates.", ""]
+        rates = [p[0] for p in res["plan"]["fixed"]]
+        head = "| system | max clean calls/s | × Kamailio | " + " | ".join(
+            f"CPU s/10k calls @{r}/s | × Kamailio | × relay" for r in rates) + " | sipp unexpected msgs | RSS / PSS MiB |"
+        out += [head, "|" + "---|" * (head.count("|") - 1)]
+        kam = udp.get("kamailio-n2", {}).get("max_clean_rate")
+        for name, r in udp.items():
+            row = [name, fmt(r["max_clean_rate"]), ratio(r["max_clean_rate"], kam)]
+            unexpected, mem = 0, "–"
+            for i, _ in enumerate(rates):
+                f = get(fixed, name, i) or {}
+                cpu = f.get("cpu_s_per_10k_calls")
+                row += [fmt(cpu, 3), ratio(cpu, get(fixed, "kamailio-n2", i, "cpu_s_per_10k_calls")),
+                        ratio(cpu, get(fixed, "relay", i, "cpu_s_per_10k_calls"))]
+                unexpected += f.get("unexpected", 0)
+                if "rss_kib" in f:
+                    mem = f"{f['rss_kib'] / 1024:.1f} / {f['pss_kib'] / 1024:.1f}"
+            unexpected += sum(st.get("unexpected", 0) for st in r["steps"])
+            row += [fmt(unexpected), mem]
+            out.append("| " + " | ".join(row) + " |")
+        out.append("")
+        out.append("Failed calls at each fixed point (sipp): " + "; ".join(
+            f"{name} " + ", ".join(f"{f['offered_rate']}/s: {f['created'] - f['successful']} of {f['created']}"
+                                   for f in runs) for name, runs in fixed.items()) + ".")
+        out.append("")
+
+    lat = res.get("latency", {})
+    if lat:
+        out += ["### Added latency (our load generator → proxy → two sipp UAS, µs timestamps)", "",
+                "Round trip INVITE → 200 minus the same quantile straight to a sipp UAS at the same rate "
+                "(a difference of quantiles, not a quantile of differences). sipp's own response times "
+                "have 1 ms resolution, too coarse here.", "",
+                "| system | rate calls/s | INVITE→200 p50 / p99 µs | added p50 / p99 µs | added p99 × Kamailio | lost | reordered |",
+                "|---|---|---|---|---|---|---|"]
+        for name, runs in lat.items():
+            for i, r in enumerate(runs):
+                d = get(lat, "direct", i, "invite_rtt_us") or {}
+                k = get(lat, "kamailio-n2", i, "invite_rtt_us") or {}
+                rtt = r["invite_rtt_us"]
+                add50 = rtt["p50"] - d.get("p50", 0) if name != "direct" else None
+                add99 = rtt["p99"] - d.get("p99", 0) if name != "direct" else None
+                k99 = k.get("p99", 0) - d.get("p99", 0) if k else None
+                out.append(f"| {name} | {r['offered_rate']} | {rtt['p50']} / {rtt['p99']} | {fmt(add50)} / {fmt(add99)} | "
+                           f"{ratio(add99, k99) if name != 'direct' else '–'} | "
+                           f"{r['started'] - r['completed']} of {r['started']} | {r['reordered']} |")
+        out.append("")
+
+    ceil = res.get("ceiling", {})
+    if ceil:
+        relay = ceil.get("relay", {})
+        out += ["### Ceiling (sipedge-loadgen flat out → proxy → sipedge-responder)", "",
+                "Datagrams forwarded per second (6 per call) and per second of the proxy's own CPU "
+                "(its capacity per core when the generator, not the proxy, is the bottleneck).", "",
+                "| system | proxy cores | datagrams/s | × relay | proxy CPU use | datagrams per proxy CPU-s | × relay | lost | reordered |",
+                "|---|---|---|---|---|---|---|---|---|"]
+        for name, r in ceil.items():
+            out.append(f"| {name} | {r['cores']} | {fmt(r['datagrams_per_s'], 0)} | {ratio(r['datagrams_per_s'], relay.get('datagrams_per_s'))} | "
+                       f"{fmt(r.get('cpu_util'), 2)} | {fmt(r.get('messages_per_cpu_s'), 0)} | "
+                       f"{ratio(r.get('messages_per_cpu_s'), relay.get('messages_per_cpu_s'))} | "
+                       f"{r['started'] - r['completed']} of {r['started']} | {r['reordered']} |")
+        out.append("")
+
+    rss = res.get("rss")
+    if rss:
+        out += ["### Memory over a long run (sipedge, 2 shards, load generator flat out)", "",
+                f"RSS after {fmt(rss['calls_small'])} calls: {rss['rss_small_kib'] / 1024:.1f} MiB; after "
+                f"{fmt(rss['calls_large'])} calls: {rss['rss_large_kib'] / 1024:.1f} MiB "
+                f"({ratio(rss['rss_large_kib'], rss['rss_small_kib'], 3)}). PSS {rss['pss_small_kib'] / 1024:.1f} → "
+                f"{rss['pss_large_kib'] / 1024:.1f} MiB.", ""]
+
+    tcp = res.get("tcp_search", {})
+    if tcp:
+        out += ["### TCP, sipp UAC → proxy → two sipp UAS (`-t t1`: one connection each way)", "",
+                "The Kamailio reference config is UDP-only (`disable_tcp=yes`) and the raw relay is UDP-only, "
+                "so TCP compares sipedge with sipp straight to the UAS.", "",
+                "| system | max clean calls/s | × direct | CPU s/10k calls at that rate |", "|---|---|---|---|"]
+        direct = tcp.get("direct", {}).get("max_clean_rate")
+        for name, r in tcp.items():
+            out.append(f"| {name} | {fmt(r['max_clean_rate'])} | {ratio(r['max_clean_rate'], direct)} | "
+                       f"{fmt(get(r, 'max_clean', 'cpu_s_per_10k_calls'), 3)} |")
+        out.append("")
+
+    out += targets(res)
+    return "\n".join(out) + "\n"
+
+
+def targets(res):
+    fixed = res.get("udp_fixed", {})
+    ceil = res.get("ceiling", {})
+    lat = res.get("latency", {})
+    rows = []
+
+    def row(what, value, goal, ok):
+        rows.append(f"| {what} | {value} | {goal} | {'yes' if ok else ('–' if ok is None else 'NO')} |")
+
+    for i, (rate, _) in enumerate(res.get("plan", {}).get("fixed", [])):
+        s2 = get(fixed, "sipedge-2", i, "cpu_s_per_10k_calls")
+        k2 = get(fixed, "kamailio-n2", i, "cpu_s_per_10k_calls")
+        rl = get(fixed, "relay", i, "cpu_s_per_10k_calls")
+        row(f"CPU/call sipedge 2 shards ÷ Kamailio -n 2 @{rate}/s", ratio(s2, k2), "≤ 0.40×",
+            None if not (s2 and k2) else s2 / k2 <= 0.4)
+        row(f"CPU/call sipedge 2 shards ÷ raw relay @{rate}/s", ratio(s2, rl), "≤ 1.30×",
+            None if not (s2 and rl) else s2 / rl <= 1.3)
+    s1 = get(ceil, "sipedge-1", "messages_per_cpu_s")
+    r1 = get(ceil, "relay", "messages_per_cpu_s")
+    row("one shard ÷ relay, datagrams per CPU-second", ratio(s1, r1), "≥ 0.70×", None if not (s1 and r1) else s1 / r1 >= 0.7)
+    a1 = get(ceil, "sipedge-1", "datagrams_per_s")
+    ar = get(ceil, "relay", "datagrams_per_s")
+    row("one shard ÷ relay, datagrams/s reached (generator-bound)", ratio(a1, ar), "≥ 0.70×",
+        None if not (a1 and ar) else a1 / ar >= 0.7)
+    a2 = get(ceil, "sipedge-2", "datagrams_per_s")
+    row("two shards ÷ one shard, datagrams/s (no free core for the generator)", ratio(a2, a1), "≥ 1.80×",
+        None if not (a1 and a2) else a2 / a1 >= 1.8)
+    reord = sum(r.get("reordered", 0) for name, runs in lat.items() if name.startswith("sipedge") for r in runs)
+    reord += sum(r.get("reordered", 0) for name, r in ceil.items() if name.startswith("sipedge"))
+    unexp = sum(f.get("unexpected", 0) for name, runs in fixed.items() if name.startswith("sipedge") for f in runs)
+    row("sipedge reordered replies (loadgen count + sipp unexpected messages)", f"{reord} + {unexp}", "0",
+        reord + unexp == 0)
+    if lat.get("sipedge-2") and lat.get("kamailio-n2") and lat.get("direct"):
+        d = lat["direct"][-1]["invite_rtt_us"]["p99"]
+        s = lat["sipedge-2"][-1]["invite_rtt_us"]["p99"] - d
+        k = lat["kamailio-n2"][-1]["invite_rtt_us"]["p99"] - d
+        row(f"added p99 sipedge 2 shards ÷ Kamailio @{lat['sipedge-2'][-1]['offered_rate']}/s", ratio(s, k), "≤ 1.00×",
+            None if k <= 0 else s <= k)
+    rss = res.get("rss")
+    if rss:
+        row(f"RSS after {fmt(rss['calls_large'])} calls ÷ after {fmt(rss['calls_small'])}",
+            ratio(rss["rss_large_kib"], rss["rss_small_kib"], 3), "≤ 1.00×",
+            rss["rss_large_kib"] <= rss["rss_small_kib"])
+    return ["### Targets (issue 8), ratios from this run", "", "| target | measured | goal | met |",
+            "|---|---|---|---|"] + rows + [""]
+
+
+def write_section(path, section):
+    """Replace `## Side by side` in RESULTS.md (other sections belong to other parts)."""
+    text = open(path).read() if os.path.exists(path) else "# sipedge performance results\n\n"
+    start = text.find("## Side by side")
+    if start < 0:
+        text = text.rstrip("\n") + "\n\n" + section
+    else:
+        end = text.find("\n## ", start + 3)
+        text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
+    with open(path, "w") as f:
+        f.write(text)
+
+
+# ---------------------------------------------------------------------------------------------
+
+FULL = {
+    "search_start": 4000, "search_step": 1.3, "search_max": 60000, "search_seconds": 4,
+    "fixed": [(1000, 10), (None, 5)],  # None: 90 % of Kamailio's highest clean rate in this run
+    "latency_calls_s": 5, "ceiling_s": 5, "rss": (10_000, 1_000_000, 120),
+}
+SMOKE = {
+    "search_start": 300, "search_step": 1.3, "search_max": 300, "search_seconds": 1,
+    "fixed": [(300, 1)], "latency_calls_s": 1, "ceiling_s": 1, "rss": (500, 2_000, 10),
+}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--smoke", action="store_true", help="a few seconds per scenario; checks the harness works")
+    ap.add_argument("--bin-dir", default=os.path.join(ROOT, "target", "release"),
+                    help="where sipedge, udp-relay, sipedge-loadgen and sipedge-responder are")
+    ap.add_argument("--base-port", type=int, default=5060,
+                    help="proxy port; backends at +10/+11, sipp UAC at +30, sipp media from +100")
+    ap.add_argument("--phases", default="udp,latency,ceiling,rss,tcp")
+    ap.add_argument("--systems", default=",".join(SYSTEMS), help="subset of: " + ", ".join(SYSTEMS))
+    ap.add_argument("--results", default=os.path.join(ROOT, "perf", "RESULTS.md"),
+                    help="file whose `## Side by side` section is rewritten (not in --smoke)")
+    ap.add_argument("--json", help="also write the raw figures here")
+    args = ap.parse_args()
+    plan = dict(SMOKE if args.smoke else FULL)
+    phases = args.phases.split(",")
+    cmd = "perf/run.sh " + " ".join(sys.argv[1:])
+
+    need("sipp")
+    need("kamailio")
+    need("taskset")
+    workdir = tempfile.mkdtemp(prefix="sipedge-bench-")
+    s = Setup(args, workdir)
+    chosen = args.systems.split(",")
+    for b in ("udp-relay", "sipedge-loadgen", "sipedge-responder") + (("sipedge",) if "sipedge-1" in chosen or "sipedge-2" in chosen else ()):
+        s.exe(b)
+    global CEILING
+    CEILING = [c for c in CEILING if c[0] in chosen or c[0].replace("-n1", "-n2") in chosen]
+    res = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+           "machine": machine(), "plan": plan, "command": cmd}
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    try:
+        systems = [n for n in SYSTEMS if n in chosen]
+        if "udp" in phases:
+            res["udp_search"] = sipp_search(s, systems, "udp", plan)
+            kam = get(res, "udp_search", "kamailio-n2", "max_clean_rate") or plan["search_start"]
+            plan["fixed"] = [(r if r else max(1000, int(kam * 0.9 / 500) * 500), sec) for r, sec in plan["fixed"]]
+            res["udp_fixed"] = sipp_fixed(s, systems, "udp", plan["fixed"])
+        if "latency" in phases:
+            best = get(res, "udp_search", "sipedge-2", "max_clean_rate")
+            rates = [plan["fixed"][0][0]] + ([int(best / 2)] if best and not args.smoke else [])
+            res["latency"] = latency(s, systems, rates, lambda r: r * plan["latency_calls_s"])
+        if "ceiling" in phases:
+            res["ceiling"] = ceiling(s, plan["ceiling_s"], 1000)
+        if "rss" in phases and "sipedge-2" in chosen:
+            res["rss"] = rss_growth(s, *plan["rss"])
+        if "tcp" in phases:
+            tcp_systems = [n for n in ("direct", "sipedge-1", "sipedge-2") if n in chosen]
+            res["tcp_search"] = sipp_search(s, tcp_systems, "tcp", plan)
+        for f in os.listdir(workdir):
+            if f.startswith("sipedge-") and f.endswith(".log"):
+                text = open(os.path.join(workdir, f), errors="replace").read().lower()
+                res["sipedge_driver"] = ("io_uring" if "io_uring" in text or "uring" in text
+                                         else "epoll" if "epoll" in text or "legacy" in text else "not logged")
+    except Fatal as e:
+        print(f"bench: {e}\n(logs kept in {workdir})", file=sys.stderr)
+        return 2
+    finally:
+        stop_all()
+    report = render(res, cmd, args.smoke)
+    print(report)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=1)
+    if not args.smoke:
+        write_section(args.results, report)
+        log(f"wrote {args.results}")
+    shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

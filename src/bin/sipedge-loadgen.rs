@@ -1,0 +1,458 @@
+//! `sipedge-loadgen`: a SIP call generator for pushing a proxy past what sipp can offer.
+//!
+//! Each call is the exchange of sipp's built-in UAC scenario: INVITE (with SDP) → 180 → 200 →
+//! ACK → BYE → 200, every request sent to `--target` (the proxy) with a unique Call-ID. A
+//! proxy in the middle forwards 6 datagrams per call. Calls start at a fixed `--rate`, or flat
+//! out with at most `--window` calls in flight, until `--calls` have started or `--duration`
+//! has passed; then it waits at most `--timeout-ms` for the stragglers.
+//!
+//! It measures, per call, the INVITE → 200 and BYE → 200 round trips, and counts calls that
+//! completed, failed (a final response ≥ 300) or timed out, replies that arrived out of order
+//! (a 180 after the 200 of its call), duplicates and stray datagrams. No retransmissions: a
+//! lost datagram is a lost call, which is what a loss figure should show.
+//!
+//! ```text
+//! sipedge-loadgen --target 127.0.0.1:5060 --rate 5000 --calls 50000 --duration 20 --json
+//! ```
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::net::{SocketAddr, UdpSocket};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(about = "SIP call generator: INVITE/180/200/ACK/BYE/200 at a fixed rate or flat out")]
+struct Args {
+    /// Where every request goes (the proxy, or a responder for the floor).
+    #[arg(long)]
+    target: SocketAddr,
+    /// Local UDP address.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    bind: SocketAddr,
+    /// Calls to start at most.
+    #[arg(long, default_value_t = 10_000)]
+    calls: u32,
+    /// Seconds to keep starting calls at most.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Calls started per second; 0 = flat out, limited by --window.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// Most calls in flight at once.
+    #[arg(long, default_value_t = 2_000)]
+    window: u32,
+    /// A call not finished this long after its INVITE counts as timed out.
+    #[arg(long, default_value_t = 2_000)]
+    timeout_ms: u64,
+    /// Print the result as one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Socket receive and send buffer size in bytes.
+    #[arg(long, default_value_t = 4 << 20)]
+    socket_buffer: usize,
+}
+
+/// Progress of one call; the index into the table is the number in its Call-ID.
+#[derive(Clone, Copy, Default)]
+struct Call {
+    /// Nanoseconds after the run's start when the INVITE left; 0 = not started.
+    invite_sent: u64,
+    /// Nanoseconds after the start when the BYE left; 0 = not yet.
+    bye_sent: u64,
+    got_provisional: bool,
+    got_invite_final: bool,
+    finished: bool,
+}
+
+/// Round-trip times with 1 µs resolution up to 1 s, plus an overflow count.
+struct Histogram {
+    buckets: Vec<u32>,
+    overflow: u32,
+    count: u64,
+    max_us: u64,
+}
+
+impl Histogram {
+    const SPAN_US: usize = 1_000_000;
+
+    fn new() -> Self {
+        Self {
+            buckets: vec![0; Self::SPAN_US],
+            overflow: 0,
+            count: 0,
+            max_us: 0,
+        }
+    }
+
+    fn record(&mut self, nanos: u64) {
+        let us = nanos / 1_000;
+        self.count += 1;
+        self.max_us = self.max_us.max(us);
+        match self.buckets.get_mut(us as usize) {
+            Some(b) => *b += 1,
+            None => self.overflow += 1,
+        }
+    }
+
+    /// The smallest value (µs) at or below which `q` of the samples lie.
+    fn quantile(&self, q: f64) -> u64 {
+        if self.count == 0 {
+            return 0;
+        }
+        let rank = ((self.count as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0u64;
+        for (us, &n) in self.buckets.iter().enumerate() {
+            seen += u64::from(n);
+            if seen >= rank {
+                return us as u64;
+            }
+        }
+        self.max_us
+    }
+
+    fn summary(&self) -> String {
+        format!(
+            "{{\"count\":{},\"p50\":{},\"p90\":{},\"p99\":{},\"p999\":{},\"max\":{}}}",
+            self.count,
+            self.quantile(0.50),
+            self.quantile(0.90),
+            self.quantile(0.99),
+            self.quantile(0.999),
+            self.max_us
+        )
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    started: u64,
+    completed: u64,
+    failed: u64,
+    timed_out: u64,
+    reordered: u64,
+    duplicates: u64,
+    stray: u64,
+    datagrams_sent: u64,
+    datagrams_received: u64,
+    send_errors: u64,
+}
+
+/// The parts of a response the generator acts on.
+struct Reply<'a> {
+    status: u16,
+    call_index: u32,
+    cseq_method: &'a [u8],
+    to_line: &'a [u8],
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sipedge-loadgen: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Reads a response; `None` for requests, other runs' Call-IDs and unreadable datagrams.
+fn parse_reply<'a>(datagram: &'a [u8], run_tag: &str) -> Option<Reply<'a>> {
+    let mut lines = datagram
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let start = lines.next()?;
+    let code = start.strip_prefix(b"SIP/2.0 ")?.get(..3)?;
+    let status = std::str::from_utf8(code).ok()?.parse().ok()?;
+    let (mut call_index, mut cseq_method, mut to_line) = (None, None, None);
+    for line in lines {
+        if line.is_empty() {
+            break;
+        }
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let name = line[..colon].trim_ascii();
+        let value = line[colon + 1..].trim_ascii();
+        if name.eq_ignore_ascii_case(b"call-id") || name.eq_ignore_ascii_case(b"i") {
+            let (index, rest) = value.split_at(value.iter().position(|&b| b == b'-')?);
+            if &rest[1..] != run_tag.as_bytes() {
+                return None;
+            }
+            call_index = std::str::from_utf8(index).ok()?.parse().ok();
+        } else if name.eq_ignore_ascii_case(b"cseq") {
+            cseq_method = value.split(|&b| b == b' ').rfind(|p| !p.is_empty());
+        } else if name.eq_ignore_ascii_case(b"to") || name.eq_ignore_ascii_case(b"t") {
+            to_line = Some(line);
+        }
+    }
+    Some(Reply {
+        status,
+        call_index: call_index?,
+        cseq_method: cseq_method?,
+        to_line: to_line?,
+    })
+}
+
+/// SDP offer carried by every INVITE (one audio stream, like sipp's UAC).
+const SDP_OFFER: &str = "v=0\r\no=user1 53655765 2353687637 IN IP4 127.0.0.1\r\ns=-\r\n\
+c=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 6000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n";
+
+struct Builder {
+    local: SocketAddr,
+    target: SocketAddr,
+    run_tag: String,
+    out: String,
+}
+
+impl Builder {
+    /// `method` with CSeq `cseq`; `to_line` is the whole To header of the dialog (tag included)
+    /// for ACK and BYE.
+    fn request(&mut self, method: &str, index: u32, cseq: u32, to_line: Option<&[u8]>) -> &[u8] {
+        let Self {
+            local,
+            target,
+            run_tag,
+            out,
+        } = self;
+        out.clear();
+        let _ = write!(
+            out,
+            "{method} sip:service@{target} SIP/2.0\r\n\
+             Via: SIP/2.0/UDP {local};branch=z9hG4bK-lg-{index}-{cseq}-{method};rport\r\n\
+             Max-Forwards: 70\r\n\
+             From: \"sipedge loadgen\" <sip:loadgen@{local}>;tag={index}\r\n"
+        );
+        match to_line {
+            Some(to) => {
+                out.push_str(&String::from_utf8_lossy(to));
+                out.push_str("\r\n");
+            }
+            None => {
+                let _ = write!(out, "To: <sip:service@{target}>\r\n");
+            }
+        }
+        let _ = write!(
+            out,
+            "Call-ID: {index}-{run_tag}\r\nCSeq: {cseq} {method}\r\nContact: <sip:loadgen@{local}>\r\n"
+        );
+        if method == "INVITE" {
+            let _ = write!(
+                out,
+                "Subject: Performance Test\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{SDP_OFFER}",
+                SDP_OFFER.len()
+            );
+        } else {
+            out.push_str("Content-Length: 0\r\n\r\n");
+        }
+        out.as_bytes()
+    }
+}
+
+fn run(args: &Args) -> std::io::Result<()> {
+    let socket = UdpSocket::bind(args.bind)?;
+    let sock2 = socket2::SockRef::from(&socket);
+    sock2.set_recv_buffer_size(args.socket_buffer)?;
+    sock2.set_send_buffer_size(args.socket_buffer)?;
+    let local = socket.local_addr()?;
+    let run_tag = format!("{}.{}@loadgen.invalid", std::process::id(), local.port());
+    let mut builder = Builder {
+        local,
+        target: args.target,
+        run_tag: run_tag.clone(),
+        out: String::with_capacity(2048),
+    };
+
+    let mut calls = vec![Call::default(); args.calls as usize];
+    let mut invite_rtt = Histogram::new();
+    let mut bye_rtt = Histogram::new();
+    let mut c = Counters::default();
+    let mut in_flight: u32 = 0;
+    let mut oldest: usize = 0; // every call below this index is finished
+    let mut last_finish = Duration::ZERO;
+    let mut buf = vec![0u8; 65_535];
+    let mut current_timeout = Duration::ZERO;
+    let timeout = Duration::from_millis(args.timeout_ms);
+    let start_window = Duration::from_secs_f64(args.duration.max(0.0));
+    let start = Instant::now();
+
+    loop {
+        let now = start.elapsed();
+        let starting = now < start_window && c.started < u64::from(args.calls);
+        // Start the calls that are due.
+        if starting {
+            let due = if args.rate > 0.0 {
+                ((now.as_secs_f64() * args.rate) as u64 + 1).min(u64::from(args.calls))
+            } else {
+                u64::from(args.calls)
+            };
+            while c.started < due && in_flight < args.window {
+                let index = c.started as u32;
+                let sent_at = start.elapsed().as_nanos().max(1) as u64;
+                match socket.send_to(builder.request("INVITE", index, 1, None), args.target) {
+                    Ok(_) => c.datagrams_sent += 1,
+                    Err(_) => c.send_errors += 1,
+                }
+                calls[index as usize].invite_sent = sent_at;
+                c.started += 1;
+                in_flight += 1;
+            }
+        }
+        // Retire the calls that ran out of time.
+        while oldest < c.started as usize {
+            let call = &mut calls[oldest];
+            if !call.finished {
+                if Duration::from_nanos(call.invite_sent) + timeout > now {
+                    break;
+                }
+                call.finished = true;
+                c.timed_out += 1;
+                in_flight -= 1;
+            }
+            oldest += 1;
+        }
+        if !starting && in_flight == 0 {
+            break;
+        }
+        // Wait for a reply no longer than until the next call is due.
+        let wait = if starting && args.rate > 0.0 && in_flight < args.window {
+            let next_due = Duration::from_secs_f64((c.started as f64) / args.rate);
+            next_due.saturating_sub(now).max(Duration::from_micros(20))
+        } else {
+            Duration::from_millis(5)
+        };
+        let wait = wait.min(Duration::from_millis(5));
+        if wait.abs_diff(current_timeout) > current_timeout / 4 {
+            socket.set_read_timeout(Some(wait))?;
+            current_timeout = wait;
+        }
+        let len = match socket.recv_from(&mut buf) {
+            Ok((len, _)) => len,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                ) =>
+            {
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        c.datagrams_received += 1;
+        let received_at = start.elapsed();
+        let Some(reply) = parse_reply(&buf[..len], &run_tag) else {
+            c.stray += 1;
+            continue;
+        };
+        let Some(call) = calls.get_mut(reply.call_index as usize) else {
+            c.stray += 1;
+            continue;
+        };
+        if call.invite_sent == 0 || call.finished {
+            c.stray += 1; // late reply of a timed-out call, or one that never started
+            continue;
+        }
+        let nanos = received_at.as_nanos() as u64;
+        match (reply.cseq_method, reply.status) {
+            (b"INVITE", 100..=199) => {
+                if call.got_invite_final {
+                    c.reordered += 1; // RFC 3261 §17.1.1.2: nothing provisional follows the final
+                } else {
+                    call.got_provisional = true;
+                }
+            }
+            (b"INVITE", 200..=299) => {
+                if call.got_invite_final {
+                    c.duplicates += 1;
+                    continue;
+                }
+                call.got_invite_final = true;
+                invite_rtt.record(nanos.saturating_sub(call.invite_sent));
+                let index = reply.call_index;
+                for (method, cseq) in [("ACK", 1), ("BYE", 2)] {
+                    match socket.send_to(
+                        builder.request(method, index, cseq, Some(reply.to_line)),
+                        args.target,
+                    ) {
+                        Ok(_) => c.datagrams_sent += 1,
+                        Err(_) => c.send_errors += 1,
+                    }
+                }
+                call.bye_sent = start.elapsed().as_nanos() as u64;
+            }
+            (b"BYE", 200..=299) => {
+                if call.bye_sent == 0 {
+                    c.stray += 1;
+                    continue;
+                }
+                bye_rtt.record(nanos.saturating_sub(call.bye_sent));
+                call.finished = true;
+                c.completed += 1;
+                in_flight -= 1;
+                last_finish = received_at;
+            }
+            (_, 300..) => {
+                call.finished = true;
+                c.failed += 1;
+                in_flight -= 1;
+            }
+            _ => c.stray += 1,
+        }
+    }
+
+    let elapsed = last_finish.max(Duration::from_micros(1)).as_secs_f64();
+    let calls_per_s = c.completed as f64 / elapsed;
+    let datagrams_per_s = (c.datagrams_sent + c.datagrams_received) as f64 / elapsed;
+    let lost = c.started - c.completed;
+    let loss_pct = if c.started == 0 {
+        0.0
+    } else {
+        100.0 * lost as f64 / c.started as f64
+    };
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        writeln!(
+            out,
+            "{{\"started\":{},\"completed\":{},\"failed\":{},\"timed_out\":{},\"loss_pct\":{loss_pct:.4},\
+             \"reordered\":{},\"duplicates\":{},\"stray\":{},\"datagrams_sent\":{},\"datagrams_received\":{},\
+             \"send_errors\":{},\"elapsed_s\":{elapsed:.4},\"calls_per_s\":{calls_per_s:.1},\
+             \"datagrams_per_s\":{datagrams_per_s:.1},\"invite_rtt_us\":{},\"bye_rtt_us\":{}}}",
+            c.started,
+            c.completed,
+            c.failed,
+            c.timed_out,
+            c.reordered,
+            c.duplicates,
+            c.stray,
+            c.datagrams_sent,
+            c.datagrams_received,
+            c.send_errors,
+            invite_rtt.summary(),
+            bye_rtt.summary()
+        )?;
+    } else {
+        writeln!(
+            out,
+            "calls: {} started, {} completed, {} failed, {} timed out ({loss_pct:.3} % lost)\n\
+             replies: {} reordered, {} duplicates, {} stray; {} send errors\n\
+             rate: {calls_per_s:.0} calls/s, {datagrams_per_s:.0} datagrams/s over {elapsed:.3} s\n\
+             INVITE->200 us: {}\nBYE->200 us: {}",
+            c.started,
+            c.completed,
+            c.failed,
+            c.timed_out,
+            c.reordered,
+            c.duplicates,
+            c.stray,
+            c.send_errors,
+            invite_rtt.summary(),
+            bye_rtt.summary()
+        )?;
+    }
+    Ok(())
+}
