@@ -9,7 +9,8 @@
 //! It measures, per call, the INVITE → 200 and BYE → 200 round trips, and counts calls that
 //! completed, failed (a final response ≥ 300) or timed out, replies that arrived out of order
 //! (a 180 after the 200 of its call), duplicates and stray datagrams. No retransmissions: a
-//! lost datagram is a lost call, which is what a loss figure should show.
+//! lost datagram is a lost call, which is what a loss figure should show. Replies are read with
+//! the crate's own parser.
 //!
 //! ```text
 //! sipedge-loadgen --target 127.0.0.1:5060 --rate 5000 --calls 50000 --duration 20 --json
@@ -22,6 +23,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use sipedge::sip;
 
 #[derive(Parser)]
 #[command(about = "SIP call generator: INVITE/180/200/ACK/BYE/200 at a fixed rate or flat out")]
@@ -145,7 +147,8 @@ struct Reply<'a> {
     status: u16,
     call_index: u32,
     cseq_method: &'a [u8],
-    to_line: &'a [u8],
+    /// The To header value (with the UAS's tag), for the ACK and BYE of the dialog.
+    to_value: &'a [u8],
 }
 
 fn main() -> ExitCode {
@@ -159,41 +162,22 @@ fn main() -> ExitCode {
     }
 }
 
-/// Reads a response; `None` for requests, other runs' Call-IDs and unreadable datagrams.
+/// Reads a response with the crate's parser; `None` for requests, other runs' Call-IDs and
+/// unparseable datagrams.
 fn parse_reply<'a>(datagram: &'a [u8], run_tag: &str) -> Option<Reply<'a>> {
-    let mut lines = datagram
-        .split(|&b| b == b'\n')
-        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
-    let start = lines.next()?;
-    let code = start.strip_prefix(b"SIP/2.0 ")?.get(..3)?;
-    let status = std::str::from_utf8(code).ok()?.parse().ok()?;
-    let (mut call_index, mut cseq_method, mut to_line) = (None, None, None);
-    for line in lines {
-        if line.is_empty() {
-            break;
-        }
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
-            continue;
-        };
-        let name = line[..colon].trim_ascii();
-        let value = line[colon + 1..].trim_ascii();
-        if name.eq_ignore_ascii_case(b"call-id") || name.eq_ignore_ascii_case(b"i") {
-            let (index, rest) = value.split_at(value.iter().position(|&b| b == b'-')?);
-            if &rest[1..] != run_tag.as_bytes() {
-                return None;
-            }
-            call_index = std::str::from_utf8(index).ok()?.parse().ok();
-        } else if name.eq_ignore_ascii_case(b"cseq") {
-            cseq_method = value.split(|&b| b == b' ').rfind(|p| !p.is_empty());
-        } else if name.eq_ignore_ascii_case(b"to") || name.eq_ignore_ascii_case(b"t") {
-            to_line = Some(line);
-        }
+    let mut slots = [sip::EMPTY_HEADER; 32];
+    let msg = sip::parse(datagram, &mut slots, &sip::Limits::default()).ok()?;
+    let status = msg.status_code()?;
+    let call_id = msg.call_id();
+    let dash = call_id.iter().position(|&b| b == b'-')?;
+    if &call_id[dash + 1..] != run_tag.as_bytes() {
+        return None;
     }
     Some(Reply {
         status,
-        call_index: call_index?,
-        cseq_method: cseq_method?,
-        to_line: to_line?,
+        call_index: std::str::from_utf8(&call_id[..dash]).ok()?.parse().ok()?,
+        cseq_method: msg.cseq().method,
+        to_value: msg.to().span.slice(datagram),
     })
 }
 
@@ -209,9 +193,9 @@ struct Builder {
 }
 
 impl Builder {
-    /// `method` with CSeq `cseq`; `to_line` is the whole To header of the dialog (tag included)
-    /// for ACK and BYE.
-    fn request(&mut self, method: &str, index: u32, cseq: u32, to_line: Option<&[u8]>) -> &[u8] {
+    /// `method` with CSeq `cseq`; `to_value` is the To header value of the dialog (tag
+    /// included) for ACK and BYE.
+    fn request(&mut self, method: &str, index: u32, cseq: u32, to_value: Option<&[u8]>) -> &[u8] {
         let Self {
             local,
             target,
@@ -226,8 +210,9 @@ impl Builder {
              Max-Forwards: 70\r\n\
              From: \"sipedge loadgen\" <sip:loadgen@{local}>;tag={index}\r\n"
         );
-        match to_line {
+        match to_value {
             Some(to) => {
+                out.push_str("To: ");
                 out.push_str(&String::from_utf8_lossy(to));
                 out.push_str("\r\n");
             }
@@ -376,7 +361,7 @@ fn run(args: &Args) -> std::io::Result<()> {
                 let index = reply.call_index;
                 for (method, cseq) in [("ACK", 1), ("BYE", 2)] {
                     match socket.send_to(
-                        builder.request(method, index, cseq, Some(reply.to_line)),
+                        builder.request(method, index, cseq, Some(reply.to_value)),
                         args.target,
                     ) {
                         Ok(_) => c.datagrams_sent += 1,

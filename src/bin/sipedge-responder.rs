@@ -2,10 +2,10 @@
 //!
 //! It answers each request from the datagram alone and keeps no state, the way sipp's built-in
 //! UAS scenario looks from the wire: INVITE → 180 Ringing + 200 OK (with an SDP answer),
-//! ACK → nothing, anything else (BYE, REGISTER, OPTIONS, …) → 200 OK. Replies copy the
-//! request's Via, From, To, Call-ID, CSeq and Record-Route headers (RFC 3261 §8.2.6.2) and go
-//! back to the datagram's source address, as they would to a proxy in between. Responses it
-//! receives are ignored.
+//! ACK → nothing, anything else (BYE, REGISTER, OPTIONS, …) → 200 OK. Requests are read with
+//! the crate's parser and answered with its stateless response writer (Via lines, From, To
+//! with a tag, Call-ID, CSeq: RFC 3261 §8.2.6.2), sent back to the datagram's source address
+//! as they would be to a proxy in between. Unparseable datagrams and responses are ignored.
 //!
 //! ```text
 //! sipedge-responder --listen 127.0.0.1:5070 --listen 127.0.0.1:5071
@@ -13,11 +13,11 @@
 //!
 //! One thread per listen address; it runs until killed.
 
-use std::io::Write;
 use std::net::{SocketAddr, UdpSocket};
 use std::process::ExitCode;
 
 use clap::Parser;
+use sipedge::sip;
 
 #[derive(Parser)]
 #[command(
@@ -70,138 +70,80 @@ fn bind(addr: SocketAddr, buffer: usize) -> std::io::Result<UdpSocket> {
     Ok(socket)
 }
 
-/// The request headers a response copies (RFC 3261 §8.2.6.2), as whole lines without CRLF.
-#[derive(Default)]
-struct Copied<'a> {
-    vias: [&'a [u8]; 16],
-    via_count: usize,
-    record_routes: [&'a [u8]; 16],
-    record_route_count: usize,
-    from: &'a [u8],
-    to: &'a [u8],
-    to_has_tag: bool,
-    call_id: &'a [u8],
-    cseq: &'a [u8],
-}
-
-/// Splits a request into its method and the headers to copy; `None` for responses and for
-/// anything too broken to answer.
-fn scan(datagram: &[u8]) -> Option<(&[u8], Copied<'_>)> {
-    let mut lines = datagram
-        .split(|&b| b == b'\n')
-        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
-    let start = lines.next()?;
-    if start.starts_with(b"SIP/") {
-        return None;
+/// Writes one response into `out` and returns its length: the crate's stateless response
+/// (Via lines, From, To with a tag, Call-ID, CSeq) plus a Contact, and for `with_sdp` an SDP
+/// answer (`sdp_tail`: its Content-Type, Content-Length and body) in place of the empty body.
+fn respond(
+    req: &sip::Salvage<'_>,
+    code: u16,
+    reason: &[u8],
+    contact: &[u8],
+    sdp_tail: Option<&[u8]>,
+    out: &mut [u8],
+) -> Option<usize> {
+    const EMPTY_TAIL: &[u8] = b"Content-Length: 0\r\n\r\n";
+    let opts = sip::ResponseOptions {
+        extra_headers: contact,
+        ..Default::default()
+    };
+    let mut len = sip::write_response(req, code, reason, &opts, out).ok()?;
+    if let Some(tail) = sdp_tail {
+        // The writer always ends with an empty body; swap that tail for the SDP answer.
+        len = len.checked_sub(EMPTY_TAIL.len())?;
+        out.get_mut(len..len + tail.len())?.copy_from_slice(tail);
+        len += tail.len();
     }
-    let method = start.split(|&b| b == b' ').next()?;
-    let mut c = Copied::default();
-    for line in lines {
-        if line.is_empty() {
-            break;
-        }
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
-            continue;
-        };
-        let name = line[..colon].trim_ascii();
-        let is = |long: &[u8], short: &[u8]| {
-            name.eq_ignore_ascii_case(long) || name.eq_ignore_ascii_case(short)
-        };
-        if is(b"via", b"v") && c.via_count < c.vias.len() {
-            c.vias[c.via_count] = line;
-            c.via_count += 1;
-        } else if is(b"record-route", b"record-route")
-            && c.record_route_count < c.record_routes.len()
-        {
-            c.record_routes[c.record_route_count] = line;
-            c.record_route_count += 1;
-        } else if is(b"from", b"f") {
-            c.from = line;
-        } else if is(b"to", b"t") {
-            c.to = line;
-            c.to_has_tag = line.windows(5).any(|w| w.eq_ignore_ascii_case(b";tag="));
-        } else if is(b"call-id", b"i") {
-            c.call_id = line;
-        } else if is(b"cseq", b"cseq") {
-            c.cseq = line;
-        }
-    }
-    if c.via_count == 0
-        || c.from.is_empty()
-        || c.to.is_empty()
-        || c.call_id.is_empty()
-        || c.cseq.is_empty()
-    {
-        return None;
-    }
-    Some((method, c))
-}
-
-/// Writes one response into `out` (cleared first).
-fn respond(out: &mut Vec<u8>, status: &str, req: &Copied<'_>, local: SocketAddr, sdp: bool) {
-    out.clear();
-    out.extend_from_slice(b"SIP/2.0 ");
-    out.extend_from_slice(status.as_bytes());
-    out.extend_from_slice(b"\r\n");
-    for line in req.vias[..req.via_count]
-        .iter()
-        .chain(&req.record_routes[..req.record_route_count])
-    {
-        out.extend_from_slice(line);
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(req.from);
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(req.to);
-    if !req.to_has_tag && !status.starts_with("100") {
-        // RFC 3261 §8.2.6.2: a UAS adds a To tag; one derived from the Call-ID keeps it stable.
-        let _ = write!(out, ";tag=r{:x}", sipedge::shard::fnv1a64(req.call_id));
-    }
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(req.call_id);
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(req.cseq);
-    out.extend_from_slice(b"\r\n");
-    let _ = write!(out, "Contact: <sip:responder@{local}>\r\n");
-    if sdp {
-        let _ = write!(
-            out,
-            "Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n",
-            SDP_ANSWER.len()
-        );
-        out.extend_from_slice(SDP_ANSWER);
-    } else {
-        out.extend_from_slice(b"Content-Length: 0\r\n\r\n");
-    }
+    Some(len)
 }
 
 fn serve(socket: &UdpSocket, trying: bool) -> std::io::Result<()> {
-    let local = socket.local_addr()?;
+    let contact = format!("Contact: <sip:responder@{}>\r\n", socket.local_addr()?);
+    let mut sdp_tail = format!(
+        "Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n",
+        SDP_ANSWER.len()
+    )
+    .into_bytes();
+    sdp_tail.extend_from_slice(SDP_ANSWER);
+    let limits = sip::Limits::default();
     let mut buf = vec![0u8; 65_535];
-    let mut out = Vec::with_capacity(4096);
+    let mut out = vec![0u8; 65_535];
     loop {
         let (len, src) = match socket.recv_from(&mut buf) {
             Ok(r) => r,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
-        let Some((method, req)) = scan(&buf[..len]) else {
+        let mut slots = [sip::EMPTY_HEADER; 64];
+        let Ok(msg) = sip::parse(&buf[..len], &mut slots, &limits) else {
             continue;
         };
-        let replies: &[(&str, bool)] = match method {
+        if !msg.is_request() {
+            continue;
+        }
+        let replies: &[(u16, &[u8], bool)] = match msg.method().as_bytes() {
             b"ACK" => &[],
             b"INVITE" if trying => &[
-                ("100 Trying", false),
-                ("180 Ringing", false),
-                ("200 OK", true),
+                (100, b"Trying", false),
+                (180, b"Ringing", false),
+                (200, b"OK", true),
             ],
-            b"INVITE" => &[("180 Ringing", false), ("200 OK", true)],
-            _ => &[("200 OK", false)],
+            b"INVITE" => &[(180, b"Ringing", false), (200, b"OK", true)],
+            _ => &[(200, b"OK", false)],
         };
-        for &(status, sdp) in replies {
-            respond(&mut out, status, &req, local, sdp);
+        let req = sip::Salvage::from_message(&msg);
+        for &(code, reason, sdp) in replies {
+            let Some(n) = respond(
+                &req,
+                code,
+                reason,
+                contact.as_bytes(),
+                sdp.then_some(&sdp_tail[..]),
+                &mut out,
+            ) else {
+                continue;
+            };
             // A full socket buffer or an unreachable peer loses this reply, as UDP would.
-            let _ = socket.send_to(&out, src);
+            let _ = socket.send_to(&out[..n], src);
         }
     }
 }
