@@ -18,6 +18,8 @@
 //!   when the pool changes.
 //! - [`Health`]: active OPTIONS probing ([`write_probe`], [`recognise_probe_response`]) and
 //!   passive failure signals, marking members up and down in the pool and the blacklist.
+//! - [`rfc3263`]: how a backend URI is resolved (NAPTR, SRV, A/AAAA) and how the answers become
+//!   pool members; `runtime::dns` asks the questions.
 //!
 //! A shard's use per new request:
 //! ```
@@ -43,6 +45,7 @@ mod blacklist;
 mod health;
 mod pool;
 mod probe;
+pub mod rfc3263;
 
 pub use affinity::{AFFINITY_TOKEN_LEN, AffinityKey, affinity_token, verify_affinity};
 pub use backend::{Backend, BackendId, BackendSpec, BackendUri, SpecError, Transport};
@@ -53,3 +56,4 @@ pub use probe::{
     InsufficientSize, PROBE_CALL_ID_PREFIX, ProbeResponse, ProbeTarget, recognise_probe_response,
     write_probe,
 };
+pub use rfc3263::BackendEntry;
