@@ -6,25 +6,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::shard::fnv1a64;
 
-/// Transport toward a backend (RFC 3261 §18; the `transport` URI parameter, §19.1.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Transport {
-    /// UDP (the default for a `sip:` URI without `transport`, RFC 3263 §4.1).
-    Udp,
-    /// TCP.
-    Tcp,
-    /// TLS over TCP (`sips:` URIs, or `transport=tls`).
-    Tls,
-}
+pub use crate::sip::Transport;
 
-impl Transport {
-    /// The default port for this transport when the URI has none (RFC 3263 §4.2).
-    pub fn default_port(self) -> u16 {
-        match self {
-            Self::Udp | Self::Tcp => 5060,
-            Self::Tls => 5061,
-        }
+/// The port a backend URI without one uses (RFC 3263 §4.2: 5061 for TLS, 5060 otherwise).
+pub fn default_port(transport: Transport) -> u16 {
+    match transport {
+        Transport::Tls | Transport::TlsSctp => 5061,
+        _ => 5060,
     }
 }
 
@@ -152,14 +140,10 @@ impl<'a> BackendUri<'a> {
         for param in parts {
             let (name, value) = param.split_once('=').unwrap_or((param, ""));
             if name.eq_ignore_ascii_case("transport") {
-                transport = Some(if value.eq_ignore_ascii_case("udp") {
-                    Transport::Udp
-                } else if value.eq_ignore_ascii_case("tcp") {
-                    Transport::Tcp
-                } else if value.eq_ignore_ascii_case("tls") {
-                    Transport::Tls
-                } else {
-                    return Err(SpecError::Transport);
+                // Backends are reached over UDP, TCP or TLS only.
+                transport = Some(match Transport::from_token(value.as_bytes()) {
+                    t @ (Transport::Udp | Transport::Tcp | Transport::Tls) => t,
+                    _ => return Err(SpecError::Transport),
                 });
             }
         }
@@ -196,7 +180,7 @@ impl BackendSpec {
             (false, Some(t)) => t,
             (false, None) => Transport::Udp,
         };
-        let port = uri.port.unwrap_or(transport.default_port());
+        let port = uri.port.unwrap_or(default_port(transport));
         Ok(Self {
             id: None,
             uri: text.trim().to_owned(),

@@ -48,7 +48,9 @@ mod probe;
 pub mod rfc3263;
 
 pub use affinity::{AFFINITY_TOKEN_LEN, AffinityKey, affinity_token, verify_affinity};
-pub use backend::{Backend, BackendId, BackendSpec, BackendUri, SpecError, Transport};
+pub use backend::{
+    Backend, BackendId, BackendSpec, BackendUri, SpecError, Transport, default_port,
+};
 pub use blacklist::{Blacklist, BlacklistConfig, BlacklistEntry, BlacklistView, BlockReason};
 pub use health::{AliveCodes, Health, HealthConfig, HealthEvent, MemberHealth};
 pub use pool::{Candidates, Pool, PoolError};

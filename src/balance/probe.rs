@@ -52,15 +52,11 @@ pub fn write_probe(target: &ProbeTarget, out: &mut [u8]) -> Result<usize, Insuff
 }
 
 fn write_probe_to(t: &ProbeTarget, w: &mut impl Write) -> std::io::Result<()> {
-    let via_transport = match t.transport {
-        Transport::Udp => "UDP",
-        Transport::Tcp => "TCP",
-        Transport::Tls => "TLS",
-    };
-    let (scheme, uri_param) = match t.transport {
-        Transport::Udp => ("sip", ""),
-        Transport::Tcp => ("sip", ";transport=tcp"),
-        Transport::Tls => ("sips", ""),
+    let via_transport = t.transport.as_via_str().unwrap_or("UDP");
+    let (scheme, param_name, param_value) = match t.transport {
+        Transport::Udp => ("sip", "", ""),
+        Transport::Tls => ("sips", "", ""),
+        other => ("sip", ";transport=", other.as_uri_param().unwrap_or("udp")),
     };
     let id = t.backend.0;
     let seq = t.seq;
@@ -68,7 +64,7 @@ fn write_probe_to(t: &ProbeTarget, w: &mut impl Write) -> std::io::Result<()> {
     let (addr, local) = (t.addr, t.local);
     write!(
         w,
-        "OPTIONS {scheme}:{addr}{uri_param} SIP/2.0\r\n\
+        "OPTIONS {scheme}:{addr}{param_name}{param_value} SIP/2.0\r\n\
          Via: SIP/2.0/{via_transport} {local};branch=z9hG4bK-sep-{id:08x}-{seq:x};rport\r\n\
          Max-Forwards: 70\r\n\
          From: <{scheme}:sipedge@{local}>;tag=sep{id:08x}\r\n\

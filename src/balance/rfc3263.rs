@@ -113,6 +113,8 @@ pub fn srv_name(transport: Transport, host: &str) -> String {
         Transport::Udp => "_sip._udp",
         Transport::Tcp => "_sip._tcp",
         Transport::Tls => "_sips._tcp",
+        // Not produced by `plan` (backend URIs are UDP, TCP or TLS); RFC 4168 §6 naming.
+        _ => "_sip._sctp",
     };
     format!("{prefix}.{host}")
 }

@@ -28,7 +28,7 @@ use hickory_resolver::{Resolver, TokioResolver};
 use crate::balance::rfc3263::{
     self, BackendEntry, Naptr, Plan, SrvTarget, choose_naptr, specs_from_targets, srv_name,
 };
-use crate::balance::{BackendSpec, Transport};
+use crate::balance::{BackendSpec, Transport, default_port};
 
 /// DNS settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -224,7 +224,7 @@ impl Rfc3263Resolver {
             Transport::Udp
         };
         let (specs, more) = self
-            .by_address(entry, host, transport.default_port(), transport)
+            .by_address(entry, host, default_port(transport), transport)
             .await?;
         ttls.extend(more);
         Ok((specs, ttls))
@@ -241,7 +241,7 @@ impl Rfc3263Resolver {
         if !targets.is_empty() {
             return Ok((specs_from_targets(entry, transport, &targets), ttls));
         }
-        self.by_address(entry, host, transport.default_port(), transport)
+        self.by_address(entry, host, default_port(transport), transport)
             .await
     }
 
