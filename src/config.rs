@@ -1,1 +1,677 @@
-//! (module under construction)
+//! Configuration: TOML text → validated, typed [`Config`].
+//!
+//! Parsing is strict: unknown keys are errors (a typo must not silently fall back to a
+//! default), and every value is checked while it is deserialized, so an error names the key
+//! and the line it is on. Cross-field checks (at least one listener, at least one backend)
+//! run afterwards and name the key they concern. Nothing here reads files or touches the
+//! network; the caller passes the text in.
+//!
+//! The built-in default ([`DEFAULT_TOML`], printed by `sipedge --print-default-config`):
+//! UDP and TCP on `127.0.0.1:5060`, backends `sip:127.0.0.1:5070` and `sip:127.0.0.1:5071`,
+//! metrics and admin on `127.0.0.1:9090`.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::balance::{BackendSpec, BackendUri};
+
+/// The default configuration, as TOML. [`Config::default`] is this text parsed.
+pub const DEFAULT_TOML: &str = r#"# sipedge configuration (this is the built-in default).
+# Every key is optional; a missing key takes the value shown here.
+
+# Shards (one monoio runtime per core, each pinned to its own CPU). 0 = one per online CPU.
+shards = 0
+# I/O driver: "auto" (io_uring when the kernel allows it, else epoll), "io_uring" or "epoll".
+driver = "auto"
+# SIP listeners, "udp:IP:PORT" or "tcp:IP:PORT"; IPv6 as "udp:[::1]:5060". Any number of each.
+listen = ["udp:127.0.0.1:5060", "tcp:127.0.0.1:5060"]
+# Admin HTTP (GET /metrics, /health, /ready; POST /drain).
+metrics = "127.0.0.1:9090"
+# After SIGTERM or POST /drain: refuse new calls with 503 for this long, then exit.
+drain_grace_secs = 30
+
+# The pool new calls are spread over (hash of the Call-ID, so a call stays on one backend).
+# Either a URI string, or a table with uri, weight (share of calls) and priority (lower is
+# preferred; a higher group is used only when no member of a better one is up).
+backends = [
+  "sip:127.0.0.1:5070",
+  "sip:127.0.0.1:5071",
+]
+
+[log]
+# error, warn, info, debug, trace, or a tracing filter such as "sipedge=debug,info".
+level = "info"
+# "text" or "json" (one JSON object per line).
+format = "text"
+
+[proxy]
+# Insert Record-Route so in-dialog requests come back through the proxy (RFC 3261 §16.6).
+record_route = true
+
+[tcp]
+# Close a TCP connection that carried nothing (not even a CRLF keep-alive) for this long.
+idle_timeout_secs = 300
+# Give up connecting to a next hop after this long (and blacklist it).
+connect_timeout_ms = 2000
+# Most TCP connections per shard, inbound and outbound together.
+max_connections_per_shard = 16384
+
+[health]
+# Send an OPTIONS probe to every backend this often; 0 turns probing off.
+probe_interval_ms = 5000
+# A probe not answered within this is a failure.
+probe_timeout_ms = 2000
+# Consecutive failed probes before a backend is taken out of the pool.
+failures_before_down = 3
+# Consecutive answered probes before it is put back.
+successes_before_up = 2
+"#;
+
+/// Which I/O driver the shards run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Driver {
+    /// io_uring when the kernel supports it (probed at start), else epoll.
+    #[default]
+    Auto,
+    /// io_uring only; start fails if it is unavailable.
+    IoUring,
+    /// epoll (monoio's legacy driver).
+    Epoll,
+}
+
+impl FromStr for Driver {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "io_uring" | "iouring" | "uring" => Ok(Self::IoUring),
+            "epoll" | "legacy" => Ok(Self::Epoll),
+            _ => Err(format!(
+                "unknown driver {s:?}: expected \"auto\", \"io_uring\" or \"epoll\""
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Driver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::IoUring => "io_uring",
+            Self::Epoll => "epoll",
+        })
+    }
+}
+
+/// Transport of a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ListenTransport {
+    /// Datagrams.
+    Udp,
+    /// A stream, framed by Content-Length (RFC 3261 §18.3).
+    Tcp,
+}
+
+/// One SIP listener: `udp:IP:PORT` or `tcp:IP:PORT`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Listener {
+    /// Transport.
+    pub transport: ListenTransport,
+    /// Local address (port 0 picks a free port, useful in tests).
+    pub addr: SocketAddr,
+}
+
+impl FromStr for Listener {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (proto, addr) = s
+            .split_once(':')
+            .ok_or_else(|| format!("listener {s:?}: expected udp:IP:PORT or tcp:IP:PORT"))?;
+        let transport = match proto.to_ascii_lowercase().as_str() {
+            "udp" => ListenTransport::Udp,
+            "tcp" => ListenTransport::Tcp,
+            _ => {
+                return Err(format!(
+                    "listener {s:?}: transport must be udp or tcp (got {proto:?})"
+                ));
+            }
+        };
+        let addr = addr.parse::<SocketAddr>().map_err(|_| {
+            format!("listener {s:?}: {addr:?} is not IP:PORT (IPv6 as [addr]:port)")
+        })?;
+        Ok(Self { transport, addr })
+    }
+}
+
+impl fmt::Display for Listener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let proto = match self.transport {
+            ListenTransport::Udp => "udp",
+            ListenTransport::Tcp => "tcp",
+        };
+        write!(f, "{proto}:{}", self.addr)
+    }
+}
+
+/// One configured backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendConfig {
+    /// Its SIP URI, e.g. `sip:10.0.0.7:5060;transport=tcp`.
+    pub uri: String,
+    /// Relative share of new calls within its priority group.
+    pub weight: u32,
+    /// Priority group, lower preferred.
+    pub priority: u16,
+}
+
+impl FromStr for BackendConfig {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        BackendUri::parse(s).map_err(|e| format!("backend {s:?}: {e}"))?;
+        Ok(Self {
+            uri: s.trim().to_owned(),
+            weight: 1,
+            priority: 0,
+        })
+    }
+}
+
+impl BackendConfig {
+    /// The pool member spec, when the host is a numeric address (names go through DNS).
+    pub fn spec(&self) -> Result<BackendSpec, crate::balance::SpecError> {
+        let mut spec = BackendSpec::from_uri(&self.uri)?;
+        spec.weight = self.weight;
+        spec.priority = self.priority;
+        Ok(spec)
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            _ => Err(format!(
+                "unknown log format {s:?}: expected \"text\" or \"json\""
+            )),
+        }
+    }
+}
+
+/// Logging.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// A tracing filter (`info`, `sipedge=debug,warn`, ...).
+    pub level: String,
+    /// Output format.
+    pub format: LogFormat,
+}
+
+/// Proxy behaviour switches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyConfig {
+    /// Insert Record-Route (RFC 3261 §16.6 step 4).
+    pub record_route: bool,
+}
+
+/// TCP tuning.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcpConfig {
+    /// Idle connections are closed after this long.
+    pub idle_timeout: Duration,
+    /// Outgoing connection attempts time out after this long.
+    pub connect_timeout: Duration,
+    /// Most connections per shard.
+    pub max_connections_per_shard: usize,
+}
+
+/// Active OPTIONS health probing of the backends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthConfig {
+    /// Interval between probes of one backend; `None` = probing off.
+    pub probe_interval: Option<Duration>,
+    /// Probe answer deadline.
+    pub probe_timeout: Duration,
+    /// Failed probes in a row before a backend is down.
+    pub failures_before_down: u32,
+    /// Answered probes in a row before it is up again.
+    pub successes_before_up: u32,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Shard count; `None` = one per online CPU.
+    pub shards: Option<u16>,
+    /// I/O driver choice.
+    pub driver: Driver,
+    /// SIP listeners (at least one).
+    pub listen: Vec<Listener>,
+    /// Admin/metrics HTTP address.
+    pub metrics: SocketAddr,
+    /// How long to keep serving in-dialog traffic after a drain starts.
+    pub drain_grace: Duration,
+    /// The backend pool (at least one).
+    pub backends: Vec<BackendConfig>,
+    /// Logging.
+    pub log: LogConfig,
+    /// Proxy switches.
+    pub proxy: ProxyConfig,
+    /// TCP tuning.
+    pub tcp: TcpConfig,
+    /// Health probing.
+    pub health: HealthConfig,
+}
+
+/// Why a configuration was rejected. The message names the key (and, for syntax and value
+/// errors, the line and column).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// TOML syntax error, unknown key, or a value that does not parse; carries toml's
+    /// message, which shows the line, the column and the key.
+    #[error("{0}")]
+    Toml(#[from] toml::de::Error),
+    /// A cross-field rule failed.
+    #[error("invalid configuration: `{key}`: {message}")]
+    Invalid {
+        /// The offending key.
+        key: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// A value deserialized from a string through `FromStr`, so toml reports the error with
+/// the key's line.
+#[derive(Debug, Clone)]
+struct Parsed<T>(T);
+
+impl<'de, T: FromStr<Err = String>> Deserialize<'de> for Parsed<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map(Parsed).map_err(serde::de::Error::custom)
+    }
+}
+
+#[derive(Debug)]
+enum RawBackend {
+    Uri(Parsed<BackendConfig>),
+    Table(RawBackendTable),
+}
+
+impl<'de> Deserialize<'de> for RawBackend {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RawBackend;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a backend URI string or a table with uri, weight, priority")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawBackend, E> {
+                v.parse()
+                    .map(|b| RawBackend::Uri(Parsed(b)))
+                    .map_err(E::custom)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<RawBackend, A::Error> {
+                RawBackendTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(RawBackend::Table)
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackendTable {
+    uri: Parsed<BackendConfig>,
+    #[serde(default = "one")]
+    weight: u32,
+    #[serde(default)]
+    priority: u16,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    level: Option<String>,
+    format: Option<Parsed<LogFormat>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawProxy {
+    record_route: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTcp {
+    idle_timeout_secs: Option<u64>,
+    connect_timeout_ms: Option<u64>,
+    max_connections_per_shard: Option<usize>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    probe_interval_ms: Option<u64>,
+    probe_timeout_ms: Option<u64>,
+    failures_before_down: Option<u32>,
+    successes_before_up: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    shards: Option<u16>,
+    driver: Option<Parsed<Driver>>,
+    listen: Option<Vec<Parsed<Listener>>>,
+    metrics: Option<Parsed<AdminAddr>>,
+    drain_grace_secs: Option<u64>,
+    backends: Option<Vec<RawBackend>>,
+    #[serde(default)]
+    log: RawLog,
+    #[serde(default)]
+    proxy: RawProxy,
+    #[serde(default)]
+    tcp: RawTcp,
+    #[serde(default)]
+    health: RawHealth,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct AdminAddr(SocketAddr);
+
+impl FromStr for AdminAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        s.parse()
+            .map(AdminAddr)
+            .map_err(|_| format!("{s:?} is not IP:PORT"))
+    }
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+impl Config {
+    /// Parses and validates TOML text. Missing keys take their [`DEFAULT_TOML`] values.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text)?;
+        let d = Self::builtin();
+        let config = Self {
+            shards: match raw.shards {
+                None => d.shards,
+                Some(0) => None,
+                Some(n) => Some(n),
+            },
+            driver: raw.driver.map_or(d.driver, |p| p.0),
+            listen: raw
+                .listen
+                .map_or(d.listen, |v| v.into_iter().map(|p| p.0).collect()),
+            metrics: raw.metrics.map_or(d.metrics, |p| p.0.0),
+            drain_grace: raw
+                .drain_grace_secs
+                .map_or(d.drain_grace, Duration::from_secs),
+            backends: raw.backends.map_or(d.backends, |v| {
+                v.into_iter()
+                    .map(|b| match b {
+                        RawBackend::Uri(p) => p.0,
+                        RawBackend::Table(t) => BackendConfig {
+                            weight: t.weight,
+                            priority: t.priority,
+                            ..t.uri.0
+                        },
+                    })
+                    .collect()
+            }),
+            log: LogConfig {
+                level: raw.log.level.unwrap_or(d.log.level),
+                format: raw.log.format.map_or(d.log.format, |p| p.0),
+            },
+            proxy: ProxyConfig {
+                record_route: raw.proxy.record_route.unwrap_or(d.proxy.record_route),
+            },
+            tcp: TcpConfig {
+                idle_timeout: raw
+                    .tcp
+                    .idle_timeout_secs
+                    .map_or(d.tcp.idle_timeout, Duration::from_secs),
+                connect_timeout: raw
+                    .tcp
+                    .connect_timeout_ms
+                    .map_or(d.tcp.connect_timeout, Duration::from_millis),
+                max_connections_per_shard: raw
+                    .tcp
+                    .max_connections_per_shard
+                    .unwrap_or(d.tcp.max_connections_per_shard),
+            },
+            health: HealthConfig {
+                probe_interval: match raw.health.probe_interval_ms {
+                    None => d.health.probe_interval,
+                    Some(0) => None,
+                    Some(ms) => Some(Duration::from_millis(ms)),
+                },
+                probe_timeout: raw
+                    .health
+                    .probe_timeout_ms
+                    .map_or(d.health.probe_timeout, Duration::from_millis),
+                failures_before_down: raw
+                    .health
+                    .failures_before_down
+                    .unwrap_or(d.health.failures_before_down),
+                successes_before_up: raw
+                    .health
+                    .successes_before_up
+                    .unwrap_or(d.health.successes_before_up),
+            },
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the rules that involve more than one value. Also run after command-line
+    /// overrides are applied.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.listen.is_empty() {
+            return Err(invalid("listen", "at least one listener is required"));
+        }
+        for (i, a) in self.listen.iter().enumerate() {
+            if self.listen[..i].contains(a) {
+                return Err(invalid("listen", format!("{a} is listed twice")));
+            }
+        }
+        if self.backends.is_empty() {
+            return Err(invalid("backends", "at least one backend is required"));
+        }
+        if self.backends.iter().all(|b| b.weight == 0) {
+            return Err(invalid(
+                "backends",
+                "every backend has weight 0: no backend would take calls",
+            ));
+        }
+        if self.shards.is_some_and(|n| n > 1024) {
+            return Err(invalid("shards", "at most 1024 shards"));
+        }
+        if self.tcp.idle_timeout.is_zero() {
+            return Err(invalid("tcp.idle_timeout_secs", "must be at least 1"));
+        }
+        if self.tcp.connect_timeout.is_zero() {
+            return Err(invalid("tcp.connect_timeout_ms", "must be at least 1"));
+        }
+        if self.tcp.max_connections_per_shard == 0 {
+            return Err(invalid(
+                "tcp.max_connections_per_shard",
+                "must be at least 1",
+            ));
+        }
+        if self.health.probe_timeout.is_zero() {
+            return Err(invalid("health.probe_timeout_ms", "must be at least 1"));
+        }
+        if self.health.failures_before_down == 0 || self.health.successes_before_up == 0 {
+            return Err(invalid(
+                "health",
+                "failures_before_down and successes_before_up must be at least 1",
+            ));
+        }
+        if let Err(e) = self.log_filter_check() {
+            return Err(invalid("log.level", e));
+        }
+        Ok(())
+    }
+
+    fn log_filter_check(&self) -> Result<(), String> {
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map(drop)
+            .map_err(|e| format!("{:?} is not a log level or filter: {e}", self.log.level))
+    }
+
+    /// The built-in defaults, without going through TOML.
+    fn builtin() -> Self {
+        let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
+        Self {
+            shards: None,
+            driver: Driver::Auto,
+            listen: vec![
+                Listener {
+                    transport: ListenTransport::Udp,
+                    addr: SocketAddr::new(loopback, 5060),
+                },
+                Listener {
+                    transport: ListenTransport::Tcp,
+                    addr: SocketAddr::new(loopback, 5060),
+                },
+            ],
+            metrics: SocketAddr::new(loopback, 9090),
+            drain_grace: Duration::from_secs(30),
+            backends: ["sip:127.0.0.1:5070", "sip:127.0.0.1:5071"]
+                .into_iter()
+                .map(|uri| BackendConfig {
+                    uri: uri.to_owned(),
+                    weight: 1,
+                    priority: 0,
+                })
+                .collect(),
+            log: LogConfig {
+                level: "info".to_owned(),
+                format: LogFormat::Text,
+            },
+            proxy: ProxyConfig { record_route: true },
+            tcp: TcpConfig {
+                idle_timeout: Duration::from_secs(300),
+                connect_timeout: Duration::from_millis(2000),
+                max_connections_per_shard: 16384,
+            },
+            health: HealthConfig {
+                probe_interval: Some(Duration::from_millis(5000)),
+                probe_timeout: Duration::from_millis(2000),
+                failures_before_down: 3,
+                successes_before_up: 2,
+            },
+        }
+    }
+}
+
+impl Default for Config {
+    /// The configuration `sipedge` runs with when given no arguments ([`DEFAULT_TOML`]).
+    fn default() -> Self {
+        Self::builtin()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_toml_is_the_default() {
+        let parsed = Config::from_toml(DEFAULT_TOML).map_err(|e| e.to_string());
+        assert_eq!(parsed, Ok(Config::default()));
+        assert_eq!(Config::from_toml("").map_err(|e| e.to_string()), parsed);
+    }
+
+    #[test]
+    fn full_example() {
+        let c = Config::from_toml(
+            r#"
+shards = 2
+driver = "epoll"
+listen = ["udp:[::1]:5062", "tcp:0.0.0.0:5060", "udp:10.0.0.1:5060"]
+metrics = "[::1]:9100"
+backends = ["sip:10.0.0.7:5060;transport=tcp", { uri = "sip:10.0.0.8", weight = 3, priority = 1 }]
+[log]
+format = "json"
+level = "sipedge=debug,warn"
+[health]
+probe_interval_ms = 0
+"#,
+        )
+        .map_err(|e| e.to_string());
+        let Ok(c) = c else {
+            panic!("{c:?}");
+        };
+        assert_eq!(c.shards, Some(2));
+        assert_eq!(c.driver, Driver::Epoll);
+        assert_eq!(c.listen.len(), 3);
+        assert_eq!(c.listen[0].to_string(), "udp:[::1]:5062");
+        assert_eq!(c.backends[1].weight, 3);
+        assert_eq!(c.backends[1].priority, 1);
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert_eq!(c.health.probe_interval, None);
+    }
+
+    #[test]
+    fn errors_name_key_and_line() {
+        for (text, needles) in [
+            (
+                "shards = 1\nlisten = [\"sctp:1.2.3.4:5\"]\n",
+                &["line 2", "sctp"][..],
+            ),
+            ("\n\nbackends = [\"http://x\"]\n", &["line 3", "sip:"]),
+            ("unknown_key = 1\n", &["unknown_key", "line 1"]),
+            ("[tcp]\nidle_timeout = 3\n", &["idle_timeout", "line 2"]),
+            ("metrics = \"localhost\"\n", &["line 1", "IP:PORT"]),
+            ("listen = []\n", &["`listen`"]),
+            ("backends = []\n", &["`backends`"]),
+            ("[log]\nlevel = \"=\"\n", &["log.level"]),
+            ("driver = \"kqueue\"\n", &["line 1", "kqueue"]),
+            ("shards = -1\n", &["line 1", "shards"]),
+        ] {
+            let err = match Config::from_toml(text) {
+                Ok(c) => panic!("accepted {text:?}: {c:?}"),
+                Err(e) => e.to_string(),
+            };
+            for n in needles {
+                assert!(err.contains(n), "error for {text:?} lacks {n:?}: {err}");
+            }
+        }
+    }
+}

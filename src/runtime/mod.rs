@@ -1,5 +1,342 @@
-//! (module under construction)
+//! The monoio shell: the only part of sipedge that touches sockets, threads, clocks and signals.
+//!
+//! [`run`] starts the process:
+//!
+//! 1. picks the I/O driver (io_uring when the kernel allows it, else epoll; or as configured);
+//! 2. binds, for every shard and every configured listener, its own `SO_REUSEPORT` UDP socket
+//!    or TCP listener (all in the calling thread, so a bad address fails the start cleanly);
+//! 3. starts the admin HTTP server (metrics, health, readiness, drain) on its own thread;
+//! 4. starts one thread per shard, pinned to its CPU, each running a monoio runtime
+//!    ([`shard`]) that receives, runs the proxy engine, and sends;
+//! 5. waits for signals: SIGTERM/SIGINT drain for the grace period and exit 0 (a second one
+//!    exits at once), SIGHUP reloads the configuration (the backend pool is swapped; calls in
+//!    flight are not dropped).
+//!
+//! Messages whose Call-ID another shard owns are handed to it through bounded lock-free
+//! queues ([`handoff`]); nothing on the message path takes a lock or allocates.
 //!
 //! [`dns`]: RFC 3263 resolution of backend names on its own thread.
 
+mod admin;
 pub mod dns;
+mod engine;
+mod handoff;
+mod shard;
+mod sockopt;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+
+use self::handoff::{Mailbox, PostOffice};
+use self::shard::{ShardSetup, Shared};
+use crate::balance::{BackendSpec, Blacklist, BlacklistConfig, Pool};
+use crate::config::{Config, Driver, ListenTransport, Listener};
+use crate::metrics::Metrics;
+use crate::shard::ShardId;
+
+/// The I/O driver the shards run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriverKind {
+    /// Linux io_uring.
+    IoUring,
+    /// epoll (monoio's legacy driver).
+    Epoll,
+}
+
+impl DriverKind {
+    /// The name used in logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::IoUring => "io_uring",
+            Self::Epoll => "epoll",
+        }
+    }
+}
+
+/// Why the process could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// io_uring was required but the kernel (or a seccomp policy) refuses it.
+    #[error("io_uring was requested but is not available on this system")]
+    IoUringUnavailable,
+    /// A backend URI could not become a pool member.
+    #[error("backend {uri}: {reason}")]
+    Backend {
+        /// The backend's URI.
+        uri: String,
+        /// Why.
+        reason: String,
+    },
+    /// A listener could not be bound.
+    #[error("cannot bind {listener}: {source}")]
+    Bind {
+        /// The listener.
+        listener: String,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The admin/metrics address could not be bound.
+    #[error("cannot bind the metrics/admin address {addr}: {source}")]
+    Admin {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// Another start-up failure (thread, doorbell, signal handler).
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> RunError {
+    move |source| RunError::Io { what, source }
+}
+
+/// Chooses the driver: `auto` probes io_uring (creating a small ring) and falls back to epoll.
+pub fn select_driver(choice: Driver) -> Result<DriverKind, RunError> {
+    let uring = monoio::utils::detect_uring();
+    match choice {
+        Driver::Auto if uring => Ok(DriverKind::IoUring),
+        Driver::Auto => Ok(DriverKind::Epoll),
+        Driver::IoUring if uring => Ok(DriverKind::IoUring),
+        Driver::IoUring => Err(RunError::IoUringUnavailable),
+        Driver::Epoll => Ok(DriverKind::Epoll),
+    }
+}
+
+/// Number of shards for a configuration: as configured, else one per online CPU.
+pub fn shard_count(config: &Config) -> u16 {
+    config.shards.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| u16::try_from(n.get()).unwrap_or(u16::MAX))
+            .unwrap_or(1)
+    })
+}
+
+/// Builds the pool specs of a configuration. Host names need RFC 3263 resolution, which this
+/// shell does not do yet: they are refused with a message that says so.
+pub fn backend_specs(config: &Config) -> Result<Vec<BackendSpec>, RunError> {
+    config
+        .backends
+        .iter()
+        .map(|b| {
+            b.spec().map_err(|e| RunError::Backend {
+                uri: b.uri.clone(),
+                reason: e.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// Loads a new configuration on SIGHUP (re-reading the file and re-applying command-line
+/// overrides is the caller's business).
+pub type Reloader = Box<dyn Fn() -> Result<Config, String> + Send>;
+
+/// Runs sipedge with `config` until a signal ends it. Returns `Ok` after a drain completed.
+pub fn run(config: Config, reload: Reloader) -> Result<(), RunError> {
+    let driver = select_driver(config.driver)?;
+    let shards = shard_count(&config).max(1);
+    let specs = backend_specs(&config)?;
+    let pool = Pool::new(&specs).map_err(|e| RunError::Backend {
+        uri: String::new(),
+        reason: e.to_string(),
+    })?;
+    let names: Vec<String> = pool.backends().iter().map(|b| b.uri().to_owned()).collect();
+    let metrics = Arc::new(Metrics::new(usize::from(shards), &names));
+    metrics.set_driver(driver.name());
+
+    let mut mailboxes = Vec::with_capacity(usize::from(shards));
+    let mut bells = Vec::with_capacity(usize::from(shards));
+    for id in 0..shards {
+        let (mailbox, bell) = Mailbox::new(id).map_err(io_err("creating handoff queues"))?;
+        mailboxes.push(mailbox);
+        bells.push(bell);
+    }
+
+    // Bind every shard's sockets here, so a bad or busy address fails the start at once.
+    // A listener on port 0 gets its port from the first bind; the other shards reuse it.
+    let mut listeners: Vec<Listener> = config.listen.clone();
+    let mut setups: Vec<ShardSetup> = Vec::with_capacity(usize::from(shards));
+    for (id, bell) in (0..shards).zip(bells) {
+        let mut setup = ShardSetup {
+            id,
+            udp: Vec::new(),
+            tcp: Vec::new(),
+            bell,
+        };
+        for listener in &mut listeners {
+            let bind_err = |source| RunError::Bind {
+                listener: listener.to_string(),
+                source,
+            };
+            match listener.transport {
+                ListenTransport::Udp => {
+                    let sock = sockopt::bind_udp(listener.addr).map_err(bind_err)?;
+                    listener.addr = sock.local_addr().map_err(io_err("local address"))?;
+                    setup.udp.push(sock);
+                }
+                ListenTransport::Tcp => {
+                    let sock = sockopt::bind_tcp(listener.addr).map_err(bind_err)?;
+                    listener.addr = sock.local_addr().map_err(io_err("local address"))?;
+                    setup.tcp.push(sock);
+                }
+            }
+        }
+        setups.push(setup);
+    }
+
+    let admin_listener =
+        std::net::TcpListener::bind(config.metrics).map_err(|source| RunError::Admin {
+            addr: config.metrics,
+            source,
+        })?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(io_err("admin local address"))?;
+
+    let shared = Arc::new(Shared {
+        metrics: Arc::clone(&metrics),
+        blacklist: Arc::new(Blacklist::new(BlacklistConfig::default())),
+        pool: Arc::new(ArcSwap::from_pointee(pool)),
+        post: PostOffice::new(mailboxes),
+        shards,
+        driver,
+        tcp: config.tcp.clone(),
+        draining: AtomicBool::new(false),
+        started: AtomicUsize::new(0),
+    });
+
+    {
+        let shared = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name("sipedge-admin".to_owned())
+            .spawn(move || admin::serve(admin_listener, shared))
+            .map_err(io_err("starting the admin thread"))?;
+    }
+
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for setup in setups {
+        let shared = Arc::clone(&shared);
+        let id = setup.id;
+        std::thread::Builder::new()
+            .name(format!("sipedge-shard-{id}"))
+            .spawn(move || {
+                // Pinning keeps a shard's caches warm; without it the shard still runs.
+                if let Err(e) = monoio::utils::bind_to_cpu_set([usize::from(id) % cpus]) {
+                    tracing::warn!(shard = id, error = ?e, "could not pin shard to its CPU");
+                }
+                if let Err(e) = shard::run(setup, shared) {
+                    tracing::error!(shard = id, error = %e, "shard stopped");
+                    // A shard that cannot run leaves a hole in the Call-ID space: stop.
+                    std::process::exit(1);
+                }
+            })
+            .map_err(io_err("starting a shard thread"))?;
+    }
+
+    wait_started(&shared, Duration::from_secs(10));
+    let listen_list: Vec<String> = listeners.iter().map(ToString::to_string).collect();
+    tracing::info!(
+        shards,
+        driver = driver.name(),
+        listeners = %listen_list.join(","),
+        backends = %names.join(","),
+        metrics = %admin_addr,
+        "sipedge started"
+    );
+
+    signal_loop(&shared, &config, reload)
+}
+
+fn wait_started(shared: &Shared, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while shared.started.load(Ordering::SeqCst) < usize::from(shared.shards)
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn signal_loop(shared: &Arc<Shared>, config: &Config, reload: Reloader) -> Result<(), RunError> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+        .map_err(io_err("installing signal handlers"))?;
+    let mut drain_deadline: Option<Instant> = None;
+    let mut config = config.clone();
+    loop {
+        if let Some(deadline) = drain_deadline {
+            if Instant::now() >= deadline {
+                tracing::info!("drain complete, exiting");
+                return Ok(());
+            }
+        }
+        for signal in signals.pending() {
+            match signal {
+                SIGTERM | SIGINT => {
+                    if drain_deadline.is_some() {
+                        tracing::info!("second termination signal: exiting now");
+                        return Ok(());
+                    }
+                    admin::start_drain(shared);
+                    drain_deadline = Some(Instant::now() + config.drain_grace);
+                    tracing::info!(
+                        grace_secs = config.drain_grace.as_secs_f64(),
+                        "termination signal: draining (new calls get 503, dialogs continue)"
+                    );
+                }
+                SIGHUP => match reload_config(shared, &config, &reload) {
+                    Ok(next) => config = next,
+                    Err(e) => {
+                        shared.metrics.reload(false);
+                        tracing::error!(error = %e, "configuration reload failed; keeping the running configuration");
+                    }
+                },
+                _ => {}
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn reload_config(shared: &Shared, running: &Config, reload: &Reloader) -> Result<Config, String> {
+    let next = reload()?;
+    let specs = backend_specs(&next).map_err(|e| e.to_string())?;
+    let pool = shared
+        .pool
+        .load()
+        .reload(&specs)
+        .map_err(|e| e.to_string())?;
+    let names: Vec<String> = pool.backends().iter().map(|b| b.uri().to_owned()).collect();
+    // Metrics first: a shard looking up a new backend's index must find its counters.
+    shared.metrics.set_backends(&names);
+    shared.pool.store(Arc::new(pool));
+    shared.metrics.reload(true);
+    if next.listen != running.listen
+        || next.shards != running.shards
+        || next.driver != running.driver
+        || next.metrics != running.metrics
+        || next.tcp != running.tcp
+    {
+        tracing::warn!(
+            "listeners, shards, driver, metrics address and tcp settings change only on restart"
+        );
+    }
+    tracing::info!(backends = %names.join(","), "configuration reloaded");
+    Ok(next)
+}
+
+/// The shard that owns a TCP flow id minted by this runtime.
+pub fn flow_shard(flow: u64) -> ShardId {
+    (flow >> 48) as ShardId
+}

@@ -1,0 +1,786 @@
+//! One shard: a monoio runtime on its own pinned thread, its own `SO_REUSEPORT` sockets, its
+//! own engine, connections and buffers.
+//!
+//! Tasks of a shard (all on its one thread, sharing the shard through an `Rc`):
+//! - one receive loop per UDP listener socket;
+//! - one accept loop per TCP listener, then a reader and a writer task per connection;
+//! - the handoff loop, which drains the shard's inbox when its doorbell rings;
+//! - on shard 0 only, the health prober.
+//!
+//! Every loop owns its receive buffer and one send buffer, allocated once when the loop
+//! starts; the engine writes into the send buffer and the socket borrows it back, so a
+//! message costs no allocation. The engine is borrowed only between awaits.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use monoio::buf::{IoBuf, IoBufMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt, Splitable};
+use monoio::net::udp::UdpSocket;
+use monoio::net::unix::UnixDatagram;
+use monoio::net::{TcpListener, TcpStream};
+
+use super::engine::{Dest, Engine, FlowId, Frame, Inbound, Transmit, Transport, Verdict, frame};
+use super::handoff::{HandoffError, Parcel, ParcelKind, PostOffice};
+use super::{DriverKind, sockopt};
+use crate::balance::{Blacklist, BlockReason, Pool};
+use crate::config::TcpConfig;
+use crate::metrics::{Direction, DropReason, ErrorReason, Metrics, ShardMetrics};
+use crate::shard::ShardId;
+
+/// Size of every receive and send buffer: the largest UDP payload.
+pub(crate) const BUF_SIZE: usize = 65_535;
+
+/// Bytes queued for one TCP connection beyond which it is considered stuck and closed.
+const MAX_PENDING: usize = 4 << 20;
+
+/// State shared by every shard (and the admin and signal threads).
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) blacklist: Arc<Blacklist>,
+    pub(crate) pool: Arc<ArcSwap<Pool>>,
+    pub(crate) post: PostOffice,
+    pub(crate) shards: u16,
+    pub(crate) driver: DriverKind,
+    pub(crate) tcp: TcpConfig,
+    /// Set by SIGTERM or `POST /drain`.
+    pub(crate) draining: AtomicBool,
+    /// Shards whose sockets are registered and whose loops run.
+    pub(crate) started: AtomicUsize,
+}
+
+/// What a shard thread starts with: sockets bound (by the main thread, so bind errors are
+/// reported before anything runs) and its doorbell.
+#[derive(Debug)]
+pub(crate) struct ShardSetup {
+    pub(crate) id: ShardId,
+    pub(crate) udp: Vec<std::net::UdpSocket>,
+    pub(crate) tcp: Vec<std::net::TcpListener>,
+    pub(crate) bell: std::os::unix::net::UnixDatagram,
+}
+
+struct UdpEndpoint {
+    sock: UdpSocket,
+    local: SocketAddr,
+    fd: RawFd,
+}
+
+/// A TCP connection of this shard (accepted, or opened toward a next hop).
+struct Conn {
+    id: FlowId,
+    peer: SocketAddr,
+    /// The address the core sees as `local`: the accepting listener, or for an outgoing
+    /// connection the TCP listener of the same family (the address our Via advertises).
+    local: SocketAddr,
+    outbound: bool,
+    fd: Cell<RawFd>,
+    pending: RefCell<Vec<u8>>,
+    writer: RefCell<Option<Waker>>,
+    closed: Cell<bool>,
+    last_activity: Cell<Instant>,
+}
+
+impl Conn {
+    fn enqueue(&self, bytes: &[u8], metrics: &ShardMetrics) -> bool {
+        if self.closed.get() {
+            metrics.drop(DropReason::UnknownFlow);
+            return false;
+        }
+        let mut pending = self.pending.borrow_mut();
+        if pending.len() + bytes.len() > MAX_PENDING {
+            drop(pending);
+            metrics.error(ErrorReason::TcpWrite);
+            self.close();
+            return false;
+        }
+        pending.extend_from_slice(bytes);
+        drop(pending);
+        if let Some(w) = self.writer.borrow_mut().take() {
+            w.wake();
+        }
+        true
+    }
+
+    fn close(&self) {
+        if self.closed.replace(true) {
+            return;
+        }
+        let fd = self.fd.get();
+        if fd >= 0 {
+            // SAFETY: `fd` is the connection's socket, still open: it is closed only when
+            // both halves are dropped, which happens after the tasks observe `closed`.
+            // shutdown() wakes the reader blocked in read() with end-of-file.
+            unsafe {
+                libc::shutdown(fd, libc::SHUT_RDWR);
+            }
+        }
+        if let Some(w) = self.writer.borrow_mut().take() {
+            w.wake();
+        }
+    }
+}
+
+/// Resolves when the connection has bytes to write or is closed.
+struct WritePending<'a>(&'a Conn);
+
+impl Future for WritePending<'_> {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let conn = self.0;
+        if conn.closed.get() || !conn.pending.borrow().is_empty() {
+            Poll::Ready(())
+        } else {
+            *conn.writer.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        }
+    }
+}
+
+/// Yields to the scheduler once, so other tasks (timers, the handoff loop) run. Under the
+/// epoll driver a socket that always has data would otherwise never yield.
+struct YieldNow(bool);
+
+impl Future for YieldNow {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0 {
+            Poll::Ready(())
+        } else {
+            self.0 = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    }
+}
+
+#[derive(Default)]
+struct Conns {
+    by_id: HashMap<FlowId, Rc<Conn>>,
+    outbound: HashMap<SocketAddr, Rc<Conn>>,
+    next: u64,
+}
+
+struct Shard {
+    id: ShardId,
+    shared: Arc<Shared>,
+    engine: RefCell<Engine>,
+    udp: Vec<UdpEndpoint>,
+    tcp_locals: Vec<SocketAddr>,
+    conns: RefCell<Conns>,
+    /// Messages a receive loop handles before it yields.
+    yield_every: u32,
+}
+
+/// Runs shard `setup.id` on the current thread until the process exits.
+pub(crate) fn run(setup: ShardSetup, shared: Arc<Shared>) -> io::Result<()> {
+    match shared.driver {
+        DriverKind::IoUring => {
+            let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+                .with_entries(2048)
+                .enable_timer()
+                .build()?;
+            rt.block_on(shard_main(setup, shared))
+        }
+        DriverKind::Epoll => {
+            let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+                .enable_timer()
+                .build()?;
+            rt.block_on(shard_main(setup, shared))
+        }
+    }
+}
+
+async fn shard_main(setup: ShardSetup, shared: Arc<Shared>) -> io::Result<()> {
+    let epoll = shared.driver == DriverKind::Epoll;
+    let mut udp = Vec::with_capacity(setup.udp.len());
+    for sock in setup.udp {
+        let local = sock.local_addr()?;
+        let fd = sock.as_raw_fd();
+        if epoll {
+            sock.set_nonblocking(true)?;
+        }
+        udp.push(UdpEndpoint {
+            sock: UdpSocket::from_std(sock)?,
+            local,
+            fd,
+        });
+    }
+    let mut listeners = Vec::with_capacity(setup.tcp.len());
+    let mut tcp_locals = Vec::with_capacity(setup.tcp.len());
+    for l in setup.tcp {
+        let local = l.local_addr()?;
+        if epoll {
+            l.set_nonblocking(true)?;
+        }
+        tcp_locals.push(local);
+        listeners.push((TcpListener::from_std(l)?, local));
+    }
+    if epoll {
+        setup.bell.set_nonblocking(true)?;
+    }
+    let bell = UnixDatagram::from_std(setup.bell)?;
+    let shard = Rc::new(Shard {
+        id: setup.id,
+        engine: RefCell::new(Engine::new(
+            setup.id,
+            shared.shards,
+            Arc::clone(&shared.pool),
+        )),
+        shared,
+        udp,
+        tcp_locals,
+        conns: RefCell::new(Conns::default()),
+        yield_every: if epoll { 32 } else { 256 },
+    });
+    for i in 0..shard.udp.len() {
+        monoio::spawn(udp_loop(Rc::clone(&shard), i));
+    }
+    for (listener, local) in listeners {
+        monoio::spawn(accept_loop(Rc::clone(&shard), listener, local));
+    }
+    shard.shared.started.fetch_add(1, Ordering::SeqCst);
+    handoff_loop(shard, bell).await;
+    Ok(())
+}
+
+impl Shard {
+    fn metrics(&self) -> &ShardMetrics {
+        self.shared.metrics.shard(usize::from(self.id))
+    }
+
+    /// Runs one inbound message through the engine and carries out the verdict.
+    async fn dispatch(self: &Rc<Self>, input: Inbound<'_>, sbuf: Vec<u8>) -> Vec<u8> {
+        let mut sbuf = sbuf;
+        let metrics = self.metrics();
+        metrics.message();
+        if !input.handed_off {
+            count_message(metrics, input.bytes, true);
+        }
+        let verdict = {
+            let mut engine = self.engine.borrow_mut();
+            engine.handle_inbound(
+                Inbound {
+                    now: input.now,
+                    src: input.src,
+                    local: input.local,
+                    transport: input.transport,
+                    flow: input.flow,
+                    handed_off: input.handed_off,
+                    bytes: input.bytes,
+                },
+                &self.shared.blacklist,
+                &mut sbuf,
+            )
+        };
+        match verdict {
+            Verdict::Forward(t) => self.transmit(t, input.local, sbuf).await,
+            Verdict::Respond(t) => {
+                if let Some(status) = sbuf.get(..t.len).and_then(status_of) {
+                    metrics.local_response(status);
+                }
+                self.transmit(t, input.local, sbuf).await
+            }
+            Verdict::Handoff(owner) => {
+                let result = self.shared.post.send(
+                    self.id,
+                    owner,
+                    |p| {
+                        p.kind = ParcelKind::Inbound;
+                        p.src = input.src;
+                        p.local = input.local;
+                        p.tcp = input.transport == Transport::Tcp;
+                        p.flow = input.flow.map(|f| f.0);
+                    },
+                    input.bytes,
+                );
+                self.count_handoff(result);
+                sbuf
+            }
+            Verdict::Drop(reason) => {
+                metrics.drop(reason);
+                sbuf
+            }
+        }
+    }
+
+    fn count_handoff(&self, result: Result<(), HandoffError>) {
+        let metrics = self.metrics();
+        match result {
+            Ok(()) => metrics.handoff_sent(),
+            Err(HandoffError::PoolEmpty) => metrics.drop(DropReason::HandoffPoolEmpty),
+            Err(HandoffError::QueueFull) => metrics.drop(DropReason::HandoffQueueFull),
+            Err(HandoffError::TooLarge) => metrics.drop(DropReason::TooLarge),
+        }
+    }
+
+    /// Sends `sbuf[..t.len]` where the engine said.
+    async fn transmit(
+        self: &Rc<Self>,
+        t: Transmit,
+        arrived_on: SocketAddr,
+        sbuf: Vec<u8>,
+    ) -> Vec<u8> {
+        let Some(bytes) = sbuf.get(..t.len) else {
+            self.metrics().drop(DropReason::Other);
+            return sbuf;
+        };
+        count_message(self.metrics(), bytes, false);
+        match t.dest {
+            Dest::Addr(Transport::Udp, addr) => {
+                self.count_backend(addr, bytes);
+                self.send_udp(t.src.unwrap_or(arrived_on), addr, sbuf, t.len)
+                    .await
+            }
+            Dest::Addr(Transport::Tcp, addr) => {
+                self.count_backend(addr, bytes);
+                self.send_tcp(addr, bytes);
+                sbuf
+            }
+            Dest::Flow(flow) => {
+                self.send_flow(flow, bytes);
+                sbuf
+            }
+        }
+    }
+
+    fn count_backend(&self, addr: SocketAddr, bytes: &[u8]) {
+        if status_of(bytes).is_some() {
+            return;
+        }
+        let pool = self.shared.pool.load();
+        if let Some(i) = pool.backends().iter().position(|b| b.addr() == addr) {
+            if let Some(b) = self.shared.metrics.backends().get(i) {
+                b.request(usize::from(self.id));
+            }
+        }
+    }
+
+    async fn send_udp(
+        &self,
+        from: SocketAddr,
+        to: SocketAddr,
+        sbuf: Vec<u8>,
+        len: usize,
+    ) -> Vec<u8> {
+        let endpoint = self
+            .udp
+            .iter()
+            .find(|e| e.local == from)
+            .or_else(|| self.udp.iter().find(|e| e.local.is_ipv4() == to.is_ipv4()));
+        let Some(endpoint) = endpoint else {
+            self.metrics().drop(DropReason::NoRoute);
+            return sbuf;
+        };
+        let (result, slice) = endpoint.sock.send_to(sbuf.slice(0..len), to).await;
+        if let Err(e) = result {
+            self.udp_error(endpoint, Some(to), &e);
+        }
+        slice.into_inner()
+    }
+
+    /// Counts a UDP socket error and reports the destinations behind it to the blacklist.
+    fn udp_error(&self, endpoint: &UdpEndpoint, to: Option<SocketAddr>, e: &io::Error) {
+        let metrics = self.metrics();
+        let now = Instant::now();
+        let mut reported = 0;
+        // IP_RECVERR: the error queue names the destination of each datagram an ICMP error
+        // came back for (port or host unreachable).
+        sockopt::drain_error_queue(endpoint.fd, |addr| {
+            reported += 1;
+            metrics.error(ErrorReason::Icmp);
+            self.shared
+                .blacklist
+                .report(addr, BlockReason::IcmpUnreachable, now);
+        });
+        if reported == 0 {
+            metrics.error(ErrorReason::UdpSend);
+            if let (Some(to), Some(libc::ECONNREFUSED | libc::EHOSTUNREACH | libc::ENETUNREACH)) =
+                (to, e.raw_os_error())
+            {
+                self.shared
+                    .blacklist
+                    .report(to, BlockReason::SendError, now);
+            }
+        }
+    }
+
+    fn send_tcp(self: &Rc<Self>, addr: SocketAddr, bytes: &[u8]) {
+        let existing = self.conns.borrow().outbound.get(&addr).cloned();
+        let conn = match existing {
+            Some(c) if !c.closed.get() => c,
+            _ => self.open_outbound(addr),
+        };
+        conn.enqueue(bytes, self.metrics());
+    }
+
+    fn send_flow(self: &Rc<Self>, flow: FlowId, bytes: &[u8]) {
+        let owner = flow_owner(flow);
+        if owner == self.id {
+            let conn = self.conns.borrow().by_id.get(&flow).cloned();
+            match conn {
+                Some(c) => {
+                    c.enqueue(bytes, self.metrics());
+                }
+                None => self.metrics().drop(DropReason::UnknownFlow),
+            }
+        } else {
+            let result = self.shared.post.send(
+                self.id,
+                owner,
+                |p| p.kind = ParcelKind::ToFlow(flow.0),
+                bytes,
+            );
+            self.count_handoff(result);
+        }
+    }
+
+    fn new_conn(&self, peer: SocketAddr, local: SocketAddr, outbound: bool, fd: RawFd) -> Rc<Conn> {
+        let mut conns = self.conns.borrow_mut();
+        conns.next += 1;
+        // INVARIANT: the top 16 bits name the owning shard (see `flow_owner`).
+        let id = FlowId((u64::from(self.id) << 48) | (conns.next & ((1 << 48) - 1)));
+        let conn = Rc::new(Conn {
+            id,
+            peer,
+            local,
+            outbound,
+            fd: Cell::new(fd),
+            pending: RefCell::new(Vec::new()),
+            writer: RefCell::new(None),
+            closed: Cell::new(false),
+            last_activity: Cell::new(Instant::now()),
+        });
+        conns.by_id.insert(id, Rc::clone(&conn));
+        if outbound {
+            conns.outbound.insert(peer, Rc::clone(&conn));
+        }
+        let direction = if outbound {
+            Direction::Outbound
+        } else {
+            Direction::Inbound
+        };
+        self.metrics().tcp_connection(direction, 1);
+        conn
+    }
+
+    fn forget_conn(&self, conn: &Conn) {
+        conn.close();
+        let mut conns = self.conns.borrow_mut();
+        if conns.by_id.remove(&conn.id).is_some() {
+            let direction = if conn.outbound {
+                Direction::Outbound
+            } else {
+                Direction::Inbound
+            };
+            self.metrics().tcp_connection(direction, -1);
+        }
+        if conn.outbound
+            && conns
+                .outbound
+                .get(&conn.peer)
+                .is_some_and(|c| c.id == conn.id)
+        {
+            conns.outbound.remove(&conn.peer);
+        }
+    }
+
+    fn open_outbound(self: &Rc<Self>, addr: SocketAddr) -> Rc<Conn> {
+        let local = self
+            .tcp_locals
+            .iter()
+            .find(|l| l.is_ipv4() == addr.is_ipv4())
+            .copied()
+            .unwrap_or(addr);
+        let conn = self.new_conn(addr, local, true, -1);
+        monoio::spawn(outbound_conn(Rc::clone(self), Rc::clone(&conn)));
+        conn
+    }
+
+    fn connection_count(&self) -> usize {
+        self.conns.borrow().by_id.len()
+    }
+}
+
+/// The shard that owns a flow.
+fn flow_owner(flow: FlowId) -> ShardId {
+    (flow.0 >> 48) as ShardId
+}
+
+/// The status code of a response's status line, `None` for a request.
+fn status_of(bytes: &[u8]) -> Option<u16> {
+    let rest = bytes.strip_prefix(b"SIP/2.0 ")?;
+    let code = rest.get(..3)?;
+    std::str::from_utf8(code).ok()?.parse().ok()
+}
+
+/// Counts a message by method or response class from its start line alone (no parse).
+fn count_message(metrics: &ShardMetrics, bytes: &[u8], inbound: bool) {
+    if let Some(status) = status_of(bytes) {
+        if inbound {
+            metrics.response_in(status);
+        } else {
+            metrics.response_out(status);
+        }
+    } else if let Some(sp) = bytes.iter().take(32).position(|&b| b == b' ') {
+        let method = &bytes[..sp];
+        if inbound {
+            metrics.request_in(method);
+        } else {
+            metrics.request_out(method);
+        }
+    }
+}
+
+async fn udp_loop(shard: Rc<Shard>, index: usize) {
+    let mut rbuf: Vec<u8> = Vec::with_capacity(BUF_SIZE);
+    let mut sbuf: Vec<u8> = vec![0u8; BUF_SIZE];
+    let mut since_yield = 0u32;
+    let Some(endpoint) = shard.udp.get(index) else {
+        return;
+    };
+    let local = endpoint.local;
+    loop {
+        let (result, buf) = endpoint.sock.recv_from(rbuf).await;
+        rbuf = buf;
+        match result {
+            Ok((n, src)) => {
+                if n > 0 {
+                    let input = Inbound {
+                        now: Instant::now(),
+                        src,
+                        local,
+                        transport: Transport::Udp,
+                        flow: None,
+                        handed_off: false,
+                        bytes: &rbuf[..n.min(rbuf.len())],
+                    };
+                    sbuf = shard.dispatch(input, sbuf).await;
+                }
+            }
+            Err(e) => {
+                shard.udp_error(endpoint, None, &e);
+                if !matches!(
+                    e.raw_os_error(),
+                    Some(libc::ECONNREFUSED | libc::EHOSTUNREACH | libc::ENETUNREACH)
+                ) {
+                    shard.metrics().error(ErrorReason::UdpRecv);
+                }
+            }
+        }
+        since_yield += 1;
+        if since_yield >= shard.yield_every {
+            since_yield = 0;
+            YieldNow(false).await;
+        }
+    }
+}
+
+async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, local: SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                if shard.connection_count() >= shard.shared.tcp.max_connections_per_shard {
+                    shard.metrics().error(ErrorReason::TcpLimit);
+                    drop(stream);
+                    continue;
+                }
+                let _ = stream.set_nodelay(true);
+                let conn = shard.new_conn(peer, local, false, stream.as_raw_fd());
+                monoio::spawn(run_conn(Rc::clone(&shard), conn, stream));
+            }
+            Err(_) => {
+                shard.metrics().error(ErrorReason::TcpAccept);
+                // EMFILE and friends: back off instead of spinning on the error.
+                monoio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+async fn outbound_conn(shard: Rc<Shard>, conn: Rc<Conn>) {
+    let connect = TcpStream::connect_addr(conn.peer);
+    let Ok(Ok(stream)) = monoio::time::timeout(shard.shared.tcp.connect_timeout, connect).await
+    else {
+        shard.metrics().error(ErrorReason::TcpConnect);
+        shard
+            .shared
+            .blacklist
+            .report(conn.peer, BlockReason::ConnectRefused, Instant::now());
+        shard.forget_conn(&conn);
+        return;
+    };
+    if conn.closed.get() {
+        shard.forget_conn(&conn);
+        return;
+    }
+    let _ = stream.set_nodelay(true);
+    conn.fd.set(stream.as_raw_fd());
+    run_conn(shard, conn, stream).await;
+}
+
+/// Drives one established connection: a writer task and this reader until either ends.
+async fn run_conn(shard: Rc<Shard>, conn: Rc<Conn>, stream: TcpStream) {
+    let (mut reader, mut writer) = stream.into_split();
+    let wconn = Rc::clone(&conn);
+    let wshard = Rc::clone(&shard);
+    let write_task = monoio::spawn(async move {
+        let mut spare: Vec<u8> = Vec::new();
+        loop {
+            WritePending(&wconn).await;
+            if wconn.pending.borrow().is_empty() {
+                break; // closed and nothing left to write
+            }
+            std::mem::swap(&mut *wconn.pending.borrow_mut(), &mut spare);
+            let (result, buf) = writer.write_all(spare).await;
+            spare = buf;
+            spare.clear();
+            wconn.last_activity.set(Instant::now());
+            if result.is_err() {
+                wshard.metrics().error(ErrorReason::TcpWrite);
+                wconn.close();
+                break;
+            }
+            if wconn.closed.get() && wconn.pending.borrow().is_empty() {
+                break;
+            }
+        }
+    });
+
+    let mut buf: Vec<u8> = Vec::with_capacity(BUF_SIZE + 1);
+    let mut sbuf: Vec<u8> = vec![0u8; BUF_SIZE];
+    let idle = shard.shared.tcp.idle_timeout;
+    'conn: loop {
+        let mut start = 0;
+        loop {
+            match frame(&buf[start..]) {
+                Frame::Message { len } => {
+                    let input = Inbound {
+                        now: Instant::now(),
+                        src: conn.peer,
+                        local: conn.local,
+                        transport: Transport::Tcp,
+                        flow: Some(conn.id),
+                        handed_off: false,
+                        bytes: &buf[start..start + len],
+                    };
+                    sbuf = shard.dispatch(input, sbuf).await;
+                    start += len;
+                }
+                Frame::KeepAlive { len, ping } => {
+                    // RFC 5626 §4.4.1: answer a CRLFCRLF ping with a CRLF pong.
+                    if ping {
+                        conn.enqueue(b"\r\n", shard.metrics());
+                    }
+                    start += len;
+                }
+                Frame::Partial => break,
+                Frame::Invalid => {
+                    shard.metrics().error(ErrorReason::TcpFraming);
+                    break 'conn;
+                }
+            }
+        }
+        if start > 0 {
+            buf.drain(..start);
+        }
+        if conn.closed.get() {
+            break;
+        }
+        let (len, cap) = (buf.len(), buf.capacity());
+        if len >= cap {
+            // A message larger than any SIP message we accept: the stream cannot be
+            // resynchronised (RFC 3261 §18.3), close it.
+            shard.metrics().error(ErrorReason::TcpFraming);
+            break;
+        }
+        let deadline = conn.last_activity.get() + idle;
+        let wait = deadline.saturating_duration_since(Instant::now());
+        match monoio::time::timeout(wait, reader.read(buf.slice_mut(len..cap))).await {
+            Ok((Ok(0), _)) => break,
+            Ok((Ok(_), slice)) => {
+                buf = slice.into_inner();
+                conn.last_activity.set(Instant::now());
+            }
+            Ok((Err(_), _)) => {
+                if !conn.closed.get() {
+                    shard.metrics().error(ErrorReason::TcpRead);
+                }
+                break;
+            }
+            Err(_) => {
+                if conn.last_activity.get() + idle <= Instant::now() {
+                    shard.metrics().error(ErrorReason::TcpIdleTimeout);
+                    break;
+                }
+                // Written to meanwhile: the cancelled read kept its buffer, start a new one
+                // (rare: a connection idle on reads but busy with writes).
+                buf = Vec::with_capacity(BUF_SIZE + 1);
+            }
+        }
+    }
+    shard.forget_conn(&conn);
+    let _ = write_task.await;
+}
+
+async fn handoff_loop(shard: Rc<Shard>, bell: UnixDatagram) {
+    let mut bell_buf: Vec<u8> = Vec::with_capacity(64);
+    let mut sbuf: Vec<u8> = vec![0u8; BUF_SIZE];
+    let Some(mailbox) = shard.shared.post.mailbox(shard.id) else {
+        return;
+    };
+    loop {
+        shard.metrics().set_queue_depth(mailbox.depth());
+        let mut handled = 0u32;
+        while let Some(parcel) = mailbox.take() {
+            sbuf = handle_parcel(&shard, &parcel, sbuf).await;
+            shard.shared.post.recycle(parcel);
+            handled += 1;
+            if handled % shard.yield_every == 0 {
+                YieldNow(false).await;
+            }
+        }
+        if mailbox.arm() {
+            let (_, buf) = bell.recv(bell_buf).await;
+            bell_buf = buf;
+            mailbox.disarm();
+        }
+    }
+}
+
+async fn handle_parcel(shard: &Rc<Shard>, parcel: &Parcel, sbuf: Vec<u8>) -> Vec<u8> {
+    shard.metrics().handoff_received();
+    match parcel.kind {
+        ParcelKind::Inbound => {
+            let input = Inbound {
+                now: Instant::now(),
+                src: parcel.src,
+                local: parcel.local,
+                transport: if parcel.tcp {
+                    Transport::Tcp
+                } else {
+                    Transport::Udp
+                },
+                flow: parcel.flow.map(FlowId),
+                handed_off: true,
+                bytes: parcel.bytes(),
+            };
+            shard.dispatch(input, sbuf).await
+        }
+        ParcelKind::ToFlow(flow) => {
+            shard.send_flow(FlowId(flow), parcel.bytes());
+            sbuf
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! Socket creation and the socket options the std library does not expose.
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+/// Receive buffer asked for on UDP sockets: bursts of SIP arrive faster than one core drains
+/// them for a moment; the kernel caps it at `net.core.rmem_max`.
+const UDP_BUFFER: usize = 4 << 20;
+
+/// Binds a UDP socket with `SO_REUSEPORT` (every shard binds the same address and the kernel
+/// spreads datagrams over them) and `IP_RECVERR` (ICMP errors are queued with the address
+/// they concern, so a dead next hop is noticed on the first datagram).
+pub(crate) fn bind_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    let _ = socket.set_recv_buffer_size(UDP_BUFFER);
+    let _ = socket.set_send_buffer_size(UDP_BUFFER);
+    set_recverr(&socket, addr.is_ipv6())?;
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+/// Binds a TCP listener with `SO_REUSEPORT`.
+pub(crate) fn bind_tcp(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+fn set_recverr(socket: &Socket, v6: bool) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let (level, name) = if v6 {
+        (libc::IPPROTO_IPV6, libc::IPV6_RECVERR)
+    } else {
+        (libc::IPPROTO_IP, libc::IP_RECVERR)
+    };
+    let on: libc::c_int = 1;
+    // SAFETY: a valid socket descriptor, a pointer to a c_int that lives across the call and
+    // its exact size.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            (&raw const on).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Reads every queued error of a UDP socket with `IP_RECVERR` (`MSG_ERRQUEUE`, non-blocking)
+/// and calls `report` with the destination of each datagram that failed.
+pub(crate) fn drain_error_queue(fd: RawFd, mut report: impl FnMut(SocketAddr)) {
+    // Bounded: the kernel caps the queue by the socket buffer; 64 per call is plenty.
+    for _ in 0..64 {
+        let mut name = MaybeUninit::<libc::sockaddr_storage>::zeroed();
+        let mut control = [0u64; 64];
+        let mut data = [0u8; 1];
+        let mut iov = libc::iovec {
+            iov_base: data.as_mut_ptr().cast(),
+            iov_len: data.len(),
+        };
+        // SAFETY: msghdr is plain data; every pointer set below points to a live local
+        // buffer of the stated length.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_name = name.as_mut_ptr().cast();
+        msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        msg.msg_iov = &raw mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&control);
+        // SAFETY: `fd` is an open socket and `msg` describes valid buffers (see above).
+        let n = unsafe { libc::recvmsg(fd, &raw mut msg, libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT) };
+        if n < 0 {
+            return;
+        }
+        let len = msg.msg_namelen;
+        // SAFETY: the kernel initialised `len` bytes of the sockaddr_storage (zeroed before).
+        let addr = unsafe { SockAddr::new(name.assume_init(), len) };
+        if let Some(addr) = addr.as_socket() {
+            report(addr);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn icmp_port_unreachable_names_the_destination() {
+        let sock = bind_udp("127.0.0.1:0".parse().unwrap()).unwrap();
+        // A port nobody listens on: bind, learn it, close.
+        let dead = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let dead_addr = dead.local_addr().unwrap();
+        drop(dead);
+        sock.send_to(b"OPTIONS", dead_addr).unwrap();
+        let mut seen = Vec::new();
+        for _ in 0..100 {
+            use std::os::fd::AsRawFd;
+            drain_error_queue(sock.as_raw_fd(), |a| seen.push(a));
+            if !seen.is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(seen, vec![dead_addr]);
+    }
+
+    #[test]
+    fn reuseport_lets_two_shards_bind_the_same_address() {
+        let a = bind_udp("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = a.local_addr().unwrap();
+        let b = bind_udp(addr).unwrap();
+        assert_eq!(b.local_addr().unwrap(), addr);
+        let t = bind_tcp("127.0.0.1:0".parse().unwrap()).unwrap();
+        let taddr = t.local_addr().unwrap();
+        assert!(bind_tcp(taddr).is_ok());
+    }
+}
