@@ -12,7 +12,9 @@
 #![forbid(unsafe_code)]
 
 pub mod compartment;
+pub mod compressor;
 pub mod dictionary;
+pub mod endpoint;
 pub mod framing;
 pub mod message;
 pub mod nack;
@@ -20,6 +22,7 @@ pub mod state;
 pub mod udvm;
 
 pub use compartment::{ApplyReport, StateStore, StoreLimits};
+pub use endpoint::{CompressError, Received, SigcompConfig, SigcompEndpoint, Unconfirmed};
 pub use nack::{DecompressionFailure, NackReason};
 pub use state::{StateItem, StateLookup, StateRequest};
 pub use udvm::{Decompressed, DecompressorParams, Transport, Udvm};

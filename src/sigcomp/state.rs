@@ -100,7 +100,7 @@ pub trait StateLookup {
 }
 
 /// A lookup over a plain list of items (locally available states, tests).
-impl StateLookup for [Rc<StateItem>] {
+impl StateLookup for Vec<Rc<StateItem>> {
     fn lookup(&self, partial_id: &[u8]) -> Result<Rc<StateItem>, LookupError> {
         let mut found: Option<&Rc<StateItem>> = None;
         for item in self {
@@ -126,8 +126,8 @@ mod tests {
         assert_ne!(a.id, b.id);
         assert_eq!(a.length(), 3);
         assert_eq!(a.cost(), 67);
-        let list = [Rc::new(a.clone()), Rc::new(b)];
-        assert_eq!(list[..].lookup(&a.id[..20]).unwrap().id, a.id);
-        assert_eq!(list[..].lookup(&[0xEE; 6]), Err(LookupError::NotFound));
+        let list = vec![Rc::new(a.clone()), Rc::new(b)];
+        assert_eq!(list.lookup(&a.id[..20]).unwrap().id, a.id);
+        assert_eq!(list.lookup(&[0xEE; 6]), Err(LookupError::NotFound));
     }
 }
