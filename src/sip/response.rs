@@ -97,6 +97,15 @@ impl<'b> Salvage<'b> {
     pub fn buf(&self) -> &'b [u8] {
         self.buf
     }
+
+    /// The first value of the first Via line, parsed, if it is well-formed: where a response
+    /// goes (RFC 3261 §18.2.2 maddr / sent-by port, RFC 3581 rport) even when the rest of the
+    /// message is broken.
+    pub fn top_via(&self) -> Option<super::Via<'b>> {
+        let line = *self.via_lines().first()?;
+        let first = ListIter::new(self.buf, line).next()?;
+        parse_via(self.buf, first).ok()
+    }
 }
 
 /// Best-effort scan of a message that failed to parse: finds the start-line kind and the
