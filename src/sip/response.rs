@@ -195,6 +195,10 @@ pub struct ResponseOptions<'a> {
     /// Extra header lines written before Content-Length, each ending in CRLF
     /// (e.g. `Warning: 399 edge "Malformed Via"\r\nRetry-After: 5\r\n`).
     pub extra_headers: &'a [u8],
+    /// Answer even when From, To or Call-ID is missing, leaving out what is missing (RFC 4475
+    /// §3.1.2.19 "insuf" wants a 400). The top Via and CSeq, which the client matches a
+    /// response with (RFC 3261 §17.1.3), are still required.
+    pub partial: bool,
 }
 
 struct Writer<'o> {
@@ -239,12 +243,12 @@ pub fn write_response(
     if req.via_overflow {
         return Err(ResponseError::TooManyVias);
     }
-    if !req.is_answerable() {
-        return Err(ResponseError::NotAnswerable);
-    }
-    let (Some(from), Some(to), Some(call_id), Some(cseq)) =
-        (req.from, req.to, req.call_id, req.cseq)
-    else {
+    let answerable = if opts.partial {
+        req.is_request && req.via_count > 0 && req.cseq.is_some()
+    } else {
+        req.is_answerable()
+    };
+    let Some(cseq) = req.cseq.filter(|_| answerable) else {
         return Err(ResponseError::NotAnswerable);
     };
     let buf = req.buf;
@@ -263,7 +267,8 @@ pub fn write_response(
         }
         w.put(b"\r\n");
     }
-    for (name, span) in [(&b"From: "[..], from), (b"To: ", to)] {
+    for (name, span) in [(&b"From: "[..], req.from), (b"To: ", req.to)] {
+        let Some(span) = span else { continue };
         w.put(name);
         w.put(span.slice(buf));
         if name == b"To: " && !has_tag(span.slice(buf)) {
@@ -272,9 +277,12 @@ pub fn write_response(
         }
         w.put(b"\r\n");
     }
-    w.put(b"Call-ID: ");
-    w.put(call_id.slice(buf));
-    w.put(b"\r\nCSeq: ");
+    if let Some(call_id) = req.call_id {
+        w.put(b"Call-ID: ");
+        w.put(call_id.slice(buf));
+        w.put(b"\r\n");
+    }
+    w.put(b"CSeq: ");
     w.put(cseq.slice(buf));
     w.put(b"\r\n");
     w.put(opts.extra_headers);
@@ -377,4 +385,47 @@ pub fn to_tag(req: &Salvage<'_>) -> [u8; 16] {
         *t = b"0123456789abcdef"[nibble as usize];
     }
     tag
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INSUF: &[u8] = b"INVITE sip:user@example.com SIP/2.0\r\nCSeq: 193942 INVITE\r\n\
+Via: SIP/2.0/UDP 192.0.2.95;branch=z9hG4bKkdj.insuf;rport\r\nl: 0\r\n\r\n";
+
+    #[test]
+    fn partial_answers_without_from_to_call_id() {
+        let req = salvage(INSUF);
+        let mut out = [0u8; 512];
+        let opts = ResponseOptions::default();
+        assert_eq!(
+            write_response(&req, 400, b"Missing", &opts, &mut out),
+            Err(ResponseError::NotAnswerable)
+        );
+        let opts = ResponseOptions {
+            partial: true,
+            rport: Some(5061),
+            ..Default::default()
+        };
+        let n = write_response(&req, 400, b"Missing", &opts, &mut out).unwrap_or(0);
+        assert_eq!(
+            &out[..n],
+            &b"SIP/2.0 400 Missing\r\nVia: SIP/2.0/UDP 192.0.2.95;branch=z9hG4bKkdj.insuf;rport=5061\r\n\
+CSeq: 193942 INVITE\r\nContent-Length: 0\r\n\r\n"[..]
+        );
+    }
+
+    #[test]
+    fn top_via_of_a_salvage() {
+        let req = salvage(INSUF);
+        let via = req.top_via();
+        assert_eq!(via.map(|v| v.host.text), Some(&b"192.0.2.95"[..]));
+        assert_eq!(via.map(|v| v.rport), Some(Rport::Requested));
+        assert!(
+            salvage(b"INVITE x SIP/2.0\r\nVia: garbage\r\n\r\n")
+                .top_via()
+                .is_none()
+        );
+    }
 }
