@@ -1,1 +1,193 @@
-//! (module under construction)
+//! The stateless proxy core (RFC 3261 §16.11): one [`Core`] per shard turns each inbound
+//! message into one [`Verdict`], writing any bytes to send into the caller's buffer.
+//!
+//! It is sans-IO: the runtime passes the bytes, the time and the addresses in, and moves the
+//! result; the core owns no socket, no clock and no thread, allocates nothing per message and
+//! takes no lock. What it does with a message:
+//!
+//! - a request or response whose Call-ID belongs to another shard → [`Verdict::Handoff`];
+//! - a request from outside (the source is not a backend) → to the backend that owns its
+//!   Call-ID (or the one named by the affinity token in our Route), with our Via (branch per
+//!   §16.11), Max-Forwards decremented, `received`/`rport` filled in (RFC 3581), our own
+//!   Route removed (§16.4) and Record-Route added (§16.6 step 4);
+//! - a request from a backend → on by its next Route, else its Request-URI (§16.5-16.6);
+//! - a request that fails validation (§16.3) → the error response, sent where §18.2.2 and
+//!   RFC 3581 say;
+//! - a response → stripped of our Via and sent to the next Via (§16.7, §18.2.2), or dropped
+//!   when the top Via is not ours.
+//!
+//! # Driving loop
+//!
+//! ```text
+//! loop {
+//!     match next_input() {
+//!         datagram or framed stream message => {
+//!             match core.handle_inbound(Inbound { .. }, &blacklist, &mut out) {
+//!                 Verdict::Forward(t) | Verdict::Respond(t) => send(t.dest, t.src, &out[..t.len]),
+//!                 Verdict::Handoff(shard) => queue_to(shard, datagram),  // re-enter with handed_off
+//!                 Verdict::Drop(reason) => count(reason),
+//!             }
+//!         }
+//!         timer fired => core.handle_timeout(now),
+//!     }
+//!     while let Some(event) = core.poll_event() { act(event) }
+//!     sleep_until(core.poll_timeout());
+//! }
+//! ```
+//!
+//! A stream transport must frame messages (RFC 3261 §18.3) before calling
+//! [`Core::handle_inbound`]: the core treats its input as exactly one message.
+
+mod branch;
+mod config;
+mod core;
+mod out;
+mod siphash;
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+pub use self::config::{ConfigError, ListenerConfig, ProxyConfig};
+pub use self::core::{Core, MessageInfo, MessageKind};
+use crate::shard::ShardId;
+use crate::sip::Transport;
+
+/// A connection-oriented flow (a TCP connection), named by the runtime. Unique across all
+/// shards of a process for as long as the connection lives, so a response can be steered back
+/// to it from any shard (RFC 3261 §18.2.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowId(pub u64);
+
+/// One message handed to the core.
+#[derive(Debug, Clone, Copy)]
+pub struct Inbound<'b> {
+    /// The time the message was received.
+    pub now: Instant,
+    /// The address it came from (the RFC 3581 `received`/`rport` source).
+    pub src: SocketAddr,
+    /// The local address it arrived on (matched against [`ListenerConfig::local`]).
+    pub local: SocketAddr,
+    /// The transport it arrived over.
+    pub transport: Transport,
+    /// The connection it arrived on, for connection-oriented transports.
+    pub flow: Option<FlowId>,
+    /// True when another shard already handed this message over: never hand it off again.
+    pub handed_off: bool,
+    /// Exactly one message (a datagram, or one framed stream message).
+    pub bytes: &'b [u8],
+}
+
+/// Where a [`Transmit`] goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dest {
+    /// To this address over this transport. For a stream transport the runtime reuses an open
+    /// connection to the address or opens one.
+    Addr(Transport, SocketAddr),
+    /// Over this existing connection (RFC 3261 §18.2.2: a response goes back on the connection
+    /// its request came in on). If the connection is gone the runtime drops the message.
+    Flow(FlowId),
+}
+
+/// A message to send: the bytes are `out[..len]` of the buffer passed to the core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transmit {
+    /// The destination.
+    pub dest: Dest,
+    /// The local address to send from (the listener whose address is in our Via, or the one
+    /// the request came in on, RFC 3581 §4); `None` lets the runtime choose.
+    pub src: Option<SocketAddr>,
+    /// Number of bytes at the start of the output buffer.
+    pub len: usize,
+}
+
+/// What to do with an inbound message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Send the message on (a forwarded request or a relayed response).
+    Forward(Transmit),
+    /// Send a response the proxy generated (an error, or 200 to OPTIONS for the proxy).
+    Respond(Transmit),
+    /// The message belongs to this shard's sibling: queue the unchanged bytes to it.
+    Handoff(ShardId),
+    /// Discard it, counting the reason.
+    Drop(DropReason),
+}
+
+/// Why a message was discarded. `Copy`; [`DropReason::label`] is its metrics label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DropReason {
+    /// Not a SIP message at all (no start line could be salvaged), or an empty datagram.
+    NotSip,
+    /// A keep-alive (RFC 5626 §3.5.1 CRLF); the runtime answers those on streams itself.
+    KeepAlive,
+    /// A SigComp message (RFC 3320): it must be decompressed before it reaches the core.
+    SigComp,
+    /// A malformed response (RFC 3261 §18.1.2 / RFC 4475: discard it).
+    MalformedResponse,
+    /// A response whose top Via was not written by this proxy (RFC 3261 §18.1.2).
+    ForeignVia,
+    /// A response with no Via after ours: it was addressed to the proxy itself, which sends no
+    /// requests of its own.
+    NoNextVia,
+    /// A malformed ACK or an ACK that would deserve an error response: an ACK is never
+    /// answered (RFC 3261 §17.2.1).
+    BadAck,
+    /// A malformed request from which not even a Via could be salvaged, so there is no
+    /// address to send the error response to (RFC 3261 §18.2.2).
+    Unanswerable,
+    /// An ACK for which no backend is available (other requests get 503).
+    NoBackend,
+    /// The next hop is a host name: this core resolves numeric addresses only.
+    Unresolved,
+    /// The next hop needs a transport the proxy has no listener for (TLS, SCTP, WS...).
+    UnsupportedTransport,
+    /// The caller's output buffer cannot hold even the response (513 was impossible).
+    BufferTooSmall,
+}
+
+impl DropReason {
+    /// A stable snake-case label for metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::NotSip => "not_sip",
+            Self::KeepAlive => "keepalive",
+            Self::SigComp => "sigcomp",
+            Self::MalformedResponse => "malformed_response",
+            Self::ForeignVia => "foreign_via",
+            Self::NoNextVia => "no_next_via",
+            Self::BadAck => "bad_ack",
+            Self::Unanswerable => "unanswerable",
+            Self::NoBackend => "no_backend",
+            Self::Unresolved => "unresolved",
+            Self::UnsupportedTransport => "unsupported_transport",
+            Self::BufferTooSmall => "buffer_too_small",
+        }
+    }
+
+    /// Every reason, for pre-registering metrics.
+    pub const ALL: [Self; 12] = [
+        Self::NotSip,
+        Self::KeepAlive,
+        Self::SigComp,
+        Self::MalformedResponse,
+        Self::ForeignVia,
+        Self::NoNextVia,
+        Self::BadAck,
+        Self::Unanswerable,
+        Self::NoBackend,
+        Self::Unresolved,
+        Self::UnsupportedTransport,
+        Self::BufferTooSmall,
+    ];
+}
+
+/// Something the runtime must act on outside the message path, drained with
+/// [`Core::poll_event`] after each `handle_*` call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A backend did not answer in time. Reserved for transaction-stateful failover; the
+    /// stateless core never emits it yet.
+    BackendTimeout(SocketAddr),
+}

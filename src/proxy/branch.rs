@@ -1,0 +1,171 @@
+//! The branch parameter of the Via this proxy adds (RFC 3261 §16.6 step 8, §16.11).
+//!
+//! Layout after the magic cookie, all lower-case hex, fields separated by `.`:
+//!
+//! ```text
+//! z9hG4bK <tx:16> . <loop:8> . <return path> . <mac:8>
+//! ```
+//!
+//! - `tx` identifies the transaction: a keyed hash of the received branch when it carries the
+//!   magic cookie, else of the RFC 2543 fields (§16.11). A retransmission, the ACK for a
+//!   non-2xx and a CANCEL all carry the INVITE's received branch, so they get the same value.
+//! - `loop` is the loop-detection component (§16.6 step 8): a hash of what decides where the
+//!   request goes. When a request comes back carrying one of our Vias, recomputing it tells a
+//!   loop (equal) from a spiral (different), §16.3 item 4.
+//! - the return path records how the request reached us, so the response can go back the same
+//!   way without any state: the listener index (`l<hex>`) and, for a connection-oriented
+//!   arrival, the connection (`x<hex>`), RFC 3261 §18.2.2 "using the existing connection".
+//! - `mac` is a keyed hash of everything before it: a response whose top Via branch does not
+//!   verify was not produced by us and is dropped (§16.7 step 3, §18.1.2).
+//!
+//! Branches use only token characters, so they are valid Via parameters (§20.42).
+
+use super::FlowId;
+use super::out::{Out, parse_hex};
+use super::siphash::SipHasher;
+
+/// The RFC 3261 §8.1.1.7 magic cookie.
+pub(crate) const MAGIC_COOKIE: &[u8] = b"z9hG4bK";
+
+/// Longest branch this module writes: cookie + 16 + 1 + 8 + 1 + (1 + 2 + 1 + 16) + 1 + 8.
+pub(crate) const MAX_BRANCH_LEN: usize = 7 + 16 + 1 + 8 + 1 + 20 + 1 + 8;
+
+/// How a request reached the proxy, carried in the branch for the response's return trip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ReturnPath {
+    /// Index of the listener the request arrived on ([`super::ProxyConfig::listeners`]).
+    pub(crate) listener: u8,
+    /// The connection it arrived on, if any.
+    pub(crate) flow: Option<FlowId>,
+}
+
+/// The parts of one of our branches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Branch {
+    /// Transaction component.
+    pub(crate) tx: u64,
+    /// Loop-detection component (32 bits).
+    pub(crate) loop_hash: u32,
+    /// Where the response goes back.
+    pub(crate) ret: ReturnPath,
+}
+
+impl Branch {
+    /// Writes `z9hG4bK...` into `out`, keyed with `key`.
+    pub(crate) fn write(&self, key: &[u8; 16], out: &mut Out<'_>) {
+        let mut text = [0u8; MAX_BRANCH_LEN];
+        let mut w = Out::new(&mut text);
+        w.put(MAGIC_COOKIE);
+        w.put_hex(self.tx, 16);
+        w.put(b".");
+        w.put_hex(u64::from(self.loop_hash), 8);
+        w.put(b".l");
+        w.put_hex_compact(u64::from(self.ret.listener));
+        if let Some(flow) = self.ret.flow {
+            w.put(b"x");
+            w.put_hex_compact(flow.0);
+        }
+        w.put(b".");
+        let mac = mac32(key, w.written());
+        w.put_hex(u64::from(mac), 8);
+        let len = w.len();
+        out.put(&text[..len]);
+    }
+
+    /// Decodes and verifies a branch value; `None` unless it is one of ours, unaltered.
+    pub(crate) fn verify(value: &[u8], key: &[u8; 16]) -> Option<Self> {
+        if value.len() > MAX_BRANCH_LEN || value.len() < MAGIC_COOKIE.len() + 16 {
+            return None;
+        }
+        // The cookie is case-sensitive in practice; branches are compared byte for byte
+        // (RFC 3261 §17.2.3), so an altered case is not ours.
+        let body = value.strip_prefix(MAGIC_COOKIE)?;
+        let mac_dot = value.iter().rposition(|&b| b == b'.')?;
+        let (signed, mac_text) = (&value[..=mac_dot], &value[mac_dot + 1..]);
+        if mac_text.len() != 8 || parse_hex(mac_text)? != u64::from(mac32(key, signed)) {
+            return None;
+        }
+        let mut parts = body[..body.len() - 9].split(|&b| b == b'.');
+        let tx = parts.next().filter(|t| t.len() == 16).and_then(parse_hex)?;
+        let loop_hash = parts.next().filter(|t| t.len() == 8).and_then(parse_hex)?;
+        let ret = parts.next()?;
+        if parts.next().is_some() {
+            return None;
+        }
+        let ret = ret.strip_prefix(b"l")?;
+        let (listener, flow) = match ret.iter().position(|&b| b == b'x') {
+            Some(f) => (&ret[..f], Some(FlowId(parse_hex(&ret[f + 1..])?))),
+            None => (ret, None),
+        };
+        let listener = u8::try_from(parse_hex(listener)?).ok()?;
+        Some(Self {
+            tx,
+            loop_hash: u32::try_from(loop_hash).ok()?,
+            ret: ReturnPath { listener, flow },
+        })
+    }
+}
+
+fn mac32(key: &[u8; 16], signed: &[u8]) -> u32 {
+    let mut h = SipHasher::new(key);
+    h.write(b"sipedge-branch-mac");
+    h.write(signed);
+    (h.finish() >> 32) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: [u8; 16] = *b"0123456789abcdef";
+
+    fn text(b: &Branch) -> Vec<u8> {
+        let mut buf = [0u8; 128];
+        let mut out = Out::new(&mut buf);
+        b.write(&KEY, &mut out);
+        out.written().to_vec()
+    }
+
+    macro_rules! branch_table {
+        ($($name:ident: $branch:expr,)*) => {$(
+            #[test]
+            fn $name() {
+                let b: Branch = $branch;
+                let t = text(&b);
+                assert!(t.starts_with(MAGIC_COOKIE));
+                assert!(t.len() <= MAX_BRANCH_LEN);
+                assert!(t.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'.'));
+                assert_eq!(Branch::verify(&t, &KEY), Some(b));
+                // Another key does not verify it.
+                assert_eq!(Branch::verify(&t, b"fedcba9876543210"), None);
+                // Any single altered byte after the cookie breaks it.
+                for i in MAGIC_COOKIE.len()..t.len() {
+                    let mut bad = t.clone();
+                    bad[i] = if bad[i] == b'0' { b'1' } else { b'0' };
+                    assert_eq!(Branch::verify(&bad, &KEY), None, "byte {i} of {}", String::from_utf8_lossy(&t));
+                }
+            }
+        )*};
+    }
+
+    branch_table! {
+        udp_listener_zero: Branch { tx: 0, loop_hash: 0, ret: ReturnPath { listener: 0, flow: None } },
+        tcp_flow: Branch { tx: u64::MAX, loop_hash: u32::MAX, ret: ReturnPath { listener: 3, flow: Some(FlowId(0x1234)) } },
+        max_flow: Branch { tx: 42, loop_hash: 7, ret: ReturnPath { listener: 255, flow: Some(FlowId(u64::MAX)) } },
+        flow_zero: Branch { tx: 42, loop_hash: 7, ret: ReturnPath { listener: 1, flow: Some(FlowId(0)) } },
+    }
+
+    #[test]
+    fn foreign_branches_are_rejected() {
+        for foreign in [
+            &b""[..],
+            b"z9hG4bK",
+            b"z9hG4bK776asdhds",
+            b"390skdjuw",
+            b"z9hG4bK0000000000000000.00000000.l0.00000000",
+            b"z9hG4bK0000000000000000.00000000.l0.0000000000000000000000000000000000000000000000000000",
+        ] {
+            assert_eq!(Branch::verify(foreign, &KEY), None, "{}", String::from_utf8_lossy(foreign));
+        }
+    }
+}

@@ -1,0 +1,1434 @@
+//! The per-shard proxy core: validation (RFC 3261 §16.3), route preprocessing (§16.4), target
+//! choice (§16.5, balance pool), stateless forwarding (§16.6, §16.11) and response relay
+//! (§16.7, §18.2.2, RFC 3581).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use sha2::{Digest, Sha256};
+
+use super::branch::{Branch, MAGIC_COOKIE, MAX_BRANCH_LEN, ReturnPath};
+use super::config::{ProxyConfig, split_host_port};
+use super::out::{Out, itoa, parse_hex};
+use super::siphash::SipHasher;
+use super::{ConfigError, Dest, DropReason, Event, FlowId, Inbound, Transmit, Verdict};
+use crate::balance::{
+    AFFINITY_TOKEN_LEN, AffinityKey, Backend, BackendId, Blacklist, Pool, affinity_token,
+};
+use crate::shard::{ShardId, shard_of};
+use crate::sip::{
+    self, EMPTY_HEADER, ErrorKind, HeaderName, HostKind, Limits, Located, Message, Method,
+    NameAddr, ParseError, ResponseError, ResponseOptions, Rport, Salvage, SipUri, Span, Splice,
+    Transport, Uri, Via,
+};
+
+/// Header slots per message (the parser's default limit).
+const HEADER_SLOTS: usize = 128;
+/// Bytes of generated text one forwarded request may need (Via, Record-Route, params).
+const SCRATCH: usize = 1024;
+/// URI parameter carrying the affinity token in our Record-Route (RFC 3261 §16.6 step 4 lets
+/// the proxy put state of its own in its URI).
+const AFFINITY_PARAM: &[u8] = b"sea";
+/// URI parameter carrying the client's connection in our client-facing Record-Route, so that
+/// in-dialog requests toward a client reached over TCP reuse its connection (RFC 5626 §5.3
+/// does the same with a flow token).
+const FLOW_PARAM: &[u8] = b"sef";
+/// Methods listed in Allow of our OPTIONS answer: the proxy forwards all of them.
+const ALLOW: &[u8] = b"Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, PRACK, SUBSCRIBE, \
+NOTIFY, PUBLISH, INFO, REFER, MESSAGE, UPDATE\r\n";
+
+/// What kind of message the last [`Core::handle_inbound`] saw, for metrics labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageKind {
+    /// Nothing recognisable (not parsed far enough).
+    Unknown,
+    /// A request with this method (`Method::Other(b"other")` for extension methods).
+    Request(Method<'static>),
+    /// A response with this status code.
+    Response(u16),
+}
+
+/// A summary of the last message handled, for the runtime's counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MessageInfo {
+    /// What it was.
+    pub kind: MessageKind,
+    /// The backend it was sent to or came from, if any.
+    pub backend: Option<BackendId>,
+    /// The status of the response the proxy generated for it, if it did.
+    pub responded: Option<u16>,
+}
+
+impl MessageInfo {
+    const NONE: Self = Self {
+        kind: MessageKind::Unknown,
+        backend: None,
+        responded: None,
+    };
+}
+
+/// A listener as the core uses it.
+#[derive(Debug, Clone)]
+struct Listener {
+    transport: Transport,
+    local: SocketAddr,
+    /// The advertised host as written in URIs (IPv6 bracketed).
+    host: Vec<u8>,
+    port: u16,
+}
+
+/// One name that means "this proxy" in a URI (RFC 3261 §16.4).
+#[derive(Debug, Clone)]
+enum OwnHost {
+    Ip(IpAddr),
+    Name(Vec<u8>),
+}
+
+#[derive(Debug, Clone)]
+struct OwnName {
+    host: OwnHost,
+    /// `None` matches any port (an alias written without one).
+    port: Option<u16>,
+}
+
+/// The stateless proxy core of one shard. See the [module documentation](super).
+pub struct Core {
+    config: ProxyConfig,
+    shard: ShardId,
+    shard_count: u16,
+    pool: Arc<Pool>,
+    branch_key: [u8; 16],
+    affinity_key: AffinityKey,
+    /// Affinity token of every backend of the current pool, computed once per pool.
+    tokens: Vec<(BackendId, [u8; AFFINITY_TOKEN_LEN])>,
+    listeners: Vec<Listener>,
+    names: Vec<OwnName>,
+    limits: Limits,
+    last: MessageInfo,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field("shard", &self.shard)
+            .field("shard_count", &self.shard_count)
+            .field("listeners", &self.listeners.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a request goes next.
+#[derive(Debug, Clone, Copy)]
+struct Target {
+    dest: Dest,
+    /// The transport on the wire (for a flow, the flow's transport).
+    transport: Transport,
+    /// The IP we send to, when known (chooses the listener's address family).
+    ip: Option<IpAddr>,
+    /// The backend it goes to, if it does.
+    backend: Option<BackendId>,
+    /// RFC 3261 §18.1.1 applies: switch to TCP when large.
+    may_upgrade: bool,
+}
+
+/// The outcome of route preprocessing (RFC 3261 §16.4) for one request.
+#[derive(Debug, Clone, Copy, Default)]
+struct Routing {
+    /// Route values (by index) that leave the request: our own, and the one a strict
+    /// router's repair moved into the Request-URI.
+    removed: RouteSet,
+    /// A strict router put our URI in the Request-URI: replace it with this Route URI.
+    ruri_from_route: Option<Span>,
+    /// Affinity token found in our Route or Request-URI.
+    affinity: Option<BackendId>,
+    /// Client connection found in our Route or Request-URI.
+    flow: Option<FlowId>,
+    /// Index (among all Route values) of the first Route that is not ours, if any.
+    next_route: Option<usize>,
+}
+
+/// A handful of Route value indices (at most two of ours, the strict-route one, and the
+/// §16.6 item 6 one).
+#[derive(Debug, Clone, Copy, Default)]
+struct RouteSet {
+    items: [usize; 4],
+    len: usize,
+}
+
+impl RouteSet {
+    fn add(&mut self, index: usize) {
+        if self.len < self.items.len() && !self.contains(index) {
+            self.items[self.len] = index;
+            self.len += 1;
+        }
+    }
+
+    fn contains(&self, index: usize) -> bool {
+        self.items[..self.len].contains(&index)
+    }
+}
+
+impl Core {
+    /// A core for shard `shard` of `shard_count`, forwarding new calls to `pool`.
+    pub fn new(
+        config: ProxyConfig,
+        shard: ShardId,
+        shard_count: u16,
+        pool: Arc<Pool>,
+    ) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let digest = Sha256::new_with_prefix(b"sipedge-branch-key\0")
+            .chain_update(&config.secret)
+            .finalize();
+        let mut branch_key = [0u8; 16];
+        branch_key.copy_from_slice(&digest[..16]);
+        let affinity_key = AffinityKey::new(&config.secret);
+        let mut listeners = Vec::with_capacity(config.listeners.len());
+        let mut names = Vec::new();
+        for l in &config.listeners {
+            let host = match &l.advertised_host {
+                Some(h) => h.as_bytes().to_vec(),
+                None => ip_host_text(l.local.ip()),
+            };
+            let port = l.advertised_port.unwrap_or(l.local.port());
+            names.push(own_name(&host, Some(port)));
+            if !l.local.ip().is_unspecified() {
+                names.push(OwnName {
+                    host: OwnHost::Ip(l.local.ip()),
+                    port: Some(l.local.port()),
+                });
+            }
+            listeners.push(Listener {
+                transport: l.transport,
+                local: l.local,
+                host,
+                port,
+            });
+        }
+        for alias in &config.aliases {
+            if let Some((host, port)) = split_host_port(alias) {
+                names.push(own_name(host.as_bytes(), port));
+            }
+        }
+        let mut core = Self {
+            config,
+            shard,
+            shard_count: shard_count.max(1),
+            pool: Arc::clone(&pool),
+            branch_key,
+            affinity_key,
+            tokens: Vec::new(),
+            listeners,
+            names,
+            limits: Limits::default(),
+            last: MessageInfo::NONE,
+        };
+        core.set_pool(pool);
+        Ok(core)
+    }
+
+    /// Replaces the backend pool (after a reload). Dialogs keep their backend through the
+    /// affinity token as long as its id is still in the pool.
+    pub fn set_pool(&mut self, pool: Arc<Pool>) {
+        self.tokens.clear();
+        for b in pool.backends() {
+            let mut token = [0u8; AFFINITY_TOKEN_LEN];
+            affinity_token(b.id(), &self.affinity_key, &mut token);
+            self.tokens.push((b.id(), token));
+        }
+        self.pool = pool;
+    }
+
+    /// The summary of the message handled by the last [`Self::handle_inbound`] call.
+    pub fn last_message(&self) -> MessageInfo {
+        self.last
+    }
+
+    /// The next time [`Self::handle_timeout`] must be called. The stateless core has no timers
+    /// yet, so this is always `None`; transaction-stateful failover will add them.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        None
+    }
+
+    /// Runs the timers due at `now`. Nothing to do for the stateless core.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let _ = now;
+    }
+
+    /// The next event for the runtime, if any. Drain after every `handle_*` call.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        None
+    }
+
+    /// Handles one inbound message; any bytes to send are written to `out`, which should hold
+    /// at least 64 KiB (larger forwarded requests are answered with 513).
+    pub fn handle_inbound(
+        &mut self,
+        input: Inbound<'_>,
+        blacklist: &Blacklist,
+        out: &mut [u8],
+    ) -> Verdict {
+        self.last = MessageInfo::NONE;
+        match sip::classify_datagram(input.bytes) {
+            sip::DatagramKind::Sip => {}
+            sip::DatagramKind::KeepAlive => return Verdict::Drop(DropReason::KeepAlive),
+            sip::DatagramKind::Stun => return Verdict::Drop(DropReason::KeepAlive),
+            sip::DatagramKind::SigComp => return Verdict::Drop(DropReason::SigComp),
+        }
+        let mut slots = [EMPTY_HEADER; HEADER_SLOTS];
+        let parsed = if input.transport.is_stream() {
+            sip::parse_stream_message(input.bytes, &mut slots, &self.limits)
+        } else {
+            sip::parse(input.bytes, &mut slots, &self.limits)
+        };
+        // Shard ownership first: all of a call lives on one shard.
+        if !input.handed_off && self.shard_count > 1 {
+            let call_id = match &parsed {
+                Ok(msg) => Some(msg.call_id()),
+                Err(_) => {
+                    let s = sip::salvage(input.bytes);
+                    s.call_id.map(|span| span.slice(input.bytes))
+                }
+            };
+            if let Some(call_id) = call_id {
+                let owner = shard_of(call_id, self.shard_count);
+                if owner != self.shard {
+                    return Verdict::Handoff(owner);
+                }
+            }
+        }
+        match parsed {
+            Ok(msg) if msg.is_request() => self.handle_request(&input, &msg, blacklist, out),
+            Ok(msg) => self.handle_response(&input, &msg, out),
+            Err(e) => self.handle_unparseable(&input, e, out),
+        }
+    }
+
+    // ----------------------------------------------------------------------------------
+    // Malformed input
+    // ----------------------------------------------------------------------------------
+
+    fn handle_unparseable(
+        &mut self,
+        input: &Inbound<'_>,
+        e: ParseError,
+        out: &mut [u8],
+    ) -> Verdict {
+        let salvage = sip::salvage(input.bytes);
+        if let Some(m) = salvage.method {
+            self.last.kind = MessageKind::Request(static_method(Method::from_token(m)));
+        }
+        match e.action(salvage.is_request) {
+            sip::ErrorAction::SigComp => Verdict::Drop(DropReason::SigComp),
+            sip::ErrorAction::Drop if salvage.is_request => Verdict::Drop(DropReason::NotSip),
+            sip::ErrorAction::Drop if salvage.via_lines().is_empty() => {
+                Verdict::Drop(DropReason::NotSip)
+            }
+            sip::ErrorAction::Drop => Verdict::Drop(DropReason::MalformedResponse),
+            sip::ErrorAction::Respond { code, reason } => {
+                if salvage.method == Some(b"ACK") {
+                    return Verdict::Drop(DropReason::BadAck);
+                }
+                // RFC 4475 §3.1.2.17: an unknown method whose CSeq disagrees is better
+                // answered 501 than 400 by a proxy.
+                let (code, reason) = match (e.kind, salvage.method.map(Method::from_token)) {
+                    (ErrorKind::CSeqMethod, Some(Method::Other(_))) => (501, "Not Implemented"),
+                    _ => (code, reason),
+                };
+                self.respond(input, &salvage, code, reason.as_bytes(), b"", out)
+            }
+        }
+    }
+
+    // ----------------------------------------------------------------------------------
+    // Stateless responses we generate
+    // ----------------------------------------------------------------------------------
+
+    /// Answers a request statelessly, sending it where RFC 3261 §18.2.2 and RFC 3581 §4 say.
+    fn respond(
+        &mut self,
+        input: &Inbound<'_>,
+        req: &Salvage<'_>,
+        code: u16,
+        reason: &[u8],
+        extra: &[u8],
+        out: &mut [u8],
+    ) -> Verdict {
+        let top = top_via_of(req);
+        let mut received_text = [0u8; 48];
+        let received_len = {
+            let mut w = Out::new(&mut received_text);
+            w.put_ip(input.src.ip(), false);
+            w.len()
+        };
+        let received = top
+            .as_ref()
+            .is_none_or(|v| needs_received(v, input.src.ip()))
+            .then_some(&received_text[..received_len]);
+        let mut extra_buf = [0u8; 512];
+        let mut w = Out::new(&mut extra_buf);
+        w.put(extra);
+        if let Some(server) = &self.config.server_name {
+            w.put(b"Server: ");
+            w.put_str(server);
+            w.put(b"\r\n");
+        }
+        let extra_len = if w.overflowed() { 0 } else { w.len() };
+        let opts = ResponseOptions {
+            received,
+            rport: Some(input.src.port()),
+            extra_headers: &extra_buf[..extra_len],
+            partial: true,
+        };
+        let len = match sip::write_response(req, code, reason, &opts, out) {
+            Ok(len) => len,
+            Err(ResponseError::InsufficientSize { .. }) => {
+                return Verdict::Drop(DropReason::BufferTooSmall);
+            }
+            Err(_) => return Verdict::Drop(DropReason::Unanswerable),
+        };
+        let Some(dest) = self.reply_dest(input, top.as_ref()) else {
+            return Verdict::Drop(DropReason::Unresolved);
+        };
+        self.last.responded = Some(code);
+        Verdict::Respond(Transmit {
+            dest,
+            src: self.reply_src(input),
+            len,
+        })
+    }
+
+    /// RFC 3261 §18.2.2 / RFC 3581 §4: where a response to this request goes.
+    fn reply_dest(&self, input: &Inbound<'_>, top: Option<&Via<'_>>) -> Option<Dest> {
+        if input.transport.is_reliable() {
+            // "the response MUST be sent using the existing connection".
+            return Some(match input.flow {
+                Some(flow) => Dest::Flow(flow),
+                None => Dest::Addr(input.transport, input.src),
+            });
+        }
+        let Some(via) = top else {
+            // No readable Via: the source address is the only return path there is.
+            return Some(Dest::Addr(input.transport, input.src));
+        };
+        if let Some(maddr) = via.maddr {
+            let ip = parse_ip(maddr)?;
+            let port = via.port.unwrap_or(5060);
+            return Some(Dest::Addr(input.transport, SocketAddr::new(ip, port)));
+        }
+        // received is always the source address; rport (RFC 3581 §4) asks for the source port.
+        let port = match via.rport {
+            Rport::Absent => via.port.unwrap_or(5060),
+            Rport::Requested | Rport::Port(_) => input.src.port(),
+        };
+        Some(Dest::Addr(
+            input.transport,
+            SocketAddr::new(input.src.ip(), port),
+        ))
+    }
+
+    /// RFC 3581 §4: a response leaves from the address its request arrived on.
+    fn reply_src(&self, input: &Inbound<'_>) -> Option<SocketAddr> {
+        (!input.transport.is_stream()).then_some(input.local)
+    }
+
+    // ----------------------------------------------------------------------------------
+    // Requests
+    // ----------------------------------------------------------------------------------
+
+    fn handle_request(
+        &mut self,
+        input: &Inbound<'_>,
+        msg: &Message<'_, '_>,
+        blacklist: &Blacklist,
+        out: &mut [u8],
+    ) -> Verdict {
+        let method = msg.method();
+        let is_ack = method == Method::Ack;
+        self.last.kind = MessageKind::Request(static_method(method));
+        let from_backend = self.is_from_backend(input);
+        if from_backend {
+            self.last.backend = self.pool.by_addr(input.src).map(Backend::id);
+        }
+        let reject = |core: &mut Self, code: u16, reason: &[u8], extra: &[u8], out: &mut [u8]| {
+            if is_ack {
+                // RFC 3261 §17.2.1: an ACK is never answered.
+                return Verdict::Drop(DropReason::BadAck);
+            }
+            core.respond(input, &Salvage::from_message(msg), code, reason, extra, out)
+        };
+
+        // RFC 3261 §16.3 item 2: the URI scheme.
+        let Some(ruri) = msg.request_uri() else {
+            return Verdict::Drop(DropReason::NotSip);
+        };
+        let ruri_sip = match ruri {
+            Uri::Sip(u) => Some(u),
+            Uri::Other { scheme, .. } if eq_ic(scheme, b"tel") && !from_backend => None,
+            Uri::Other { .. } => {
+                return reject(self, 416, b"Unsupported URI Scheme", b"", out);
+            }
+        };
+        let ruri_is_ours = ruri_sip.is_some_and(|u| self.is_own_uri(u));
+
+        // §16.3 item 3: Max-Forwards.
+        let max_forwards = msg.max_forwards();
+        if max_forwards.is_some_and(|m| m.value == 0) {
+            if method == Method::Options && ruri_is_ours {
+                return self.answer_options(input, msg, out);
+            }
+            return reject(self, 483, b"Too Many Hops", b"", out);
+        }
+
+        // §16.4: route information preprocessing.
+        let routing = self.preprocess_routes(msg, ruri_sip);
+
+        // OPTIONS addressed to the proxy itself (no user part, no Route onward): answer it.
+        if method == Method::Options
+            && ruri_is_ours
+            && routing.ruri_from_route.is_none()
+            && routing.next_route.is_none()
+            && ruri_sip.is_some_and(|u| u.user.is_none())
+        {
+            return self.answer_options(input, msg, out);
+        }
+
+        // §16.3 item 4: loop detection.
+        let loop_hash = self.loop_hash(msg, &routing, from_backend);
+        for via in msg.vias() {
+            if let Some(b) = via.value.branch.and_then(|b| self.our_branch(b))
+                && b.loop_hash == loop_hash
+            {
+                return reject(self, 482, b"Loop Detected", b"", out);
+            }
+        }
+
+        // §16.3 item 5: Proxy-Require.
+        let mut unsupported = [0u8; 512];
+        let mut w = Out::new(&mut unsupported);
+        for tag in msg.option_tags(HeaderName::ProxyRequire) {
+            let tag = tag.value;
+            if !self
+                .config
+                .proxy_require_supported
+                .iter()
+                .any(|s| s.as_bytes() == tag)
+            {
+                w.put(if w.len() == 0 {
+                    b"Unsupported: "
+                } else {
+                    b", "
+                });
+                w.put(tag);
+            }
+        }
+        if w.len() > 0 {
+            w.put(b"\r\n");
+            let len = if w.overflowed() { 0 } else { w.len() };
+            return reject(self, 420, b"Bad Extension", &unsupported[..len], out);
+        }
+
+        // §16.5: the target.
+        let target = if from_backend {
+            match self.outside_target(msg, &routing) {
+                Ok(t) => t,
+                Err(Rejection::Respond(code, reason)) => {
+                    return reject(self, code, reason, b"", out);
+                }
+                Err(Rejection::Drop(reason)) => return Verdict::Drop(reason),
+            }
+        } else {
+            match self.backend_target(input.now, msg.call_id(), routing.affinity, blacklist) {
+                Some(t) => t,
+                None if is_ack => return Verdict::Drop(DropReason::NoBackend),
+                None => {
+                    return reject(
+                        self,
+                        503,
+                        b"Service Unavailable",
+                        b"Retry-After: 5\r\n",
+                        out,
+                    );
+                }
+            }
+        };
+        if let Some(b) = target.backend {
+            self.last.backend = Some(b);
+        }
+        let record_route_for = if from_backend {
+            self.last.backend
+        } else {
+            target.backend
+        };
+        let branch = Branch {
+            tx: self.tx_hash(msg),
+            loop_hash,
+            ret: ReturnPath {
+                listener: self.ingress_listener(input),
+                flow: input.flow,
+            },
+        };
+
+        let mut target = target;
+        let mut len =
+            self.forward_request(input, msg, &routing, &target, branch, record_route_for, out);
+        if let (Ok(n), true, Some(limit)) = (len, target.may_upgrade, self.config.udp_size_limit)
+            && n > limit
+            && target.transport == Transport::Udp
+            && let Dest::Addr(_, addr) = target.dest
+            && self
+                .egress_listener(Transport::Tcp, Some(addr.ip()))
+                .is_some()
+        {
+            // RFC 3261 §18.1.1: larger than 1300 bytes with an unknown path MTU → TCP.
+            target.transport = Transport::Tcp;
+            target.dest = Dest::Addr(Transport::Tcp, addr);
+            len =
+                self.forward_request(input, msg, &routing, &target, branch, record_route_for, out);
+        }
+        match len {
+            Ok(len) => {
+                let src = match target.dest {
+                    Dest::Addr(t, addr) if !t.is_stream() => self
+                        .egress_listener(t, Some(addr.ip()))
+                        .map(|i| self.listeners[i].local),
+                    _ => None,
+                };
+                Verdict::Forward(Transmit {
+                    dest: target.dest,
+                    src,
+                    len,
+                })
+            }
+            Err(Rejection::Respond(code, reason)) => reject(self, code, reason, b"", out),
+            Err(Rejection::Drop(reason)) => Verdict::Drop(reason),
+        }
+    }
+
+    /// True when the request comes from a pool member (route it on, not back into the pool).
+    fn is_from_backend(&self, input: &Inbound<'_>) -> bool {
+        if self.pool.is_backend(input.src) {
+            return true;
+        }
+        // A backend that opened its own TCP connection comes from an ephemeral port; trust
+        // its address then, except on loopback where clients and backends share one address.
+        input.transport.is_stream()
+            && !input.src.ip().is_loopback()
+            && self.pool.is_backend_ip(input.src.ip())
+    }
+
+    /// §16.4: strict-route repair, popping our own Route values, and reading our state
+    /// (affinity token, client flow) from them.
+    fn preprocess_routes(&self, msg: &Message<'_, '_>, ruri: Option<&SipUri<'_>>) -> Routing {
+        let mut routing = Routing::default();
+        let mut route_count = 0usize;
+        let mut last: Option<Located<NameAddr<'_>>> = None;
+        for r in msg.routes() {
+            route_count += 1;
+            last = Some(r);
+        }
+        let mut usable_routes = route_count;
+        // A strict router put our Record-Route URI in the Request-URI: the last Route value
+        // becomes the Request-URI and leaves the Route set (§16.4).
+        if let Some(uri) = ruri
+            && self.is_own_uri(uri)
+            && uri.param(AFFINITY_PARAM).is_some()
+        {
+            self.read_state(uri, &mut routing);
+            if let Some(last) = last {
+                routing.ruri_from_route = Some(last.value.uri.span());
+                routing.removed.add(route_count - 1);
+                usable_routes -= 1;
+            }
+        }
+        // Pop our own Route values from the top: two when we double record-routed.
+        for (i, r) in msg.routes().take(usable_routes).enumerate() {
+            let ours = i < 2 && r.value.uri.as_sip().is_some_and(|u| self.is_own_uri(u));
+            if !ours {
+                routing.next_route = Some(i);
+                break;
+            }
+            if let Some(u) = r.value.uri.as_sip() {
+                self.read_state(u, &mut routing);
+            }
+            routing.removed.add(i);
+        }
+        routing
+    }
+
+    /// Reads the affinity token and client flow from one of our URIs.
+    fn read_state(&self, uri: &SipUri<'_>, routing: &mut Routing) {
+        if routing.affinity.is_none()
+            && let Some(Some(token)) = uri.param(AFFINITY_PARAM)
+        {
+            routing.affinity = self
+                .tokens
+                .iter()
+                .find(|(_, t)| t.as_slice() == token)
+                .map(|(id, _)| *id);
+        }
+        if routing.flow.is_none()
+            && let Some(Some(flow)) = uri.param(FLOW_PARAM)
+        {
+            routing.flow = parse_hex(flow).map(FlowId);
+        }
+    }
+
+    /// The backend for a request from outside: the one its dialog is bound to, else the pool's
+    /// choice by Call-ID (RFC 3261 §16.11: time-invariant, so retransmissions, ACK and CANCEL
+    /// follow the INVITE).
+    fn backend_target(
+        &self,
+        now: Instant,
+        call_id: &[u8],
+        affinity: Option<BackendId>,
+        blacklist: &Blacklist,
+    ) -> Option<Target> {
+        let bound = affinity
+            .and_then(|id| self.pool.by_id(id))
+            .filter(|b| b.is_up() && !blacklist.is_blocked(b.addr(), now));
+        let backend = match bound {
+            Some(b) => b,
+            None => self.pool.select(call_id, now, blacklist)?,
+        };
+        let transport = match backend.transport() {
+            crate::balance::Transport::Udp => Transport::Udp,
+            crate::balance::Transport::Tcp => Transport::Tcp,
+            // No TLS listener exists to originate from.
+            _ => return None,
+        };
+        Some(Target {
+            dest: Dest::Addr(transport, backend.addr()),
+            transport,
+            ip: Some(backend.addr().ip()),
+            backend: Some(backend.id()),
+            may_upgrade: transport == Transport::Udp,
+        })
+    }
+
+    /// §16.5-16.6 item 7 for a request from a backend: the next Route, else the Request-URI.
+    fn outside_target(
+        &self,
+        msg: &Message<'_, '_>,
+        routing: &Routing,
+    ) -> Result<Target, Rejection> {
+        let route;
+        let uri = match routing.next_route.and_then(|i| msg.routes().nth(i)) {
+            Some(r) => {
+                route = r;
+                match route.value.uri.as_sip() {
+                    Some(u) => *u,
+                    None => return Err(Rejection::Respond(416, b"Unsupported URI Scheme")),
+                }
+            }
+            None => {
+                let ruri = match routing.ruri_from_route {
+                    // The strict-route repair replaced the Request-URI by the last Route.
+                    Some(_) => msg
+                        .routes()
+                        .last()
+                        .and_then(|r| r.value.uri.as_sip().copied()),
+                    None => msg.request_uri().and_then(|u| u.as_sip().copied()),
+                };
+                match ruri {
+                    Some(u) => u,
+                    None => return Err(Rejection::Respond(416, b"Unsupported URI Scheme")),
+                }
+            }
+        };
+        if routing.next_route.is_none()
+            && routing.ruri_from_route.is_none()
+            && self.is_own_uri(&uri)
+        {
+            // Nothing left to route on but ourselves.
+            return Err(Rejection::Respond(482, b"Loop Detected"));
+        }
+        let transport = uri.transport.unwrap_or(if uri.is_sips() {
+            Transport::Tls
+        } else {
+            Transport::Udp
+        });
+        if let Some(flow) = routing.flow
+            && routing.next_route.is_none()
+        {
+            // The client reached us over this connection (our Record-Route says so).
+            return Ok(Target {
+                dest: Dest::Flow(flow),
+                transport: Transport::Tcp,
+                ip: None,
+                backend: None,
+                may_upgrade: false,
+            });
+        }
+        if !matches!(transport, Transport::Udp | Transport::Tcp) {
+            return Err(Rejection::Drop(DropReason::UnsupportedTransport));
+        }
+        let host = match uri.maddr {
+            Some(m) => m,
+            None => uri.host.unbracketed(),
+        };
+        let Some(ip) = parse_ip(host) else {
+            return Err(Rejection::Drop(DropReason::Unresolved));
+        };
+        let port = uri.port.unwrap_or(transport.default_port());
+        let addr = SocketAddr::new(ip, port);
+        if self.listeners.iter().any(|l| l.local == addr) {
+            return Err(Rejection::Respond(482, b"Loop Detected"));
+        }
+        if self.egress_listener(transport, Some(ip)).is_none() {
+            return Err(Rejection::Drop(DropReason::UnsupportedTransport));
+        }
+        Ok(Target {
+            dest: Dest::Addr(transport, addr),
+            transport,
+            ip: Some(ip),
+            backend: None,
+            may_upgrade: false,
+        })
+    }
+
+    /// Writes the forwarded request (RFC 3261 §16.6 items 1-9) into `out`.
+    #[allow(clippy::too_many_arguments)]
+    fn forward_request(
+        &self,
+        input: &Inbound<'_>,
+        msg: &Message<'_, '_>,
+        routing: &Routing,
+        target: &Target,
+        branch: Branch,
+        affinity: Option<BackendId>,
+        out: &mut [u8],
+    ) -> Result<usize, Rejection> {
+        let egress = match target.dest {
+            Dest::Addr(t, _) => self.egress_listener(t, target.ip),
+            Dest::Flow(_) => self.egress_listener(Transport::Tcp, None),
+        }
+        .ok_or(Rejection::Drop(DropReason::UnsupportedTransport))?;
+        let ingress = usize::from(branch.ret.listener);
+        let buf = msg.buf();
+        let headers = msg.headers();
+        let first_via_line = headers
+            .iter()
+            .find(|h| h.kind == HeaderName::Via)
+            .map_or(msg.start_line_span().end, |h| h.line.start);
+
+        // Generated text goes to `scratch`; edits refer to ranges of it.
+        let mut scratch = [0u8; SCRATCH];
+        let mut w = Out::new(&mut scratch);
+        let mut plan = Plan::default();
+
+        // Item 8: our Via on top, with the §16.11 branch.
+        let start = w.len();
+        let l = &self.listeners[egress];
+        w.put(b"Via: SIP/2.0/");
+        w.put_str(l.transport.as_via_str().unwrap_or("UDP"));
+        w.put(b" ");
+        w.put(&l.host);
+        w.put(b":");
+        w.put_u64(u64::from(l.port));
+        w.put(b";branch=");
+        branch.write(&self.branch_key, &mut w);
+        w.put(b"\r\n");
+        plan.push(Op::Insert(first_via_line), start, w.len());
+
+        // Item 3: Max-Forwards.
+        let start = w.len();
+        let limit = self.config.max_forwards;
+        match msg.max_forwards() {
+            Some(mf) => {
+                let value = mf.value.saturating_sub(1).min(limit);
+                let mut digits = [0u8; 20];
+                if mf.span.slice(buf) != itoa(u64::from(value), &mut digits) {
+                    w.put_u64(u64::from(value));
+                    plan.push(Op::Replace(mf.span), start, w.len());
+                }
+            }
+            None => {
+                w.put(b"Max-Forwards: ");
+                w.put_u64(u64::from(limit));
+                w.put(b"\r\n");
+                plan.push(Op::Insert(first_via_line), start, w.len());
+            }
+        }
+
+        // RFC 3581 §4 / RFC 3261 §18.2.1: received and rport on the sender's Via.
+        let top = msg.top_via();
+        let add_received = needs_received(top, input.src.ip());
+        if add_received {
+            let start = w.len();
+            w.put(b";received=");
+            w.put_ip(input.src.ip(), false);
+            match top.received {
+                Some(r) => plan.push(Op::Replace(r.span), start, w.len()),
+                None => plan.push(Op::Insert(top.params.end), start, w.len()),
+            }
+        }
+        if top.rport == Rport::Requested
+            && let Some(span) = top.rport_param
+        {
+            let start = w.len();
+            w.put(b";rport=");
+            w.put_u64(u64::from(input.src.port()));
+            plan.push(Op::Replace(span), start, w.len());
+        }
+
+        // §16.4: a strict router's Request-URI is repaired.
+        let mut removed = routing.removed;
+        let mut ruri_span = msg.request_uri().map(Uri::span);
+        if let (Some(uri), Some(ruri)) = (routing.ruri_from_route, ruri_span) {
+            plan.push_borrowed(Op::Replace(ruri), uri);
+            ruri_span = None;
+        }
+
+        // §16.6 item 6: the next hop is a strict router (its Route URI lacks lr): it becomes the
+        // Request-URI and the Request-URI goes to the end of the Route set.
+        if let (Some(i), Some(ruri)) = (routing.next_route, ruri_span)
+            && target.backend.is_none()
+            && let Some(next) = msg.routes().nth(i)
+            && next.value.uri.as_sip().is_some_and(|u| !u.lr)
+        {
+            let last = msg.routes().last().unwrap_or(next);
+            plan.push_borrowed(Op::Replace(ruri), next.value.uri.span());
+            removed.add(i);
+            let start = w.len();
+            if last.span == next.span {
+                w.put(b"Route: <");
+                w.put(ruri.slice(buf));
+                w.put(b">\r\n");
+                plan.push(
+                    Op::Insert(headers[next.header_index].line.start),
+                    start,
+                    w.len(),
+                );
+            } else {
+                w.put(b", <");
+                w.put(ruri.slice(buf));
+                w.put(b">");
+                plan.push(Op::Insert(last.span.end), start, w.len());
+            }
+        }
+        // §16.4: our own Route values (and any moved into the Request-URI) leave.
+        let mut removals = [Span::default(); 4];
+        let count = route_removals(msg, &removed, &mut removals);
+        for span in &removals[..count] {
+            plan.push(Op::Remove(*span), 0, 0);
+        }
+
+        // Item 4: Record-Route (double when the two sides use different listeners).
+        if self.config.record_route && records_route(msg.method()) {
+            let first_rr = headers
+                .iter()
+                .find(|h| h.kind == HeaderName::RecordRoute)
+                .map_or(first_via_line, |h| h.line.start);
+            let start = w.len();
+            w.put(b"Record-Route: ");
+            let token = affinity
+                .and_then(|id| self.tokens.iter().find(|(t, _)| *t == id))
+                .map(|(_, t)| t);
+            let ingress_l = self.listeners.get(ingress);
+            let client_flow = input.flow.filter(|_| input.transport.is_stream());
+            let double = ingress != egress || client_flow.is_some();
+            self.write_rr_uri(&mut w, &self.listeners[egress], token, None);
+            if double && let Some(il) = ingress_l {
+                w.put(b", ");
+                self.write_rr_uri(&mut w, il, token, client_flow);
+            }
+            w.put(b"\r\n");
+            plan.push(Op::Insert(first_rr), start, w.len());
+        }
+
+        // Item 9: Content-Length is mandatory on a stream (RFC 3261 §18.3).
+        if msg.content_length().is_none() && target.transport.is_stream() {
+            let start = w.len();
+            w.put(b"Content-Length: ");
+            w.put_u64(msg.body_span().len() as u64);
+            w.put(b"\r\n");
+            let end_of_headers = headers
+                .last()
+                .map_or(msg.start_line_span().end, |h| h.line.end);
+            plan.push(Op::Insert(end_of_headers), start, w.len());
+        }
+
+        if w.overflowed() {
+            return Err(Rejection::Respond(513, b"Message Too Large"));
+        }
+        let generated = w.len();
+        let mut splice: Splice<'_, 24> = Splice::new();
+        for step in &plan.steps[..plan.len] {
+            let bytes = match step.source {
+                Source::Scratch(a, b) => &scratch[a..b.min(generated)],
+                Source::Message(span) => span.slice(buf),
+            };
+            let pushed = match step.op {
+                Op::Insert(at) => splice.insert(at, bytes),
+                Op::Replace(span) => splice.replace(span, bytes),
+                Op::Remove(span) => splice.remove(span),
+            };
+            if pushed.is_err() {
+                return Err(Rejection::Respond(500, b"Too Many Edits"));
+            }
+        }
+        match splice.apply(msg.as_bytes(), out) {
+            Ok(n) => Ok(n),
+            Err(sip::SpliceError::InsufficientSize { .. }) => {
+                Err(Rejection::Respond(513, b"Message Too Large"))
+            }
+            Err(_) => Err(Rejection::Respond(400, b"Overlapping Header Values")),
+        }
+    }
+
+    /// `<sip:host:port;transport=tcp;lr;sea=TOKEN;sef=FLOW>`
+    fn write_rr_uri(
+        &self,
+        w: &mut Out<'_>,
+        l: &Listener,
+        token: Option<&[u8; AFFINITY_TOKEN_LEN]>,
+        flow: Option<FlowId>,
+    ) {
+        w.put(b"<sip:");
+        w.put(&l.host);
+        w.put(b":");
+        w.put_u64(u64::from(l.port));
+        if l.transport == Transport::Tcp {
+            // §16.6 item 4: the next element demonstrably speaks TCP with us.
+            w.put(b";transport=tcp");
+        }
+        w.put(b";lr");
+        if let Some(token) = token {
+            w.put(b";");
+            w.put(AFFINITY_PARAM);
+            w.put(b"=");
+            w.put(token);
+        }
+        if let Some(flow) = flow {
+            w.put(b";");
+            w.put(FLOW_PARAM);
+            w.put(b"=");
+            w.put_hex_compact(flow.0);
+        }
+        w.put(b">");
+    }
+
+    /// The 200 answer to an OPTIONS addressed to the proxy (RFC 3261 §11.2).
+    fn answer_options(
+        &mut self,
+        input: &Inbound<'_>,
+        msg: &Message<'_, '_>,
+        out: &mut [u8],
+    ) -> Verdict {
+        let mut extra = [0u8; 512];
+        let mut w = Out::new(&mut extra);
+        w.put(ALLOW);
+        w.put(b"Accept: */*\r\nAccept-Language: en\r\nSupported: ");
+        for (i, tag) in self.config.proxy_require_supported.iter().enumerate() {
+            if i > 0 {
+                w.put(b", ");
+            }
+            w.put_str(tag);
+        }
+        w.put(b"\r\n");
+        let len = if w.overflowed() { 0 } else { w.len() };
+        self.respond(
+            input,
+            &Salvage::from_message(msg),
+            200,
+            b"OK",
+            &extra[..len],
+            out,
+        )
+    }
+
+    /// The §16.11 transaction component of our branch.
+    fn tx_hash(&self, msg: &Message<'_, '_>) -> u64 {
+        let mut h = SipHasher::new(&self.branch_key);
+        let top = msg.top_via();
+        if top.has_rfc3261_branch()
+            && let Some(branch) = top.branch
+        {
+            h.field(b"3261");
+            h.field(branch);
+        } else {
+            // RFC 2543 client (or a bare cookie, RFC 4475 §3.1.2.18 "badbranch"): the fields
+            // §16.11 lists, minus the To tag, which an ACK for a non-2xx gains but its INVITE
+            // lacks; the CSeq method is excluded for the same reason.
+            h.field(b"2543");
+            h.field(top.span.slice(msg.buf()));
+            h.field(msg.from().tag.unwrap_or(b""));
+            h.field(msg.call_id());
+            h.field(&msg.cseq().number.to_le_bytes());
+            h.field(
+                msg.request_uri()
+                    .map_or(Span::default(), Uri::span)
+                    .slice(msg.buf()),
+            );
+        }
+        h.finish()
+    }
+
+    /// The §16.6 item 8 loop-detection component: what decides where the request goes, after
+    /// route preprocessing (so a request that comes back unchanged hashes the same). Equal for
+    /// the INVITE, its CANCEL and its non-2xx ACK (no method, no To tag), so they share one
+    /// branch.
+    fn loop_hash(&self, msg: &Message<'_, '_>, routing: &Routing, from_backend: bool) -> u32 {
+        let buf = msg.buf();
+        let mut h = SipHasher::new(&self.branch_key);
+        h.field(b"loop");
+        h.field(&[u8::from(from_backend)]);
+        let ruri = routing
+            .ruri_from_route
+            .or_else(|| msg.request_uri().map(Uri::span));
+        h.field(ruri.unwrap_or_default().slice(buf));
+        h.field(msg.call_id());
+        h.field(msg.from().tag.unwrap_or(b""));
+        h.field(&msg.cseq().number.to_le_bytes());
+        for (i, r) in msg.routes().enumerate() {
+            if !routing.removed.contains(i) {
+                h.field(r.span.slice(buf));
+            }
+        }
+        (h.finish() >> 32) as u32
+    }
+
+    /// Decodes a branch if we wrote it (cheap shape test first, then the MAC).
+    fn our_branch(&self, branch: &[u8]) -> Option<Branch> {
+        if branch.len() < MAGIC_COOKIE.len() + 30
+            || branch.len() > MAX_BRANCH_LEN
+            || branch.get(23) != Some(&b'.')
+        {
+            return None;
+        }
+        Branch::verify(branch, &self.branch_key)
+    }
+
+    // ----------------------------------------------------------------------------------
+    // Responses
+    // ----------------------------------------------------------------------------------
+
+    fn handle_response(
+        &mut self,
+        input: &Inbound<'_>,
+        msg: &Message<'_, '_>,
+        out: &mut [u8],
+    ) -> Verdict {
+        let code = msg.status_code().unwrap_or(0);
+        self.last.kind = MessageKind::Response(code);
+        self.last.backend = self.pool.by_addr(input.src).map(Backend::id);
+        let mut vias = msg.vias();
+        let Some(ours) = vias.next() else {
+            return Verdict::Drop(DropReason::MalformedResponse);
+        };
+        // RFC 3261 §16.11 / §18.1.2: the top Via must be ours.
+        let Some(branch) = ours.value.branch.and_then(|b| self.our_branch(b)) else {
+            return Verdict::Drop(DropReason::ForeignVia);
+        };
+        let Some(next) = vias.next() else {
+            return Verdict::Drop(DropReason::NoNextVia);
+        };
+        let next = next.value;
+        let listener = self.listeners.get(usize::from(branch.ret.listener));
+        let dest = match branch.ret.flow {
+            // §18.2.2: back over the connection the request came in on.
+            Some(flow) => Dest::Flow(flow),
+            None => {
+                let transport = match next.transport {
+                    Transport::Udp => Transport::Udp,
+                    Transport::Tcp => Transport::Tcp,
+                    _ => return Verdict::Drop(DropReason::UnsupportedTransport),
+                };
+                match via_address(&next) {
+                    Some(addr) => Dest::Addr(transport, addr),
+                    None => return Verdict::Drop(DropReason::Unresolved),
+                }
+            }
+        };
+        let mut splice: Splice<'_, 1> = Splice::new();
+        if splice.remove(ours.removal).is_err() {
+            return Verdict::Drop(DropReason::MalformedResponse);
+        }
+        let Ok(len) = splice.apply(msg.as_bytes(), out) else {
+            return Verdict::Drop(DropReason::BufferTooSmall);
+        };
+        let src = match dest {
+            Dest::Addr(Transport::Udp, _) => listener
+                .filter(|l| l.transport == Transport::Udp)
+                .map(|l| l.local),
+            _ => None,
+        };
+        Verdict::Forward(Transmit { dest, src, len })
+    }
+
+    // ----------------------------------------------------------------------------------
+    // Identity
+    // ----------------------------------------------------------------------------------
+
+    /// True when a SIP URI names this proxy (RFC 3261 §16.4).
+    fn is_own_uri(&self, uri: &SipUri<'_>) -> bool {
+        let host = match uri.maddr {
+            Some(m) => m,
+            None => uri.host.text,
+        };
+        let default_port = if uri.is_sips() || uri.transport == Some(Transport::Tls) {
+            5061
+        } else {
+            5060
+        };
+        let port = uri.port.unwrap_or(default_port);
+        let ip = match uri.host.kind {
+            HostKind::Ipv4 | HostKind::Ipv6 if uri.maddr.is_none() => {
+                parse_ip(uri.host.unbracketed())
+            }
+            _ => parse_ip(host),
+        };
+        self.names.iter().any(|n| {
+            n.port.is_none_or(|p| p == port)
+                && match (&n.host, ip) {
+                    (OwnHost::Ip(a), Some(b)) => *a == b,
+                    (OwnHost::Name(name), None) => eq_ic(name, host),
+                    _ => false,
+                }
+        })
+    }
+
+    /// Index of the listener a message arrived on.
+    fn ingress_listener(&self, input: &Inbound<'_>) -> u8 {
+        let by = |f: &dyn Fn(&Listener) -> bool| self.listeners.iter().position(f);
+        let i = by(&|l| l.transport == input.transport && l.local == input.local)
+            .or_else(|| {
+                by(&|l| l.transport == input.transport && l.local.port() == input.local.port())
+            })
+            .or_else(|| by(&|l| l.transport == input.transport))
+            .unwrap_or(0);
+        u8::try_from(i).unwrap_or(0)
+    }
+
+    /// The listener a message to `ip` over `transport` leaves through: the first of that
+    /// transport in the same address family, else the first of that transport.
+    fn egress_listener(&self, transport: Transport, ip: Option<IpAddr>) -> Option<usize> {
+        let same_family = |l: &Listener| ip.is_none_or(|ip| ip.is_ipv4() == l.local.is_ipv4());
+        self.listeners
+            .iter()
+            .position(|l| l.transport == transport && same_family(l))
+            .or_else(|| self.listeners.iter().position(|l| l.transport == transport))
+    }
+}
+
+/// Why a request is not forwarded.
+#[derive(Debug, Clone, Copy)]
+enum Rejection {
+    Respond(u16, &'static [u8]),
+    Drop(DropReason),
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    Insert(usize),
+    Replace(Span),
+    Remove(Span),
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    Scratch(usize, usize),
+    Message(Span),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Step {
+    op: Op,
+    source: Source,
+}
+
+/// The edits of one forwarded request, before their bytes are borrowed.
+struct Plan {
+    steps: [Step; 24],
+    len: usize,
+}
+
+impl Default for Plan {
+    fn default() -> Self {
+        Self {
+            steps: [Step {
+                op: Op::Remove(Span::default()),
+                source: Source::Scratch(0, 0),
+            }; 24],
+            len: 0,
+        }
+    }
+}
+
+impl Plan {
+    fn push(&mut self, op: Op, start: usize, end: usize) {
+        self.push_step(Step {
+            op,
+            source: Source::Scratch(start, end),
+        });
+    }
+
+    fn push_borrowed(&mut self, op: Op, span: Span) {
+        self.push_step(Step {
+            op,
+            source: Source::Message(span),
+        });
+    }
+
+    fn push_step(&mut self, step: Step) {
+        if let Some(slot) = self.steps.get_mut(self.len) {
+            *slot = step;
+            self.len += 1;
+        }
+    }
+}
+
+/// The spans that delete the Route values in `removed` and keep every header line well-formed:
+/// a line whose values all go is removed whole; a run of values followed by a kept one goes
+/// with the separator after it; a run that ends a line goes with the separator before it.
+/// Returns how many spans were written.
+fn route_removals(msg: &Message<'_, '_>, removed: &RouteSet, out: &mut [Span; 4]) -> usize {
+    struct Emit<'o> {
+        out: &'o mut [Span; 4],
+        n: usize,
+    }
+    impl Emit<'_> {
+        fn push(&mut self, s: Span) {
+            if let Some(slot) = self.out.get_mut(self.n) {
+                *slot = s;
+                self.n += 1;
+            }
+        }
+        fn close_line(
+            &mut self,
+            msg: &Message<'_, '_>,
+            line: Option<usize>,
+            kept_end: Option<usize>,
+            run: Option<(usize, usize)>,
+        ) {
+            if let (Some(h), Some((_, run_end))) = (line, run) {
+                match kept_end {
+                    Some(e) => self.push(Span::new(e, run_end)),
+                    None => self.push(msg.headers()[h].line),
+                }
+            }
+        }
+    }
+    if removed.len == 0 {
+        return 0;
+    }
+    let mut emit = Emit { out, n: 0 };
+    let mut line: Option<usize> = None;
+    let mut kept_end: Option<usize> = None;
+    let mut run: Option<(usize, usize)> = None;
+    for (i, r) in msg.routes().enumerate() {
+        if line != Some(r.header_index) {
+            emit.close_line(msg, line, kept_end, run);
+            line = Some(r.header_index);
+            kept_end = None;
+            run = None;
+        }
+        if removed.contains(i) {
+            run = Some(run.map_or((r.span.start, r.span.end), |(s, _)| (s, r.span.end)));
+        } else {
+            if let Some((s, _)) = run.take() {
+                emit.push(Span::new(s, r.span.start));
+            }
+            kept_end = Some(r.span.end);
+        }
+    }
+    emit.close_line(msg, line, kept_end, run);
+    emit.n
+}
+
+/// RFC 3261 §18.2.1 / RFC 3581 §4: add `received` when the sent-by host is not the source
+/// address, and always when the client asked for rport.
+fn needs_received(via: &Via<'_>, src: IpAddr) -> bool {
+    via.rport != Rport::Absent || parse_ip(via.host.unbracketed()) != Some(src)
+}
+
+/// RFC 3261 §18.2.2 for a relayed response over an unreliable transport: maddr, else received
+/// (with rport, RFC 3581 §4), else sent-by. Host names are not resolved here.
+fn via_address(via: &Via<'_>) -> Option<SocketAddr> {
+    let default_port = via.transport.default_port();
+    if let Some(maddr) = via.maddr {
+        return Some(SocketAddr::new(
+            parse_ip(maddr)?,
+            via.port.unwrap_or(default_port),
+        ));
+    }
+    let port = match via.rport {
+        Rport::Port(p) => p,
+        _ => via.port.unwrap_or(default_port),
+    };
+    let ip = match via.received {
+        Some(r) => r.value.and_then(parse_ip),
+        None => None,
+    };
+    let ip = ip.or_else(|| parse_ip(via.host.unbracketed()))?;
+    Some(SocketAddr::new(ip, port))
+}
+
+/// The top Via of a (possibly salvaged) request, parsed if it can be.
+fn top_via_of<'b>(req: &Salvage<'b>) -> Option<Via<'b>> {
+    let line = *req.via_lines().first()?;
+    let _ = line;
+    req.top_via()
+}
+
+/// Parses an IP address literal (IPv6 with or without brackets).
+fn parse_ip(text: &[u8]) -> Option<IpAddr> {
+    let text = text
+        .strip_prefix(b"[")
+        .and_then(|t| t.strip_suffix(b"]"))
+        .unwrap_or(text);
+    std::str::from_utf8(text).ok()?.parse().ok()
+}
+
+fn ip_host_text(ip: IpAddr) -> Vec<u8> {
+    let mut buf = [0u8; 48];
+    let mut w = Out::new(&mut buf);
+    w.put_ip(ip, true);
+    w.written().to_vec()
+}
+
+fn own_name(host: &[u8], port: Option<u16>) -> OwnName {
+    match parse_ip(host) {
+        Some(ip) => OwnName {
+            host: OwnHost::Ip(ip),
+            port,
+        },
+        None => OwnName {
+            host: OwnHost::Name(host.to_ascii_lowercase()),
+            port,
+        },
+    }
+}
+
+fn eq_ic(a: &[u8], b: &[u8]) -> bool {
+    a.eq_ignore_ascii_case(b)
+}
+
+/// RFC 3261 §16.6 item 4: Record-Route every request that may create or lives in a dialog;
+/// not REGISTER (Path does that job, RFC 3327), CANCEL or ACK (ignored by endpoints).
+fn records_route(method: Method<'_>) -> bool {
+    !matches!(method, Method::Register | Method::Cancel | Method::Ack)
+}
+
+/// A `'static` method for metrics labels (extension methods collapse to `other`).
+fn static_method(m: Method<'_>) -> Method<'static> {
+    match m {
+        Method::Invite => Method::Invite,
+        Method::Ack => Method::Ack,
+        Method::Bye => Method::Bye,
+        Method::Cancel => Method::Cancel,
+        Method::Options => Method::Options,
+        Method::Register => Method::Register,
+        Method::Prack => Method::Prack,
+        Method::Subscribe => Method::Subscribe,
+        Method::Notify => Method::Notify,
+        Method::Publish => Method::Publish,
+        Method::Info => Method::Info,
+        Method::Refer => Method::Refer,
+        Method::Message => Method::Message,
+        Method::Update => Method::Update,
+        Method::Other(_) => Method::Other(b"other"),
+    }
+}

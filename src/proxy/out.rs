@@ -1,0 +1,241 @@
+//! A bounded writer over the caller's output buffer, with allocation-free number formatting.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// Appends to `buf[..]`; once something does not fit, every later write is ignored and
+/// [`Out::overflowed`] reports it, so callers check once at the end instead of at every write.
+pub(crate) struct Out<'a> {
+    buf: &'a mut [u8],
+    pos: usize,
+    overflow: bool,
+}
+
+impl<'a> Out<'a> {
+    /// A writer that starts at the beginning of `buf`.
+    pub(crate) fn new(buf: &'a mut [u8]) -> Self {
+        Self {
+            buf,
+            pos: 0,
+            overflow: false,
+        }
+    }
+
+    /// Bytes written so far.
+    pub(crate) fn len(&self) -> usize {
+        self.pos
+    }
+
+    /// True when some write did not fit.
+    pub(crate) fn overflowed(&self) -> bool {
+        self.overflow
+    }
+
+    /// The bytes written so far.
+    pub(crate) fn written(&self) -> &[u8] {
+        &self.buf[..self.pos]
+    }
+
+    /// Appends bytes.
+    #[inline]
+    pub(crate) fn put(&mut self, bytes: &[u8]) {
+        let end = self.pos + bytes.len();
+        match self.buf.get_mut(self.pos..end) {
+            Some(dst) if !self.overflow => {
+                dst.copy_from_slice(bytes);
+                self.pos = end;
+            }
+            _ => self.overflow = true,
+        }
+    }
+
+    /// Appends a string.
+    #[inline]
+    pub(crate) fn put_str(&mut self, s: &str) {
+        self.put(s.as_bytes());
+    }
+
+    /// Appends a decimal number.
+    pub(crate) fn put_u64(&mut self, n: u64) {
+        let mut digits = [0u8; 20];
+        self.put(itoa(n, &mut digits));
+    }
+
+    /// Appends `n` as exactly `width` lower-case hex digits (the low `4 * width` bits).
+    pub(crate) fn put_hex(&mut self, n: u64, width: usize) {
+        let mut digits = [0u8; 16];
+        let width = width.min(16);
+        for (i, d) in digits[..width].iter_mut().enumerate() {
+            let shift = 4 * (width - 1 - i);
+            *d = HEX[((n >> shift) & 0xf) as usize];
+        }
+        self.put(&digits[..width]);
+    }
+
+    /// Appends `n` in lower-case hex without leading zeros (`0` for zero).
+    pub(crate) fn put_hex_compact(&mut self, n: u64) {
+        let width = (16 - (n.leading_zeros() as usize / 4)).max(1);
+        self.put_hex(n, width);
+    }
+
+    /// Appends an IP address as a Via `received` value or URI host needs it: IPv4 dotted,
+    /// IPv6 in RFC 5952 text; `bracket_v6` adds the `[ ]` of an IPv6reference (RFC 3261 §25.1).
+    pub(crate) fn put_ip(&mut self, ip: IpAddr, bracket_v6: bool) {
+        match ip {
+            IpAddr::V4(v4) => self.put_ipv4(v4),
+            IpAddr::V6(v6) => {
+                if bracket_v6 {
+                    self.put(b"[");
+                }
+                self.put_ipv6(v6);
+                if bracket_v6 {
+                    self.put(b"]");
+                }
+            }
+        }
+    }
+
+    fn put_ipv4(&mut self, ip: Ipv4Addr) {
+        for (i, octet) in ip.octets().iter().enumerate() {
+            if i > 0 {
+                self.put(b".");
+            }
+            self.put_u64(u64::from(*octet));
+        }
+    }
+
+    fn put_ipv6(&mut self, ip: Ipv6Addr) {
+        // RFC 5952: lower-case hex, the longest run (>= 2) of zero groups shortened to "::".
+        let groups = ip.segments();
+        if let Some(v4) = ip.to_ipv4_mapped() {
+            self.put(b"::ffff:");
+            self.put_ipv4(v4);
+            return;
+        }
+        // The first longest run of at least two zero groups.
+        let mut best: Option<(usize, usize)> = None;
+        let mut i = 0;
+        while i < 8 {
+            if groups[i] == 0 {
+                let start = i;
+                while i < 8 && groups[i] == 0 {
+                    i += 1;
+                }
+                let len = i - start;
+                if len >= 2 && best.is_none_or(|(_, l)| len > l) {
+                    best = Some((start, len));
+                }
+            } else {
+                i += 1;
+            }
+        }
+        let mut i = 0;
+        while i < 8 {
+            if let Some((start, len)) = best
+                && i == start
+            {
+                self.put(b"::");
+                i += len;
+                continue;
+            }
+            if i > 0 && best.is_none_or(|(start, len)| i != start + len) {
+                self.put(b":");
+            }
+            self.put_hex_compact(u64::from(groups[i]));
+            i += 1;
+        }
+    }
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// Formats `n` in decimal into `buf` and returns the digits.
+pub(crate) fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    &buf[i..]
+}
+
+/// Parses lower- or upper-case hex of at most 16 digits.
+pub(crate) fn parse_hex(text: &[u8]) -> Option<u64> {
+    if text.is_empty() || text.len() > 16 {
+        return None;
+    }
+    let mut n = 0u64;
+    for &b in text {
+        let d = match b {
+            b'0'..=b'9' => b - b'0',
+            b'a'..=b'f' => b - b'a' + 10,
+            b'A'..=b'F' => b - b'A' + 10,
+            _ => return None,
+        };
+        n = (n << 4) | u64::from(d);
+    }
+    Some(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn render(f: impl FnOnce(&mut Out<'_>)) -> String {
+        let mut buf = [0u8; 128];
+        let mut out = Out::new(&mut buf);
+        f(&mut out);
+        assert!(!out.overflowed());
+        String::from_utf8(out.written().to_vec()).unwrap()
+    }
+
+    macro_rules! ip_table {
+        ($($name:ident: $ip:expr => $text:expr,)*) => {$(
+            #[test]
+            fn $name() {
+                let ip: IpAddr = $ip.parse().unwrap();
+                assert_eq!(render(|o| o.put_ip(ip, false)), $text);
+                // Must agree with the standard library's RFC 5952 rendering.
+                assert_eq!(ip.to_string(), $text);
+            }
+        )*};
+    }
+
+    ip_table! {
+        v4: "192.0.2.4" => "192.0.2.4",
+        v4_zero: "0.0.0.0" => "0.0.0.0",
+        v6_loopback: "::1" => "::1",
+        v6_unspecified: "::" => "::",
+        v6_doc: "2001:db8::7" => "2001:db8::7",
+        v6_single_zero_not_shortened: "2001:db8:0:1:1:1:1:1" => "2001:db8:0:1:1:1:1:1",
+        v6_first_longest_run: "2001:0:0:1:0:0:0:1" => "2001:0:0:1::1",
+        v6_equal_runs_first_wins: "2001:db8:0:0:1:0:0:1" => "2001:db8::1:0:0:1",
+        v6_trailing_run: "fe80:1::" => "fe80:1::",
+        v6_mapped: "::ffff:192.0.2.1" => "::ffff:192.0.2.1",
+    }
+
+    #[test]
+    fn numbers() {
+        assert_eq!(render(|o| o.put_u64(0)), "0");
+        assert_eq!(render(|o| o.put_u64(u64::MAX)), "18446744073709551615");
+        assert_eq!(render(|o| o.put_hex(0xab, 4)), "00ab");
+        assert_eq!(render(|o| o.put_hex_compact(0)), "0");
+        assert_eq!(render(|o| o.put_hex_compact(0x1f00)), "1f00");
+        assert_eq!(parse_hex(b"1F00"), Some(0x1f00));
+        assert_eq!(parse_hex(b"g"), None);
+    }
+
+    #[test]
+    fn overflow_is_sticky() {
+        let mut buf = [0u8; 4];
+        let mut out = Out::new(&mut buf);
+        out.put(b"abc");
+        out.put(b"de");
+        out.put(b"f");
+        assert!(out.overflowed());
+        assert_eq!(out.written(), b"abc");
+    }
+}

@@ -1,0 +1,159 @@
+//! SipHash (Aumasson & Bernstein), keyed 64-bit hash for the branch and its MAC.
+//!
+//! The branch of a stateless proxy must be a function of the request (RFC 3261 §16.11) and a
+//! response's top Via must be recognisably ours; SipHash keyed with the configured secret
+//! gives both at a few nanoseconds per short input, without allocating. It is fed
+//! incrementally so the request fields need not be copied into one buffer.
+
+/// Incremental SipHash-2-4 state.
+#[derive(Clone)]
+pub(crate) struct SipHasher {
+    v0: u64,
+    v1: u64,
+    v2: u64,
+    v3: u64,
+    /// Pending input bytes (fewer than 8), little-endian in the low bits.
+    tail: u64,
+    /// Number of valid bytes in `tail`.
+    ntail: usize,
+    /// Total bytes fed so far (only its low byte is used in the finalisation).
+    length: usize,
+}
+
+#[inline]
+fn sipround(v0: &mut u64, v1: &mut u64, v2: &mut u64, v3: &mut u64) {
+    *v0 = v0.wrapping_add(*v1);
+    *v1 = v1.rotate_left(13);
+    *v1 ^= *v0;
+    *v0 = v0.rotate_left(32);
+    *v2 = v2.wrapping_add(*v3);
+    *v3 = v3.rotate_left(16);
+    *v3 ^= *v2;
+    *v0 = v0.wrapping_add(*v3);
+    *v3 = v3.rotate_left(21);
+    *v3 ^= *v0;
+    *v2 = v2.wrapping_add(*v1);
+    *v1 = v1.rotate_left(17);
+    *v1 ^= *v2;
+    *v2 = v2.rotate_left(32);
+}
+
+impl SipHasher {
+    /// A hasher keyed with 128 bits.
+    pub(crate) fn new(key: &[u8; 16]) -> Self {
+        let mut k0 = [0u8; 8];
+        let mut k1 = [0u8; 8];
+        k0.copy_from_slice(&key[..8]);
+        k1.copy_from_slice(&key[8..]);
+        let k0 = u64::from_le_bytes(k0);
+        let k1 = u64::from_le_bytes(k1);
+        Self {
+            v0: k0 ^ 0x736f_6d65_7073_6575,
+            v1: k1 ^ 0x646f_7261_6e64_6f6d,
+            v2: k0 ^ 0x6c79_6765_6e65_7261,
+            v3: k1 ^ 0x7465_6462_7974_6573,
+            tail: 0,
+            ntail: 0,
+            length: 0,
+        }
+    }
+
+    #[inline]
+    fn compress(&mut self, m: u64) {
+        self.v3 ^= m;
+        sipround(&mut self.v0, &mut self.v1, &mut self.v2, &mut self.v3);
+        sipround(&mut self.v0, &mut self.v1, &mut self.v2, &mut self.v3);
+        self.v0 ^= m;
+    }
+
+    /// Feeds bytes.
+    pub(crate) fn write(&mut self, mut bytes: &[u8]) {
+        self.length = self.length.wrapping_add(bytes.len());
+        if self.ntail != 0 {
+            while self.ntail < 8 {
+                let Some((&b, rest)) = bytes.split_first() else {
+                    return;
+                };
+                self.tail |= u64::from(b) << (8 * self.ntail);
+                self.ntail += 1;
+                bytes = rest;
+            }
+            let m = self.tail;
+            self.compress(m);
+            self.tail = 0;
+            self.ntail = 0;
+        }
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            self.compress(u64::from_le_bytes(word));
+        }
+        for &b in chunks.remainder() {
+            self.tail |= u64::from(b) << (8 * self.ntail);
+            self.ntail += 1;
+        }
+    }
+
+    /// Feeds bytes followed by a separator that cannot be confused with the field's end, so
+    /// that ("ab","c") and ("a","bc") hash differently.
+    pub(crate) fn field(&mut self, bytes: &[u8]) {
+        self.write(&(bytes.len() as u32).to_le_bytes());
+        self.write(bytes);
+    }
+
+    /// The 64-bit hash of everything fed.
+    pub(crate) fn finish(mut self) -> u64 {
+        let b = ((self.length as u64 & 0xff) << 56) | self.tail;
+        self.compress(b);
+        self.v2 ^= 0xff;
+        for _ in 0..4 {
+            sipround(&mut self.v0, &mut self.v1, &mut self.v2, &mut self.v3);
+        }
+        self.v0 ^ self.v1 ^ self.v2 ^ self.v3
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> [u8; 16] {
+        let mut k = [0u8; 16];
+        for (i, b) in k.iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        k
+    }
+
+    #[test]
+    fn matches_reference_vectors() {
+        // From the SipHash paper's reference implementation (vectors.h, SipHash-2-4 64-bit
+        // output), key 00..0f, message 00..(n-1).
+        let expected: [(usize, u64); 3] = [
+            (0, 0x726f_db47_dd0e_0e31),
+            (1, 0x74f8_39c5_93dc_67fd),
+            (15, 0xa129_ca61_49be_45e5),
+        ];
+        for (n, want) in expected {
+            let msg: Vec<u8> = (0..n as u8).collect();
+            let mut h = SipHasher::new(&key());
+            h.write(&msg);
+            assert_eq!(h.finish(), want, "length {n}");
+        }
+    }
+
+    #[test]
+    fn incremental_equals_one_shot() {
+        let msg: Vec<u8> = (0..64u8).collect();
+        let mut one = SipHasher::new(&key());
+        one.write(&msg);
+        let one = one.finish();
+        for split in 0..msg.len() {
+            let mut h = SipHasher::new(&key());
+            h.write(&msg[..split]);
+            h.write(&msg[split..]);
+            assert_eq!(h.finish(), one, "split at {split}");
+        }
+    }
+}
