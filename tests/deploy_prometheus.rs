@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 
 use deploy_support::{
@@ -17,6 +18,10 @@ use deploy_support::{
 };
 
 const PROMTOOL_INSTALL: &str = "apt-get install prometheus (it ships promtool)";
+
+/// Labels whose values depend on the deployment (backend URIs, shard numbers): only their
+/// presence is checked.
+const DEPLOYMENT_LABELS: [&str; 2] = ["backend", "shard"];
 
 /// Labels that Prometheus or its service discovery attach, not sipedge.
 const TARGET_LABELS: [&str; 5] = ["instance", "job", "namespace", "pod", "node"];
@@ -75,11 +80,50 @@ fn dashboard_queries_parse_as_promql() {
     let tmp = TempDir::new("dashboard-rules");
     tmp.write("dashboard.yml", &rules);
     let (ok, text) = promtool(&["check", "rules", "dashboard.yml"], tmp.path());
-    assert!(ok, "a dashboard query is not valid PromQL:\n{text}\n{rules}");
+    assert!(
+        ok,
+        "a dashboard query is not valid PromQL:\n{text}\n{rules}"
+    );
 }
 
 #[test]
 fn every_referenced_metric_exists_on_a_live_scrape() {
+    // A live sipedge on free loopback ports. Its backend port has no listener: the scrape
+    // must carry every series (zeros included) whatever the backends do.
+    let [sip, admin, backend] = free_ports(3)[..] else {
+        unreachable!()
+    };
+    let tmp = TempDir::new("live-scrape");
+    let config = tmp.write(
+        "sipedge.toml",
+        &format!(
+            "listen = [\"udp:127.0.0.1:{sip}\", \"tcp:127.0.0.1:{sip}\"]\n\
+             metrics = \"127.0.0.1:{admin}\"\n\
+             shards = 2\n\
+             backends = [\"sip:127.0.0.1:{backend}\"]\n"
+        ),
+    );
+    let admin_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, admin));
+    let mut node = Sipedge::start(&config, admin_addr, &[], tmp.path().join("sipedge.log"));
+    node.wait_admin("/metrics", Duration::from_secs(20));
+    let scrape = node.scrape();
+    check_references_against(&scrape);
+}
+
+#[test]
+fn every_referenced_metric_exists_in_the_library_exposition() {
+    // The same comparison against the exposition the metrics module encodes (no process):
+    // catches a renamed metric even where the binary cannot run.
+    let metrics = Arc::new(sipedge::metrics::Metrics::new(
+        2,
+        &["sip:127.0.0.1:5070".to_owned()],
+    ));
+    check_references_against(&metrics.encode_prometheus());
+}
+
+/// Fails the test unless every metric, label and literal label value that the deliverables'
+/// PromQL references is on `scrape`.
+fn check_references_against(scrape: &str) {
     // Every PromQL expression the deliverables contain, with where it comes from.
     let mut exprs: Vec<(String, String)> = dashboard_exprs()
         .into_iter()
@@ -103,38 +147,19 @@ fn every_referenced_metric_exists_on_a_live_scrape() {
     let recorded: BTreeSet<String> = yaml_values(&rules_yml, "record").into_iter().collect();
     assert_eq!(recorded.len(), 7, "recording rules: {recorded:?}");
 
-    // A live sipedge on free loopback ports. Its backend port has no listener: the scrape
-    // must carry every series (zeros included) whatever the backends do.
-    let [sip, admin, backend] = free_ports(3)[..] else {
-        unreachable!()
-    };
-    let tmp = TempDir::new("live-scrape");
-    let config = tmp.write(
-        "sipedge.toml",
-        &format!(
-            "listen = [\"udp:127.0.0.1:{sip}\", \"tcp:127.0.0.1:{sip}\"]\n\
-             metrics = \"127.0.0.1:{admin}\"\n\
-             shards = 2\n\
-             backends = [\"sip:127.0.0.1:{backend}\"]\n"
-        ),
-    );
-    let admin_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, admin));
-    let node = Sipedge::start(&config, admin_addr, &[], tmp.path().join("sipedge.log"));
-    let answered = deploy_support::wait_until(Duration::from_secs(20), || {
-        deploy_support::http_status(admin_addr, "/metrics") == 200
-    });
-    assert!(answered, "no /metrics on {admin_addr}; log:\n{}", node.log());
-    let scrape = node.scrape();
-
     // name -> label -> values seen.
     let mut live: BTreeMap<String, BTreeMap<String, BTreeSet<String>>> = BTreeMap::new();
-    for (name, labels, _) in parse_exposition(&scrape) {
-        let entry = live.entry(name).or_default();
-        for (k, v) in labels {
+    for sample in parse_exposition(scrape) {
+        let entry = live.entry(sample.name).or_default();
+        for (k, v) in sample.labels {
             entry.entry(k).or_default().insert(v);
         }
     }
-    assert!(live.len() > 20, "scrape has only {} metric names:\n{scrape}", live.len());
+    assert!(
+        live.len() > 20,
+        "scrape has only {} metric names:\n{scrape}",
+        live.len()
+    );
 
     let mut problems = Vec::new();
     let mut checked = BTreeSet::new();
@@ -146,7 +171,10 @@ fn every_referenced_metric_exists_on_a_live_scrape() {
                 continue;
             }
             let Some(labels) = live.get(&selector.name) else {
-                problems.push(format!("{origin}: metric {} is not on the scrape", selector.name));
+                problems.push(format!(
+                    "{origin}: metric {} is not on the scrape",
+                    selector.name
+                ));
                 continue;
             };
             checked.insert(selector.name.clone());
@@ -164,6 +192,9 @@ fn every_referenced_metric_exists_on_a_live_scrape() {
                     ));
                     continue;
                 };
+                if DEPLOYMENT_LABELS.contains(&m.label.as_str()) {
+                    continue;
+                }
                 for wanted in m.literal_values() {
                     if !values.contains(&wanted) {
                         problems.push(format!(
@@ -174,13 +205,15 @@ fn every_referenced_metric_exists_on_a_live_scrape() {
                 }
             }
         }
+        let uses_recorded = parsed.selectors.iter().any(|s| recorded.contains(&s.name));
         for label in &parsed.grouping_labels {
-            let from_rules = recorded.iter().any(|r| parsed.selectors.iter().any(|s| &s.name == r));
             if !TARGET_LABELS.contains(&label.as_str())
                 && !expr_labels.contains(label)
-                && !from_rules
+                && !uses_recorded
             {
-                problems.push(format!("{origin}: groups by {label:?}, which no metric of {expr:?} has"));
+                problems.push(format!(
+                    "{origin}: groups by {label:?}, which no metric of {expr:?} has"
+                ));
             }
         }
     }
@@ -215,14 +248,28 @@ fn promql_scanner_finds_names_matchers_and_grouping() {
         r#"sum by (method) (rate(sipedge_requests_received_total{instance=~".*",method="INVITE"}[5m])) / on (instance) group_left max without (shard) (x:y:rate1m) > 1e-9 unless up offset 5m"#,
     );
     let names: Vec<&str> = p.selectors.iter().map(|s| s.name.as_str()).collect();
-    assert_eq!(names, ["sipedge_requests_received_total", "x:y:rate1m", "up"]);
+    assert_eq!(
+        names,
+        ["sipedge_requests_received_total", "x:y:rate1m", "up"]
+    );
     let m = &p.selectors[0].matchers;
     assert_eq!(m.len(), 2);
-    assert_eq!((m[1].label.as_str(), m[1].op.as_str(), m[1].value.as_str()), ("method", "=", "INVITE"));
+    assert_eq!(
+        (m[1].label.as_str(), m[1].op.as_str(), m[1].value.as_str()),
+        ("method", "=", "INVITE")
+    );
     assert_eq!(p.grouping_labels, ["method", "instance", "shard"]);
-    let alt = Matcher { label: "class".into(), op: "=~".into(), value: "5xx|6xx".into() };
+    let alt = Matcher {
+        label: "class".into(),
+        op: "=~".into(),
+        value: "5xx|6xx".into(),
+    };
     assert_eq!(alt.literal_values(), ["5xx", "6xx"]);
-    let wild = Matcher { label: "instance".into(), op: "=~".into(), value: ".*".into() };
+    let wild = Matcher {
+        label: "instance".into(),
+        op: "=~".into(),
+        value: ".*".into(),
+    };
     assert!(wild.literal_values().is_empty());
 }
 
@@ -251,9 +298,15 @@ fn dashboard_exprs() -> Vec<(String, String)> {
     for var in json["templating"]["list"].as_array().into_iter().flatten() {
         if let Some(q) = var["query"]["query"].as_str() {
             // label_values(metric, label) names a metric too.
-            if let Some(inner) = q.strip_prefix("label_values(").and_then(|r| r.strip_suffix(')')) {
+            if let Some(inner) = q
+                .strip_prefix("label_values(")
+                .and_then(|r| r.strip_suffix(')'))
+            {
                 if let Some((metric, label)) = inner.split_once(',') {
-                    out.push((format!("variable {}", var["name"]), format!("count by ({}) ({metric})", label.trim())));
+                    out.push((
+                        format!("variable {}", var["name"]),
+                        format!("count by ({}) ({metric})", label.trim()),
+                    ));
                 }
             }
         }
@@ -320,7 +373,8 @@ impl Matcher {
     /// The label values the matcher names literally: the value of `=`/`!=`, the alternatives
     /// of a regex made only of `a|b|c` words; none for other regexes.
     fn literal_values(&self) -> Vec<String> {
-        let plain = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        let plain =
+            |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         match self.op.as_str() {
             "=" | "!=" if !self.value.is_empty() => vec![self.value.clone()],
             "=~" | "!~" if self.value.split('|').all(plain) => {
@@ -345,8 +399,40 @@ struct Scanned {
     grouping_labels: Vec<String>,
 }
 
-const KEYWORDS: [&str; 9] = ["and", "or", "unless", "bool", "offset", "group_left", "group_right", "atan2", "inf"];
-const LABEL_LISTS: [&str; 6] = ["by", "without", "on", "ignoring", "group_left", "group_right"];
+const KEYWORDS: [&str; 9] = [
+    "and",
+    "or",
+    "unless",
+    "bool",
+    "offset",
+    "group_left",
+    "group_right",
+    "atan2",
+    "inf",
+];
+/// Aggregation operators, which may be followed by `by (...)` before their `(`.
+const AGGREGATIONS: [&str; 12] = [
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "group",
+    "stddev",
+    "stdvar",
+    "count",
+    "count_values",
+    "bottomk",
+    "topk",
+    "quantile",
+];
+const LABEL_LISTS: [&str; 6] = [
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+];
 
 /// A small PromQL scanner: metric names (identifiers that are not functions, keywords or
 /// label lists), their matchers, and the labels of `by`/`without`/`on`/`ignoring` lists.
@@ -372,8 +458,14 @@ fn scan_promql(expr: &str) -> Scanned {
                 i += 1;
             }
             i += 1;
-        } else if c.is_ascii_digit() || (c == '.' && chars.get(i + 1).is_some_and(char::is_ascii_digit)) {
-            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '.' || ((chars[i] == '-' || chars[i] == '+') && matches!(chars[i - 1], 'e' | 'E'))) {
+        } else if c.is_ascii_digit()
+            || (c == '.' && chars.get(i + 1).is_some_and(char::is_ascii_digit))
+        {
+            while i < chars.len()
+                && (chars[i].is_ascii_alphanumeric()
+                    || chars[i] == '.'
+                    || ((chars[i] == '-' || chars[i] == '+') && matches!(chars[i - 1], 'e' | 'E')))
+            {
                 i += 1;
             }
             after_offset = false;
@@ -394,19 +486,31 @@ fn scan_promql(expr: &str) -> Scanned {
                 continue;
             }
             if LABEL_LISTS.contains(&lower.as_str()) && chars.get(next) == Some(&'(') {
-                let close = chars[next..].iter().position(|&c| c == ')').map_or(chars.len(), |p| next + p);
+                let close = chars[next..]
+                    .iter()
+                    .position(|&c| c == ')')
+                    .map_or(chars.len(), |p| next + p);
                 let list: String = chars[next + 1..close].iter().collect();
                 out.grouping_labels.extend(
-                    list.split(',').map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned),
+                    list.split(',')
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty())
+                        .map(str::to_owned),
                 );
                 i = close + 1;
             } else if lower == "offset" {
                 after_offset = true;
-            } else if KEYWORDS.contains(&lower.as_str()) || LABEL_LISTS.contains(&lower.as_str()) {
+            } else if KEYWORDS.contains(&lower.as_str())
+                || LABEL_LISTS.contains(&lower.as_str())
+                || AGGREGATIONS.contains(&lower.as_str())
+            {
             } else if chars.get(next) == Some(&'(') {
                 // A function or aggregation.
             } else {
-                let mut selector = Selector { name: word, matchers: Vec::new() };
+                let mut selector = Selector {
+                    name: word,
+                    matchers: Vec::new(),
+                };
                 if chars.get(next) == Some(&'{') {
                     let (matchers, end) = parse_matchers(&chars, next);
                     selector.matchers = matchers;
@@ -461,7 +565,9 @@ fn parse_matchers(chars: &[char], open: usize) -> (Vec<Matcher>, usize) {
             i += 1;
         }
         let end = skip_string(chars, i);
-        let value: String = chars[(i + 1).min(end)..end.saturating_sub(1).max(i + 1)].iter().collect();
+        let value: String = chars[(i + 1).min(end)..end.saturating_sub(1).max(i + 1)]
+            .iter()
+            .collect();
         i = end;
         if label.is_empty() || op.is_empty() {
             return (matchers, i);

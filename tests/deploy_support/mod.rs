@@ -207,8 +207,19 @@ pub(crate) fn http_status(addr: SocketAddr, path: &str) -> u16 {
     http(addr, "GET", path).map_or(0, |(status, _)| status)
 }
 
-/// Parses a Prometheus text exposition into (name, labels, value) samples.
-pub(crate) fn parse_exposition(text: &str) -> Vec<(String, Vec<(String, String)>, f64)> {
+/// One sample of a Prometheus text exposition.
+#[derive(Debug, Clone)]
+pub(crate) struct Sample {
+    /// Metric name (counters with their `_total`).
+    pub(crate) name: String,
+    /// Label pairs, in exposition order.
+    pub(crate) labels: Vec<(String, String)>,
+    /// The value.
+    pub(crate) value: f64,
+}
+
+/// Parses a Prometheus text exposition into samples.
+pub(crate) fn parse_exposition(text: &str) -> Vec<Sample> {
     let mut samples = Vec::new();
     for line in text.lines() {
         let line = line.trim();
@@ -228,7 +239,11 @@ pub(crate) fn parse_exposition(text: &str) -> Vec<(String, Vec<(String, String)>
             Some(i) => (&series[..i], parse_labels(&series[i + 1..series.len() - 1])),
             None => (series, Vec::new()),
         };
-        samples.push((name.to_owned(), labels, value));
+        samples.push(Sample {
+            name: name.to_owned(),
+            labels,
+            value,
+        });
     }
     samples
 }
@@ -239,7 +254,9 @@ fn parse_labels(text: &str) -> Vec<(String, String)> {
     while let Some(eq) = rest.find('=') {
         let name = rest[..eq].trim().trim_start_matches(',').trim().to_owned();
         let after = &rest[eq + 1..];
-        let Some(after) = after.strip_prefix('"') else { break };
+        let Some(after) = after.strip_prefix('"') else {
+            break;
+        };
         let mut value = String::new();
         let mut chars = after.char_indices();
         let mut end = after.len();
@@ -270,13 +287,13 @@ fn parse_labels(text: &str) -> Vec<(String, String)> {
 pub(crate) fn metric_sum(text: &str, name: &str, want: &[(&str, &str)]) -> f64 {
     parse_exposition(text)
         .iter()
-        .filter(|(n, labels, _)| {
-            n == name
+        .filter(|s| {
+            s.name == name
                 && want
                     .iter()
-                    .all(|(k, v)| labels.iter().any(|(lk, lv)| lk == k && lv == v))
+                    .all(|(k, v)| s.labels.iter().any(|(lk, lv)| lk == k && lv == v))
         })
-        .map(|(_, _, v)| v)
+        .map(|s| s.value)
         .sum()
 }
 
@@ -292,7 +309,9 @@ impl Sipedge {
     /// Starts `sipedge --config <config>` with `extra` arguments; its stderr goes to `log`.
     pub(crate) fn start(config: &Path, admin: SocketAddr, extra: &[&str], log: PathBuf) -> Self {
         let log_file = std::fs::File::create(&log).unwrap_or_else(|e| panic!("create log: {e}"));
-        let log_err = log_file.try_clone().unwrap_or_else(|e| panic!("dup log: {e}"));
+        let log_err = log_file
+            .try_clone()
+            .unwrap_or_else(|e| panic!("dup log: {e}"));
         let child = Command::new(sipedge_bin())
             .arg("--config")
             .arg(config)
@@ -330,7 +349,30 @@ impl Sipedge {
             }
             http_status(admin, "/ready") == 200
         });
-        assert!(ready, "sipedge not ready on {admin} within {limit:?}; log:\n{}", self.log());
+        assert!(
+            ready,
+            "sipedge not ready on {admin} within {limit:?}; log:\n{}",
+            self.log()
+        );
+    }
+
+    /// Waits until the admin endpoint answers `GET path` with any status; fails the test
+    /// (with the log) when the process exits first or `limit` passes.
+    pub(crate) fn wait_admin(&mut self, path: &str, limit: Duration) {
+        let admin = self.admin;
+        let answered = wait_until(limit, || {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("sipedge exited early ({status}):\n{}", self.log());
+                }
+            }
+            http_status(admin, path) != 0
+        });
+        assert!(
+            answered,
+            "no answer on {admin}{path} within {limit:?}; log:\n{}",
+            self.log()
+        );
     }
 
     /// A scrape of `/metrics`.
@@ -339,6 +381,14 @@ impl Sipedge {
             Ok((200, body)) => body,
             Ok((status, body)) => panic!("GET /metrics: {status}\n{body}"),
             Err(e) => panic!("GET /metrics on {}: {e}\nlog:\n{}", self.admin, self.log()),
+        }
+    }
+
+    /// A scrape of `/metrics`, or an empty text when the process no longer answers.
+    pub(crate) fn scrape_or_empty(&self) -> String {
+        match http(self.admin, "GET", "/metrics") {
+            Ok((200, body)) => body,
+            _ => String::new(),
         }
     }
 
@@ -375,7 +425,9 @@ impl Sipp {
         let sipp = need("sipp", "apt-get install sip-tester");
         let log = dir.join(format!("{name}.log"));
         let log_file = std::fs::File::create(&log).unwrap_or_else(|e| panic!("create log: {e}"));
-        let log_err = log_file.try_clone().unwrap_or_else(|e| panic!("dup log: {e}"));
+        let log_err = log_file
+            .try_clone()
+            .unwrap_or_else(|e| panic!("dup log: {e}"));
         let child = Command::new(sipp)
             .args(args)
             .arg("-nostdin")
@@ -403,7 +455,11 @@ impl Sipp {
             panic!("sipp {} already finished", self.name)
         };
         let Some(status) = wait_timeout(child, limit) else {
-            panic!("sipp {} still running after {limit:?}:\n{}", self.name, self.log())
+            panic!(
+                "sipp {} still running after {limit:?}:\n{}",
+                self.name,
+                self.log()
+            )
         };
         self.child = None;
         status.code().unwrap_or(-1)

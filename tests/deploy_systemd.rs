@@ -1,0 +1,228 @@
+//! The systemd deliverables: `systemd-analyze verify` and an offline security review of
+//! deploy/systemd/sipedge.service (on a copy whose paths point at the built binary and the
+//! repository's readiness helper), the example configuration accepted by
+//! `sipedge --check-config`, the stop timeout above the drain grace, and the readiness helper
+//! against a real sipedge.
+
+mod deploy_support;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use deploy_support::{
+    Sipedge, Sipp, TempDir, free_ports, need, repo_path, run_with_timeout, sipedge_bin,
+};
+
+const SYSTEMD_INSTALL: &str = "apt-get install systemd (it ships systemd-analyze)";
+
+fn unit_text() -> String {
+    let path = repo_path("deploy/systemd/sipedge.service");
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+/// The unit with its installed paths replaced by the ones in this checkout, in `dir`.
+fn unit_for_verify(dir: &TempDir) -> PathBuf {
+    let text = unit_text()
+        .replace("/usr/bin/sipedge", &sipedge_bin().display().to_string())
+        .replace(
+            "/usr/libexec/sipedge/wait-ready",
+            &repo_path("deploy/systemd/wait-ready").display().to_string(),
+        );
+    assert!(!text.contains("/usr/bin/sipedge") && text.contains("ExecStart="));
+    dir.write("sipedge.service", &text)
+}
+
+fn unit_value(key: &str) -> String {
+    unit_text()
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("the unit sets no {key}"))
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn systemd_analyze_verify_accepts_the_unit() {
+    let analyze = need("systemd-analyze", SYSTEMD_INSTALL);
+    let tmp = TempDir::new("systemd-verify");
+    let unit = unit_for_verify(&tmp);
+    let out = run_with_timeout(
+        Command::new(analyze).arg("verify").arg(&unit),
+        Duration::from_secs(60),
+    );
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // verify exits 0 on unknown keys and unparsable values, printing a warning: any line
+    // about our unit is a failure.
+    let complaints: Vec<&str> = text.lines().filter(|l| l.contains("sipedge")).collect();
+    assert!(
+        out.status.success() && complaints.is_empty(),
+        "systemd-analyze verify:\n{text}"
+    );
+}
+
+#[test]
+fn verify_would_catch_a_mistake() {
+    // The check above relies on verify reporting bad lines; make sure this systemd does.
+    let analyze = need("systemd-analyze", SYSTEMD_INSTALL);
+    let tmp = TempDir::new("systemd-verify-broken");
+    let unit = unit_for_verify(&tmp);
+    let text = std::fs::read_to_string(&unit).unwrap_or_default().replace(
+        "SystemCallFilter=@system-service io_uring_setup",
+        "SystemCallFilter=@system-service io_uring_setupp",
+    );
+    std::fs::write(&unit, text).unwrap_or_else(|e| panic!("write: {e}"));
+    let out = run_with_timeout(
+        Command::new(analyze).arg("verify").arg(&unit),
+        Duration::from_secs(60),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("io_uring_setupp"),
+        "verify said nothing about a bad syscall name:\n{stderr}"
+    );
+}
+
+#[test]
+fn unit_is_hardened() {
+    let analyze = need("systemd-analyze", SYSTEMD_INSTALL);
+    for (key, want) in [
+        ("DynamicUser", "yes"),
+        ("NoNewPrivileges", "yes"),
+        ("ProtectSystem", "strict"),
+        ("CapabilityBoundingSet", "CAP_NET_BIND_SERVICE"),
+        ("AmbientCapabilities", "CAP_NET_BIND_SERVICE"),
+        ("KillSignal", "SIGTERM"),
+        ("ConfigurationDirectory", "sipedge"),
+    ] {
+        assert_eq!(unit_value(key), want, "{key}");
+    }
+    let nofile: u64 = unit_value("LimitNOFILE").parse().unwrap_or(0);
+    assert!(
+        nofile >= 65536,
+        "LimitNOFILE={nofile} is too low for a TCP edge"
+    );
+    assert!(unit_text().contains("ExecReload=/bin/kill -HUP $MAINPID"));
+    // systemd's own scoring, offline: 10 x the exposure level; 20 is "OK" (2.0).
+    let tmp = TempDir::new("systemd-security");
+    let unit = unit_for_verify(&tmp);
+    let out = run_with_timeout(
+        Command::new(analyze)
+            .args(["security", "--offline=yes", "--threshold=20", "--no-pager"])
+            .arg(&unit),
+        Duration::from_secs(60),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let overall = text
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .unwrap_or("");
+    assert!(
+        out.status.success(),
+        "systemd-analyze security: exposure above 2.0: {overall}\n{text}"
+    );
+}
+
+/// The value of the top-level TOML key `key` in the example configuration.
+fn example_config_value(key: &str) -> String {
+    let path = repo_path("deploy/config/sipedge.toml");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read: {e}"));
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix(key)?.trim().strip_prefix('='))
+        .map(|v| v.trim().trim_matches('"').to_owned())
+        .unwrap_or_else(|| panic!("no {key} in deploy/config/sipedge.toml"))
+}
+
+#[test]
+fn example_config_passes_check_config_and_fits_the_stop_timeout() {
+    for file in [
+        "deploy/config/sipedge.toml",
+        "deploy/container/sipedge.toml",
+    ] {
+        let out = run_with_timeout(
+            Command::new(sipedge_bin())
+                .arg("--check-config")
+                .arg(repo_path(file)),
+            Duration::from_secs(30),
+        );
+        assert!(
+            out.status.success(),
+            "sipedge --check-config {file}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let grace: u64 = example_config_value("drain_grace_secs")
+        .parse()
+        .unwrap_or(u64::MAX);
+    let stop: u64 = unit_value("TimeoutStopSec").parse().unwrap_or(0);
+    assert!(
+        stop >= grace + 10,
+        "TimeoutStopSec={stop} does not outlast drain_grace_secs={grace}"
+    );
+}
+
+#[test]
+fn wait_ready_gates_on_a_real_sipedge() {
+    let [sip, admin, backend] = free_ports(3)[..] else {
+        unreachable!()
+    };
+    let tmp = TempDir::new("wait-ready");
+    let wait_ready = repo_path("deploy/systemd/wait-ready");
+    let admin_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, admin));
+
+    // Nothing listens yet: the helper fails, within its timeout.
+    let started = Instant::now();
+    let out = run_with_timeout(
+        Command::new(&wait_ready)
+            .arg(admin_addr.to_string())
+            .arg("1"),
+        Duration::from_secs(20),
+    );
+    assert!(
+        !out.status.success(),
+        "wait-ready succeeded with nothing listening"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // A backend that answers probes (sipp UAS answering OPTIONS, -aa) and a node in front.
+    let uas_scenario = tmp.write("uas.xml", &deploy_support::options_uas_scenario("b1"));
+    let _uas = Sipp::start(
+        "uas",
+        tmp.path(),
+        &[
+            "-sf".into(),
+            uas_scenario.display().to_string(),
+            "-i".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            backend.to_string(),
+        ],
+    );
+    let config = tmp.write(
+        "sipedge.toml",
+        &format!(
+            "listen = [\"udp:127.0.0.1:{sip}\"]\nmetrics = \"127.0.0.1:{admin}\"\nshards = 1\n\
+             backends = [\"sip:127.0.0.1:{backend}\"]\n\n[health]\nprobe_interval_ms = 200\n"
+        ),
+    );
+    let _node = Sipedge::start(&config, admin_addr, &[], tmp.path().join("sipedge.log"));
+    let out = run_with_timeout(
+        Command::new(&wait_ready)
+            .arg(admin_addr.to_string())
+            .arg("20"),
+        Duration::from_secs(30),
+    );
+    assert!(
+        out.status.success(),
+        "wait-ready against a live sipedge: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(deploy_support::http_status(admin_addr, "/ready"), 200);
+}
