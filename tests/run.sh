@@ -13,6 +13,9 @@ declare -A PACKAGE_OF=(
   [kamailio]=kamailio
   [systemd-analyze]=systemd
   [valgrind]=valgrind
+  [umoci]=umoci
+  [runc]=runc
+  [busybox]=busybox-static
 )
 missing=()
 for cmd in "${!PACKAGE_OF[@]}"; do
