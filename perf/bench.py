@@ -13,6 +13,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import subprocess
@@ -238,12 +239,14 @@ def start_kamailio(s, workers, cpus):
 
 
 def start_sipedge(s, shards, cpus, transport="udp"):
-    cmd = [s.exe("sipedge"), "--listen", f"127.0.0.1:{s.port}", "--shards", str(shards)]
+    cmd = [s.exe("sipedge"), "--listen", f"{transport}:127.0.0.1:{s.port}", "--shards", str(shards),
+           "--metrics", f"127.0.0.1:{s.args.base_port + 50}", "--driver", s.args.sipedge_driver,
+           "--drain-grace", "0", "--log-level", "info"]
     suffix = ";transport=tcp" if transport == "tcp" else ""
     for b in s.backends:
         cmd += ["--backend", f"sip:127.0.0.1:{b}{suffix}"]
     p = Proc(f"sipedge-{shards}shard", cmd, s.workdir, cpus)
-    wait_bound(p, s.port, "tcp" if transport == "tcp" else "udp")
+    wait_bound(p, s.port, transport)
     return p
 
 
@@ -547,18 +550,38 @@ def get(d, *path):
     return d
 
 
+def agreement(res):
+    """How far the tick-based CPU figures are from the ns-resolution ones, over all runs."""
+    pairs = []
+
+    def walk(v):
+        if isinstance(v, dict):
+            if v.get("cpu_sched_s"):
+                pairs.append((v["cpu_s"], v["cpu_sched_s"]))
+            for x in v.values():
+                walk(x)
+        elif isinstance(v, list):
+            for x in v:
+                walk(x)
+    walk(res)
+    if not pairs:
+        return "no proxy runs"
+    worst = max(abs(a - b) / b for a, b in pairs)
+    return f"over {len(pairs)} runs they differ by at most {100 * worst:.0f} %"
+
+
 def render(res, cmd, smoke):
     m = res["machine"]
     out = ["## Side by side", ""]
     out.append(f"Run {res['date']} with `{cmd}`{' (smoke: seconds-long runs, figures not meaningful)' if smoke else ''}.")
     out.append(f"Machine: {m['nproc']} vCPU ({m['cpu']}), kernel {m['kernel']}, {m['kamailio']}, {m['sipp']}; "
-               f"sipedge driver: {res.get('sipedge_driver', '?')}. All on loopback (127.0.0.1).")
+               f"sipedge driver: {res.get('sipedge_driver', '?')} (`--driver {res.get('driver_arg')}`). All on loopback (127.0.0.1).")
     out.append("")
     out.append("Cores: the sipp runs are not pinned (sipp UAC, two sipp UAS and the proxy share both vCPUs, as in "
                "the Kamailio reference figures). Ceiling runs pin a one-core proxy to CPU 0 and the load generator "
                "plus responder to CPU 1; two-core proxies share both CPUs with them. CPU time is the proxy's own "
-               "(all its threads and, for Kamailio, all its processes) from `/proc/PID/stat` utime+stime; "
-               "`schedstat` run time (ns resolution) is in the raw JSON and agrees within a tick.")
+               "(all its threads and, for Kamailio, all its processes) from `/proc/PID/stat` utime+stime (10 ms ticks); "
+               f"the scheduler's run time (`/proc/PID/task/*/schedstat`, ns) is kept beside it: {agreement(res)}.")
     out.append("")
 
     udp = res.get("udp_search", {})
@@ -570,12 +593,13 @@ def render(res, cmd, smoke):
                 f"{res['plan']['search_start']} calls/s in steps of ×{res['plan']['search_step']}, "
                 f"{res['plan']['search_seconds']} s each). CPU per 10,000 calls at fixed rates.", ""]
         rates = [p[0] for p in res["plan"]["fixed"]]
-        head = "| system | max clean calls/s | × Kamailio | " + " | ".join(
+        head = "| system | max clean calls/s | × Kamailio | CPU s/10k calls there | " + " | ".join(
             f"CPU s/10k calls @{r}/s | × Kamailio | × relay" for r in rates) + " | sipp unexpected msgs | RSS / PSS MiB |"
         out += [head, "|" + "---|" * (head.count("|") - 1)]
         kam = udp.get("kamailio-n2", {}).get("max_clean_rate")
         for name, r in udp.items():
-            row = [name, fmt(r["max_clean_rate"]), ratio(r["max_clean_rate"], kam)]
+            row = [name, fmt(r["max_clean_rate"]), ratio(r["max_clean_rate"], kam),
+                   fmt(get(r, "max_clean", "cpu_s_per_10k_calls"), 3)]
             unexpected, mem = 0, "–"
             for i, _ in enumerate(rates):
                 f = get(fixed, name, i) or {}
@@ -586,13 +610,20 @@ def render(res, cmd, smoke):
                 if "rss_kib" in f:
                     mem = f"{f['rss_kib'] / 1024:.1f} / {f['pss_kib'] / 1024:.1f}"
             unexpected += sum(st.get("unexpected", 0) for st in r["steps"])
+            if mem == "–" and r.get("max_clean") and "rss_kib" in r["max_clean"]:
+                mem = f"{r['max_clean']['rss_kib'] / 1024:.1f} / {r['max_clean']['pss_kib'] / 1024:.1f}"
             row += [fmt(unexpected), mem]
             out.append("| " + " | ".join(row) + " |")
         out.append("")
-        out.append("Failed calls at each fixed point (sipp): " + "; ".join(
-            f"{name} " + ", ".join(f"{f['offered_rate']}/s: {f['created'] - f['successful']} of {f['created']}"
-                                   for f in runs) for name, runs in fixed.items()) + ".")
+        out.append("Search steps (offered calls/s: failed of created): " + "; ".join(
+            f"{name} " + ", ".join(f"{st['offered_rate']}: {st['created'] - st['successful']} of {st['created']}"
+                                   for st in r["steps"]) for name, r in udp.items()) + ".")
         out.append("")
+        if fixed:
+            out.append("Failed calls at each fixed point (sipp): " + "; ".join(
+                f"{name} " + ", ".join(f"{f['offered_rate']}/s: {f['created'] - f['successful']} of {f['created']}"
+                                       for f in runs) for name, runs in fixed.items()) + ".")
+            out.append("")
 
     lat = res.get("latency", {})
     if lat:
@@ -723,7 +754,7 @@ FULL = {
 }
 SMOKE = {
     "search_start": 300, "search_step": 1.3, "search_max": 300, "search_seconds": 1,
-    "fixed": [(300, 1)], "latency_calls_s": 1, "ceiling_s": 1, "rss": (500, 2_000, 10),
+    "fixed": [], "latency_calls_s": 1, "ceiling_s": 1, "rss": (500, 2_000, 10),
 }
 
 
@@ -734,6 +765,7 @@ def main():
                     help="where sipedge, udp-relay, sipedge-loadgen and sipedge-responder are")
     ap.add_argument("--base-port", type=int, default=5060,
                     help="proxy port; backends at +10/+11, sipp UAC at +30, sipp media from +100")
+    ap.add_argument("--sipedge-driver", default="auto", help="sipedge --driver: auto, io_uring or epoll")
     ap.add_argument("--phases", default="udp,latency,ceiling,rss,tcp")
     ap.add_argument("--systems", default=",".join(SYSTEMS), help="subset of: " + ", ".join(SYSTEMS))
     ap.add_argument("--results", default=os.path.join(ROOT, "perf", "RESULTS.md"),
@@ -755,7 +787,7 @@ def main():
     global CEILING
     CEILING = [c for c in CEILING if c[0] in chosen or c[0].replace("-n1", "-n2") in chosen]
     res = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-           "machine": machine(), "plan": plan, "command": cmd}
+           "machine": machine(), "plan": plan, "command": cmd, "driver_arg": args.sipedge_driver}
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     try:
         systems = [n for n in SYSTEMS if n in chosen]
@@ -763,10 +795,11 @@ def main():
             res["udp_search"] = sipp_search(s, systems, "udp", plan)
             kam = get(res, "udp_search", "kamailio-n2", "max_clean_rate") or plan["search_start"]
             plan["fixed"] = [(r if r else max(1000, int(kam * 0.9 / 500) * 500), sec) for r, sec in plan["fixed"]]
-            res["udp_fixed"] = sipp_fixed(s, systems, "udp", plan["fixed"])
+            if plan["fixed"]:
+                res["udp_fixed"] = sipp_fixed(s, systems, "udp", plan["fixed"])
         if "latency" in phases:
             best = get(res, "udp_search", "sipedge-2", "max_clean_rate")
-            rates = [plan["fixed"][0][0]] + ([int(best / 2)] if best and not args.smoke else [])
+            rates = [1000, int(best / 2)] if best and not args.smoke else [1000 if not args.smoke else 300]
             res["latency"] = latency(s, systems, rates, lambda r: r * plan["latency_calls_s"])
         if "ceiling" in phases:
             res["ceiling"] = ceiling(s, plan["ceiling_s"], 1000)
@@ -775,11 +808,11 @@ def main():
         if "tcp" in phases:
             tcp_systems = [n for n in ("direct", "sipedge-1", "sipedge-2") if n in chosen]
             res["tcp_search"] = sipp_search(s, tcp_systems, "tcp", plan)
-        for f in os.listdir(workdir):
-            if f.startswith("sipedge-") and f.endswith(".log"):
-                text = open(os.path.join(workdir, f), errors="replace").read().lower()
-                res["sipedge_driver"] = ("io_uring" if "io_uring" in text or "uring" in text
-                                         else "epoll" if "epoll" in text or "legacy" in text else "not logged")
+        for f in sorted(os.listdir(workdir)):
+            if f.startswith("sipedge-") and f.endswith("shard.log"):
+                text = re.sub(r"\x1b\[[0-9;]*m", "", open(os.path.join(workdir, f), errors="replace").read())
+                found = re.search(r"driver[=:]\s*\"?([a-z_]+)", text)
+                res["sipedge_driver"] = found.group(1) if found else "not logged"
     except Fatal as e:
         print(f"bench: {e}\n(logs kept in {workdir})", file=sys.stderr)
         return 2
