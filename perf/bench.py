@@ -401,7 +401,7 @@ def sipp_search(s, systems, transport, plan):
                 while rate <= plan["search_max"]:
                     log(f"{transport} {name}: sipp search at {rate} calls/s")
                     m = Measure(proxy)
-                    r = run_sipp_uac(s, target, rate, rate * plan["search_seconds"],
+                    r = run_sipp_uac(s, target, rate, int(rate * plan["search_seconds"]),
                                      plan["search_seconds"] * 3 + 10, ttag, f"{transport}-{name}-s{rate}")
                     r.update(m.done(r["successful"]))
                     steps.append(r)
@@ -453,7 +453,7 @@ def latency(s, systems, rates, calls_for):
                 for rate in rates:
                     log(f"latency {name}: loadgen {rate} calls/s")
                     m = Measure(proxy)
-                    r = run_loadgen(s, target, rate, calls_for(rate), calls_for(rate) / rate + 5)
+                    r = run_loadgen(s, target, rate, int(calls_for(rate)), calls_for(rate) / rate + 5)
                     r["offered_rate"] = rate
                     r.update(m.done(r["completed"]))
                     results[name].append(r)
@@ -753,8 +753,8 @@ FULL = {
     "latency_calls_s": 5, "ceiling_s": 5, "rss": (10_000, 1_000_000, 120),
 }
 SMOKE = {
-    "search_start": 300, "search_step": 1.3, "search_max": 300, "search_seconds": 1,
-    "fixed": [], "latency_calls_s": 1, "ceiling_s": 1, "rss": (500, 2_000, 10),
+    "search_start": 400, "search_step": 1.3, "search_max": 400, "search_seconds": 0.5,
+    "fixed": [], "latency_calls_s": 0.5, "ceiling_s": 0.5, "rss": (500, 2_000, 10),
 }
 
 
@@ -799,7 +799,7 @@ def main():
                 res["udp_fixed"] = sipp_fixed(s, systems, "udp", plan["fixed"])
         if "latency" in phases:
             best = get(res, "udp_search", "sipedge-2", "max_clean_rate")
-            rates = [1000, int(best / 2)] if best and not args.smoke else [1000 if not args.smoke else 300]
+            rates = [1000, int(best / 2)] if best and not args.smoke else [1000 if not args.smoke else 400]
             res["latency"] = latency(s, systems, rates, lambda r: r * plan["latency_calls_s"])
         if "ceiling" in phases:
             res["ceiling"] = ceiling(s, plan["ceiling_s"], 1000)

@@ -251,7 +251,8 @@ fn run(args: &Args) -> std::io::Result<()> {
         out: String::with_capacity(2048),
     };
 
-    let mut calls = vec![Call::default(); args.calls as usize];
+    // Grown as calls start: a flat-out run is bounded by --duration, not by --calls.
+    let mut calls: Vec<Call> = Vec::with_capacity((args.calls as usize).min(1 << 20));
     let mut invite_rtt = Histogram::new();
     let mut bye_rtt = Histogram::new();
     let mut c = Counters::default();
@@ -281,7 +282,10 @@ fn run(args: &Args) -> std::io::Result<()> {
                     Ok(_) => c.datagrams_sent += 1,
                     Err(_) => c.send_errors += 1,
                 }
-                calls[index as usize].invite_sent = sent_at;
+                calls.push(Call {
+                    invite_sent: sent_at,
+                    ..Call::default()
+                });
                 c.started += 1;
                 in_flight += 1;
             }

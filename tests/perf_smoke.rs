@@ -1,0 +1,105 @@
+//! Smoke run of the side-by-side benchmark (`perf/run.sh --smoke`): every scenario of the
+//! full run (sipp floor, raw UDP relay, Kamailio, sipedge with 1 and 2 shards, the load
+//! generator's ceiling runs, TCP) for about a second each, so the scripts cannot rot unseen.
+//! It checks that each scenario carried calls end to end; the figures themselves mean nothing
+//! at this length. Needs sipp (Debian `sip-tester`), kamailio (Debian `kamailio`) and python3.
+
+use std::path::Path;
+use std::process::Command;
+
+/// Ports 41060..41460 (proxy, backends +10/+11, UAC +30, sipp media from +100): a range no
+/// other test of this crate uses.
+const BASE_PORT: &str = "41060";
+
+fn require(tool: &str, package: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        found,
+        "`{tool}` is missing: install the Debian package `{package}` (apt-get install -y {package})"
+    );
+}
+
+fn number(json: &str, key: &str) -> Vec<f64> {
+    let needle = format!("\"{key}\": ");
+    json.match_indices(&needle)
+        .filter_map(|(at, _)| {
+            let rest = &json[at + needle.len()..];
+            let end = rest.find([',', '\n', '}']).unwrap_or(rest.len());
+            rest[..end].trim().parse().ok()
+        })
+        .collect()
+}
+
+#[test]
+fn perf_scripts_smoke_run() {
+    require("sipp", "sip-tester");
+    require("kamailio", "kamailio");
+    require("python3", "python3");
+    let root = env!("CARGO_MANIFEST_DIR");
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_sipedge"))
+        .parent()
+        .expect("binary has a directory");
+    // The other binaries the script drives are built with the test, beside sipedge.
+    let _ = (
+        env!("CARGO_BIN_EXE_udp-relay"),
+        env!("CARGO_BIN_EXE_sipedge-loadgen"),
+        env!("CARGO_BIN_EXE_sipedge-responder"),
+    );
+    let json_path =
+        std::env::temp_dir().join(format!("sipedge-perf-smoke-{}.json", std::process::id()));
+    let out = Command::new(Path::new(root).join("perf/run.sh"))
+        .arg("--smoke")
+        .arg("--bin-dir")
+        .arg(bin_dir)
+        .args(["--base-port", BASE_PORT, "--json"])
+        .arg(&json_path)
+        .current_dir(root)
+        .output()
+        .expect("perf/run.sh runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "perf/run.sh --smoke failed:\n{stderr}\n{stdout}"
+    );
+    let json = std::fs::read_to_string(&json_path).expect("raw results written");
+    let _ = std::fs::remove_file(&json_path);
+
+    // Every system answered calls under sipp over UDP and TCP.
+    for system in ["direct", "relay", "kamailio-n2", "sipedge-1", "sipedge-2"] {
+        assert!(
+            json.contains(&format!("\"{system}\"")),
+            "no result for {system}:\n{stdout}"
+        );
+    }
+    let successful = number(&json, "successful");
+    // UDP search (5 systems) + TCP search (3); the smoke run has no fixed-rate phase.
+    assert!(
+        successful.len() >= 8,
+        "too few sipp runs: {successful:?}\n{stdout}"
+    );
+    assert!(
+        successful.iter().all(|&n| n > 0.0),
+        "a sipp run completed no call: {successful:?}\n{stdout}"
+    );
+    // The load generator completed calls in every latency and ceiling run, and sipedge
+    // delivered the replies of each call in order.
+    let completed = number(&json, "completed");
+    assert!(
+        completed.len() >= 5 + 6,
+        "too few load generator runs: {completed:?}\n{stdout}"
+    );
+    assert!(
+        completed.iter().all(|&n| n > 0.0),
+        "a load generator run completed no call: {completed:?}\n{stdout}"
+    );
+    // The report names each target row, so the rendering ran to the end.
+    assert!(
+        stdout.contains("### Targets (issue 8)"),
+        "report incomplete:\n{stdout}"
+    );
+}
