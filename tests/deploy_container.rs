@@ -84,6 +84,14 @@ fn image_builds_without_a_daemon_and_runs_as_non_root() {
         );
     }
     assert_eq!(c["StopSignal"], "SIGTERM");
+    let env: Vec<&str> = c["Env"]
+        .as_array()
+        .map(|e| e.iter().filter_map(|v| v.as_str()).collect())
+        .unwrap_or_default();
+    assert!(
+        env.contains(&"NO_COLOR=1"),
+        "ENV of the Containerfile: {env:?}"
+    );
     assert_eq!(config["os"], "linux");
 }
 

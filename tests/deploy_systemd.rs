@@ -226,3 +226,68 @@ fn wait_ready_gates_on_a_real_sipedge() {
     );
     assert_eq!(deploy_support::http_status(admin_addr, "/ready"), 200);
 }
+
+#[test]
+fn install_script_stages_a_package_root() {
+    let analyze = need("systemd-analyze", SYSTEMD_INSTALL);
+    let tmp = TempDir::new("systemd-install");
+    let root = tmp.path().join("root");
+    let out = run_with_timeout(
+        Command::new(repo_path("deploy/systemd/install.sh"))
+            .arg(sipedge_bin())
+            .env("DESTDIR", &root),
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.status.success(),
+        "install.sh: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for file in [
+        "usr/bin/sipedge",
+        "usr/libexec/sipedge/wait-ready",
+        "lib/systemd/system/sipedge.service",
+        "etc/sipedge/sipedge.toml",
+        "usr/share/doc/sipedge/deploy/README.md",
+    ] {
+        assert!(
+            root.join(file).is_file(),
+            "install.sh did not install /{file}"
+        );
+    }
+    // A second run keeps an operator's configuration.
+    let config = root.join("etc/sipedge/sipedge.toml");
+    let edited = format!(
+        "{}\n# edited by the operator\n",
+        std::fs::read_to_string(&config).unwrap_or_default()
+    );
+    std::fs::write(&config, &edited).unwrap_or_else(|e| panic!("write: {e}"));
+    let again = run_with_timeout(
+        Command::new(repo_path("deploy/systemd/install.sh"))
+            .arg(sipedge_bin())
+            .env("DESTDIR", &root),
+        Duration::from_secs(60),
+    );
+    assert!(again.status.success());
+    assert_eq!(std::fs::read_to_string(&config).unwrap_or_default(), edited);
+    // The installed unit, pointed at the staged files, verifies.
+    let root_str = root.display().to_string();
+    let unit_text = std::fs::read_to_string(root.join("lib/systemd/system/sipedge.service"))
+        .unwrap_or_default()
+        .replace("/usr/bin/sipedge", &format!("{root_str}/usr/bin/sipedge"))
+        .replace(
+            "/usr/libexec/sipedge/wait-ready",
+            &format!("{root_str}/usr/libexec/sipedge/wait-ready"),
+        );
+    let unit = tmp.write("sipedge.service", &unit_text);
+    let out = run_with_timeout(
+        Command::new(analyze).arg("verify").arg(&unit),
+        Duration::from_secs(60),
+    );
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && !text.contains("sipedge"),
+        "verify of the installed unit:\n{text}"
+    );
+}

@@ -115,6 +115,7 @@ exec_form() { sed 's/^\[//; s/\]$//' | tr ',' '\n' | sed 's/^[[:space:]]*"//; s/
 config_args=(--config.user "$(directive USER | tail -n1)" --config.workingdir /)
 config_args+=(--config.stopsignal "$(directive STOPSIGNAL | tail -n1)")
 config_args+=(--config.env "PATH=/usr/bin")
+while read -r env; do config_args+=(--config.env "$env"); done < <(directive ENV)
 while read -r port; do config_args+=(--config.exposedports "$port"); done < <(directive EXPOSE)
 while read -r arg; do config_args+=(--config.entrypoint "$arg"); done < <(directive ENTRYPOINT | tail -n1 | exec_form)
 while read -r arg; do config_args+=(--config.cmd "$arg"); done < <(directive CMD | tail -n1 | exec_form)
