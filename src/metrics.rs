@@ -135,30 +135,44 @@ macro_rules! label_enum {
 
 label_enum! {
     /// Why a message was discarded without an answer (`sipedge_drops_total{reason}`).
+    ///
+    /// The first group mirrors the proxy core's reasons (same labels), the rest are the shell's.
     DropReason {
-        /// A response that does not parse (RFC 3261 §16.7: responses are never answered).
+        /// Not a SIP message at all, or an empty datagram.
+        NotSip => "not_sip",
+        /// A CRLF keep-alive or STUN packet on UDP (RFC 5626 §3.5.1); not an error.
+        KeepAlive => "keepalive",
+        /// A SigComp message (RFC 3320) where none is accepted.
+        Sigcomp => "sigcomp",
+        /// A response that does not parse (RFC 3261 §18.1.2: responses are never answered).
         MalformedResponse => "malformed_response",
-        /// A request too broken to answer at all (no usable Via to send an error to).
-        MalformedRequest => "malformed_request",
         /// A response whose top Via is not this proxy's (RFC 3261 §16.7 step 2).
         ForeignVia => "foreign_via",
-        /// No route: a response without a second Via, or a request with no next hop.
-        NoRoute => "no_route",
-        /// No backend available for a new request.
+        /// A response with no Via after ours.
+        NoNextVia => "no_next_via",
+        /// A malformed ACK, or an ACK that would deserve an error (ACKs are never answered).
+        BadAck => "bad_ack",
+        /// A request too broken to answer at all (no usable Via to send an error to).
+        Unanswerable => "unanswerable",
+        /// No backend available (an ACK; other requests get 503).
         NoBackend => "no_backend",
-        /// The destination is blacklisted.
-        Blacklisted => "blacklisted",
+        /// The next hop is a host name the message path cannot resolve.
+        Unresolved => "unresolved",
+        /// The next hop needs a transport with no listener here (TLS, SCTP, WebSocket).
+        UnsupportedTransport => "unsupported_transport",
+        /// The output buffer could not hold the message.
+        BufferTooSmall => "buffer_too_small",
+        /// No local socket to send from (no listener of the destination's address family).
+        NoRoute => "no_route",
         /// The owning shard's handoff queue was full.
         HandoffQueueFull => "handoff_queue_full",
         /// No free handoff buffer left on this shard.
         HandoffPoolEmpty => "handoff_pool_empty",
-        /// A message larger than the receive buffer.
+        /// A message larger than any buffer (64 KiB).
         TooLarge => "too_large",
-        /// A response or in-dialog request for a TCP flow that is gone.
+        /// A response or in-dialog request for a TCP connection that is gone.
         UnknownFlow => "unknown_flow",
-        /// A SigComp message that could not be decompressed.
-        Sigcomp => "sigcomp",
-        /// A message the proxy core discards for a reason not listed above.
+        /// A reason not listed above.
         Other => "other",
     }
 }
@@ -190,20 +204,25 @@ label_enum! {
 }
 
 label_enum! {
-    /// Why a destination is blacklisted (`sipedge_blacklist_entries{reason}`).
+    /// Why a destination is blacklisted (`sipedge_blacklist_entries{reason}`); the labels are
+    /// those of [`crate::balance::BlockReason`].
     BlacklistReason {
-        /// ICMP unreachable received for it.
-        Icmp => "icmp",
-        /// Sending to it failed locally.
+        /// ICMP destination or port unreachable (IP_RECVERR).
+        IcmpUnreachable => "icmp_unreachable",
+        /// A TCP connection attempt was refused or timed out.
+        ConnectRefused => "connect_refused",
+        /// An established TCP connection was reset.
+        Reset => "reset",
+        /// The kernel rejected a send.
         SendError => "send_error",
-        /// A TCP connection to it failed.
-        ConnectFailed => "connect_failed",
-        /// It did not answer health probes in time.
-        ProbeTimeout => "probe_timeout",
-        /// It answered a probe with an error (for example 503).
-        ProbeError => "probe_error",
-        /// Anything else.
-        Other => "other",
+        /// The destination answered 503.
+        Status503 => "status_503",
+        /// A transaction or probe timed out.
+        Timeout => "timeout",
+        /// Health probing declared it down.
+        ProbeFailed => "probe_failed",
+        /// Blocked by an operator or configuration.
+        Administrative => "administrative",
     }
 }
 

@@ -84,6 +84,7 @@ fn handle(mut stream: TcpStream, shared: &Arc<Shared>) -> io::Result<()> {
     match (method, path) {
         ("GET", "/metrics") => {
             shared.metrics.set_ready(not_ready_reason(shared).is_none());
+            super::publish_blacklist(shared);
             let body = shared.metrics.encode_prometheus();
             respond(
                 &mut stream,

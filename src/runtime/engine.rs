@@ -16,12 +16,7 @@ use arc_swap::ArcSwap;
 use crate::balance::{Blacklist, Pool};
 use crate::shard::{ShardId, shard_of};
 
-/// Transport of a message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) enum Transport {
-    Udp,
-    Tcp,
-}
+pub(crate) use crate::sip::Transport;
 
 /// A TCP connection, named by the runtime; the top 16 bits are the owning shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -85,7 +80,7 @@ impl Engine {
     ) -> Verdict {
         use crate::metrics::DropReason;
         let Some(call_id) = header_value(d.bytes, b"call-id", b"i") else {
-            return Verdict::Drop(DropReason::MalformedRequest);
+            return Verdict::Drop(DropReason::NotSip);
         };
         let owner = shard_of(call_id, self.shards);
         if owner != self.shard && !d.handed_off {
@@ -117,13 +112,7 @@ impl Engine {
             .entry(call_id.to_vec())
             .or_insert((d.transport, d.src, d.flow));
         match pool.select(call_id, d.now, blacklist) {
-            Some(b) => {
-                let t = match b.transport() {
-                    crate::balance::Transport::Udp => Transport::Udp,
-                    _ => Transport::Tcp,
-                };
-                transmit(Dest::Addr(t, b.addr()))
-            }
+            Some(b) => transmit(Dest::Addr(b.transport(), b.addr())),
             None => Verdict::Drop(DropReason::NoBackend),
         }
     }
@@ -146,62 +135,4 @@ fn header_value<'b>(msg: &'b [u8], long: &[u8], compact: &[u8]) -> Option<&'b [u
         }
     }
     None
-}
-
-/// What the next bytes of a stream hold (RFC 3261 §18.3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Frame {
-    Message { len: usize },
-    Partial,
-    KeepAlive { len: usize, ping: bool },
-    Invalid,
-}
-
-/// Finds the next message on a stream: headers up to the empty line, then Content-Length
-/// bytes of body (mandatory on streams).
-pub(crate) fn frame(buf: &[u8]) -> Frame {
-    match buf {
-        [] => return Frame::Partial,
-        [b'\r', b'\n', b'\r', b'\n', ..] => return Frame::KeepAlive { len: 4, ping: true },
-        [b'\r', b'\n', b'\r'] | [b'\r'] => return Frame::Partial,
-        [b'\r', b'\n', ..] => {
-            return Frame::KeepAlive {
-                len: 2,
-                ping: false,
-            };
-        }
-        [b'\n', ..] => {
-            return Frame::KeepAlive {
-                len: 1,
-                ping: false,
-            };
-        }
-        [first, ..] if !first.is_ascii_alphabetic() => return Frame::Invalid,
-        _ => {}
-    }
-    let Some(head_end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return if buf.len() > 65_535 {
-            Frame::Invalid
-        } else {
-            Frame::Partial
-        };
-    };
-    let head = &buf[..head_end + 4];
-    let Some(cl) = header_value(head, b"content-length", b"l") else {
-        return Frame::Invalid;
-    };
-    let Some(cl) = std::str::from_utf8(cl)
-        .ok()
-        .and_then(|s| s.parse::<usize>().ok())
-    else {
-        return Frame::Invalid;
-    };
-    let total = head.len() + cl;
-    if total > 65_535 {
-        Frame::Invalid
-    } else if buf.len() >= total {
-        Frame::Message { len: total }
-    } else {
-        Frame::Partial
-    }
 }

@@ -21,22 +21,24 @@ mod admin;
 pub mod dns;
 mod engine;
 mod handoff;
+mod probe;
 mod shard;
 mod sockopt;
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use crossbeam::queue::ArrayQueue;
 
 use self::handoff::{Mailbox, PostOffice};
 use self::shard::{ShardSetup, Shared};
-use crate::balance::{BackendSpec, Blacklist, BlacklistConfig, Pool};
+use crate::balance::{BackendSpec, Blacklist, BlacklistConfig, BlockReason, HealthConfig, Pool};
 use crate::config::{Config, Driver, ListenTransport, Listener};
-use crate::metrics::Metrics;
+use crate::metrics::{BlacklistReason, Metrics};
 use crate::shard::ShardId;
 
 /// The I/O driver the shards run on.
@@ -215,6 +217,9 @@ pub fn run(config: Config, reload: Reloader) -> Result<(), RunError> {
         tcp: config.tcp.clone(),
         draining: AtomicBool::new(false),
         started: AtomicUsize::new(0),
+        pool_epoch: AtomicU64::new(0),
+        passive: ArrayQueue::new(1024),
+        health: health_config(&config),
     });
 
     {
@@ -321,6 +326,7 @@ fn reload_config(shared: &Shared, running: &Config, reload: &Reloader) -> Result
     // Metrics first: a shard looking up a new backend's index must find its counters.
     shared.metrics.set_backends(&names);
     shared.pool.store(Arc::new(pool));
+    shared.pool_epoch.fetch_add(1, Ordering::SeqCst);
     shared.metrics.reload(true);
     if next.listen != running.listen
         || next.shards != running.shards
@@ -339,4 +345,42 @@ fn reload_config(shared: &Shared, running: &Config, reload: &Reloader) -> Result
 /// The shard that owns a TCP flow id minted by this runtime.
 pub fn flow_shard(flow: u64) -> ShardId {
     (flow >> 48) as ShardId
+}
+
+/// The health machine's settings from the configuration; `None` when probing is off.
+fn health_config(config: &Config) -> Option<HealthConfig> {
+    let interval = config.health.probe_interval?;
+    Some(HealthConfig {
+        probing: true,
+        interval,
+        timeout: config.health.probe_timeout,
+        down_after: config.health.failures_before_down,
+        up_after: config.health.successes_before_up,
+        ..HealthConfig::default()
+    })
+}
+
+/// Counts the active blacklist entries by reason into the metrics (one writer: the admin
+/// thread, on scrape).
+pub(crate) fn publish_blacklist(shared: &Shared) {
+    let now = Instant::now();
+    let mut counts = [0u64; BlacklistReason::COUNT];
+    shared.blacklist.for_each(|entry| {
+        if entry.is_active(now) {
+            let reason = match entry.reason {
+                BlockReason::IcmpUnreachable => BlacklistReason::IcmpUnreachable,
+                BlockReason::ConnectRefused => BlacklistReason::ConnectRefused,
+                BlockReason::Reset => BlacklistReason::Reset,
+                BlockReason::SendError => BlacklistReason::SendError,
+                BlockReason::Status503 { .. } => BlacklistReason::Status503,
+                BlockReason::Timeout => BlacklistReason::Timeout,
+                BlockReason::ProbeFailed => BlacklistReason::ProbeFailed,
+                _ => BlacklistReason::Administrative,
+            };
+            counts[reason as usize] += 1;
+        }
+    });
+    for (i, &reason) in BlacklistReason::ALL.iter().enumerate() {
+        shared.metrics.set_blacklist_entries(reason, counts[i]);
+    }
 }

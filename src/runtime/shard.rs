@@ -20,24 +20,26 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use crossbeam::queue::ArrayQueue;
 use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt, Splitable};
 use monoio::net::udp::UdpSocket;
 use monoio::net::unix::UnixDatagram;
 use monoio::net::{TcpListener, TcpStream};
 
-use super::engine::{Dest, Engine, FlowId, Frame, Inbound, Transmit, Transport, Verdict, frame};
+use super::engine::{Dest, Engine, FlowId, Inbound, Transmit, Transport, Verdict};
 use super::handoff::{HandoffError, Parcel, ParcelKind, PostOffice};
 use super::{DriverKind, sockopt};
-use crate::balance::{Blacklist, BlockReason, Pool};
+use crate::balance::{Blacklist, BlockReason, HealthConfig, Pool};
 use crate::config::TcpConfig;
 use crate::metrics::{Direction, DropReason, ErrorReason, Metrics, ShardMetrics};
 use crate::shard::ShardId;
+use crate::sip::{Frame, Limits, ResponseOptions, frame, salvage, write_response};
 
 /// Size of every receive and send buffer: the largest UDP payload.
 pub(crate) const BUF_SIZE: usize = 65_535;
@@ -59,6 +61,21 @@ pub(crate) struct Shared {
     pub(crate) draining: AtomicBool,
     /// Shards whose sockets are registered and whose loops run.
     pub(crate) started: AtomicUsize,
+    /// Bumped after every pool swap, so shards and the prober notice a reload.
+    pub(crate) pool_epoch: AtomicU64,
+    /// Failures seen on real traffic, for the health prober (cold: failures only).
+    pub(crate) passive: ArrayQueue<(SocketAddr, BlockReason)>,
+    /// Health probing settings; `None` = off.
+    pub(crate) health: Option<HealthConfig>,
+}
+
+impl Shared {
+    /// Reports a failure toward `addr` to the blacklist and to the health prober.
+    pub(crate) fn report_failure(&self, addr: SocketAddr, reason: BlockReason) {
+        self.blacklist.report(addr, reason, Instant::now());
+        // A full queue already holds plenty of evidence for the prober.
+        let _ = self.passive.push((addr, reason));
+    }
 }
 
 /// What a shard thread starts with: sockets bound (by the main thread, so bind errors are
@@ -250,6 +267,12 @@ async fn shard_main(setup: ShardSetup, shared: Arc<Shared>) -> io::Result<()> {
     for (listener, local) in listeners {
         monoio::spawn(accept_loop(Rc::clone(&shard), listener, local));
     }
+    if shard.id == 0 {
+        if let Some(health) = shard.shared.health {
+            let ips = shard.udp.iter().map(|e| e.local.ip()).collect();
+            monoio::spawn(super::probe::run(Arc::clone(&shard.shared), health, ips));
+        }
+    }
     shard.shared.started.fetch_add(1, Ordering::SeqCst);
     handoff_loop(shard, bell).await;
     Ok(())
@@ -267,6 +290,12 @@ impl Shard {
         metrics.message();
         if !input.handed_off {
             count_message(metrics, input.bytes, true);
+        }
+        if self.shared.draining.load(Ordering::Relaxed) {
+            if let Some(t) = self.refuse_new_call(&input, &mut sbuf) {
+                metrics.local_response(503);
+                return self.transmit(t, input.local, sbuf).await;
+            }
         }
         let verdict = {
             let mut engine = self.engine.borrow_mut();
@@ -315,6 +344,47 @@ impl Shard {
         }
     }
 
+    /// While draining, answers a request that would start something new (an out-of-dialog
+    /// request from outside the pool: no To tag, not ACK or CANCEL) with 503 and Retry-After
+    /// (RFC 3261 §21.5.4), so clients go to another node. In-dialog requests, CANCEL, ACK,
+    /// responses and traffic from backends pass on.
+    fn refuse_new_call(&self, input: &Inbound<'_>, out: &mut [u8]) -> Option<Transmit> {
+        let request = salvage(input.bytes);
+        let method = request.method?;
+        if !request.is_request || method == b"ACK" || method == b"CANCEL" {
+            return None;
+        }
+        let to = request.to?.slice(input.bytes);
+        if to.windows(5).any(|w| w.eq_ignore_ascii_case(b";tag=")) {
+            return None;
+        }
+        if self.shared.pool.load().is_backend(input.src) {
+            return None;
+        }
+        let mut received = [0u8; 48];
+        let received_len = {
+            let mut cursor = std::io::Cursor::new(&mut received[..]);
+            std::io::Write::write_fmt(&mut cursor, format_args!("{}", input.src.ip())).ok()?;
+            usize::try_from(cursor.position()).ok()?
+        };
+        let options = ResponseOptions {
+            received: received.get(..received_len),
+            rport: Some(input.src.port()),
+            extra_headers: b"Retry-After: 30\r\n",
+        };
+        let len = write_response(&request, 503, b"Service Unavailable", &options, out).ok()?;
+        // RFC 3261 §18.2.2 / RFC 3581: back to the source (over its connection on TCP).
+        let dest = match input.flow {
+            Some(flow) => Dest::Flow(flow),
+            None => Dest::Addr(input.transport, input.src),
+        };
+        Some(Transmit {
+            dest,
+            src: Some(input.local),
+            len,
+        })
+    }
+
     fn count_handoff(&self, result: Result<(), HandoffError>) {
         let metrics = self.metrics();
         match result {
@@ -350,6 +420,11 @@ impl Shard {
             }
             Dest::Flow(flow) => {
                 self.send_flow(flow, bytes);
+                sbuf
+            }
+            Dest::Addr(_, _) => {
+                // TLS, SCTP, WebSocket: no listener of ours speaks them.
+                self.metrics().drop(DropReason::NoRoute);
                 sbuf
             }
         }
@@ -616,8 +691,7 @@ async fn outbound_conn(shard: Rc<Shard>, conn: Rc<Conn>) {
         shard.metrics().error(ErrorReason::TcpConnect);
         shard
             .shared
-            .blacklist
-            .report(conn.peer, BlockReason::ConnectRefused, Instant::now());
+            .report_failure(conn.peer, BlockReason::ConnectRefused);
         shard.forget_conn(&conn);
         return;
     };
@@ -661,11 +735,12 @@ async fn run_conn(shard: Rc<Shard>, conn: Rc<Conn>, stream: TcpStream) {
     let mut buf: Vec<u8> = Vec::with_capacity(BUF_SIZE + 1);
     let mut sbuf: Vec<u8> = vec![0u8; BUF_SIZE];
     let idle = shard.shared.tcp.idle_timeout;
+    let limits = Limits::default();
     'conn: loop {
         let mut start = 0;
         loop {
-            match frame(&buf[start..]) {
-                Frame::Message { len } => {
+            match frame(&buf[start..], &limits) {
+                Ok(Frame::Message { len }) => {
                     let input = Inbound {
                         now: Instant::now(),
                         src: conn.peer,
@@ -678,15 +753,21 @@ async fn run_conn(shard: Rc<Shard>, conn: Rc<Conn>, stream: TcpStream) {
                     sbuf = shard.dispatch(input, sbuf).await;
                     start += len;
                 }
-                Frame::KeepAlive { len, ping } => {
+                Ok(Frame::KeepAlive { len, ping }) => {
                     // RFC 5626 §4.4.1: answer a CRLFCRLF ping with a CRLF pong.
                     if ping {
                         conn.enqueue(b"\r\n", shard.metrics());
                     }
                     start += len;
                 }
-                Frame::Partial => break,
-                Frame::Invalid => {
+                Ok(Frame::Partial) => break,
+                Ok(Frame::SigComp) => {
+                    // RFC 3320 over a stream: not spoken on this listener; the stream cannot
+                    // be resynchronised as SIP, so close it.
+                    shard.metrics().drop(DropReason::Sigcomp);
+                    break 'conn;
+                }
+                Err(_) => {
                     shard.metrics().error(ErrorReason::TcpFraming);
                     break 'conn;
                 }

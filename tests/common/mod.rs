@@ -372,20 +372,28 @@ impl Sipp {
         let _ = self.wait(Duration::from_secs(3));
     }
 
+    /// How many messages in the message log start with `start_line` (e.g. `SIP/2.0 503`).
+    pub fn count_messages(&self, start_line: &str) -> usize {
+        let text = std::fs::read_to_string(&self.messages).unwrap_or_default();
+        text.lines().filter(|l| l.starts_with(start_line)).count()
+    }
+
     /// The output (stdout and stderr) so far.
     pub fn output_text(&self) -> String {
         std::fs::read_to_string(&self.output).unwrap_or_default()
     }
 
-    /// Call-IDs of every message in the message log.
+    /// Call-IDs of every message in the message log, except sipedge's health probes.
     pub fn call_ids(&self) -> std::collections::BTreeSet<String> {
         let text = std::fs::read_to_string(&self.messages).unwrap_or_default();
         text.lines()
             .filter_map(|l| {
                 let (name, value) = l.split_once(':')?;
                 let name = name.trim();
-                (name.eq_ignore_ascii_case("call-id") || name == "i")
-                    .then(|| value.trim().to_owned())
+                let value = value.trim();
+                ((name.eq_ignore_ascii_case("call-id") || name == "i")
+                    && !value.starts_with("sipedge-probe-"))
+                .then(|| value.to_owned())
             })
             .collect()
     }
@@ -417,6 +425,28 @@ fn scenario_args(scenario: &str) -> Vec<String> {
     } else {
         vec!["-sn".to_owned(), scenario.to_owned()]
     }
+}
+
+/// Starts a sipp UAC running built-in `scenario` against `target` with `extra` arguments
+/// (for instance `-m`, `-r`, `-d`).
+pub fn uac(dir: &TempDir, name: &str, target: SocketAddr, transport: &str, extra: &[&str]) -> Sipp {
+    let port = free_port().to_string();
+    let mut args: Vec<String> = vec![
+        "-sn".into(),
+        "uac".into(),
+        target.to_string(),
+        "-i".into(),
+        "127.0.0.1".into(),
+        "-p".into(),
+        port,
+        "-t".into(),
+        transport_flag(transport).into(),
+        "-timeout".into(),
+        "60".into(),
+        "-timeout_error".into(),
+    ];
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    Sipp::spawn(dir, name, &args)
 }
 
 /// sipp's `-t` value for a transport: one socket (`u1`/`t1`).
