@@ -371,6 +371,7 @@ impl Shard {
             received: received.get(..received_len),
             rport: Some(input.src.port()),
             extra_headers: b"Retry-After: 30\r\n",
+            partial: false,
         };
         let len = write_response(&request, 503, b"Service Unavailable", &options, out).ok()?;
         // RFC 3261 §18.2.2 / RFC 3581: back to the source (over its connection on TCP).
