@@ -276,28 +276,22 @@ impl Core {
             sip::DatagramKind::Stun => return Verdict::Drop(DropReason::KeepAlive),
             sip::DatagramKind::SigComp => return Verdict::Drop(DropReason::SigComp),
         }
+        // Shard ownership first, before any parsing: all of a call lives on one shard.
+        if !input.handed_off && self.shard_count > 1 {
+            let call_id = sip::salvage(input.bytes).call_id;
+            if let Some(call_id) = call_id {
+                let owner = shard_of(call_id.slice(input.bytes), self.shard_count);
+                if owner != self.shard {
+                    return Verdict::Handoff(owner);
+                }
+            }
+        }
         let mut slots = [EMPTY_HEADER; HEADER_SLOTS];
         let parsed = if input.transport.is_stream() {
             sip::parse_stream_message(input.bytes, &mut slots, &self.limits)
         } else {
             sip::parse(input.bytes, &mut slots, &self.limits)
         };
-        // Shard ownership first: all of a call lives on one shard.
-        if !input.handed_off && self.shard_count > 1 {
-            let call_id = match &parsed {
-                Ok(msg) => Some(msg.call_id()),
-                Err(_) => {
-                    let s = sip::salvage(input.bytes);
-                    s.call_id.map(|span| span.slice(input.bytes))
-                }
-            };
-            if let Some(call_id) = call_id {
-                let owner = shard_of(call_id, self.shard_count);
-                if owner != self.shard {
-                    return Verdict::Handoff(owner);
-                }
-            }
-        }
         match parsed {
             Ok(msg) if msg.is_request() => self.handle_request(&input, &msg, blacklist, out),
             Ok(msg) => self.handle_response(&input, &msg, out),
@@ -1203,13 +1197,12 @@ impl Core {
     }
 
     /// The listener a message to `ip` over `transport` leaves through: the first of that
-    /// transport in the same address family, else the first of that transport.
+    /// transport in the same address family (any family for an existing connection).
     fn egress_listener(&self, transport: Transport, ip: Option<IpAddr>) -> Option<usize> {
         let same_family = |l: &Listener| ip.is_none_or(|ip| ip.is_ipv4() == l.local.is_ipv4());
         self.listeners
             .iter()
             .position(|l| l.transport == transport && same_family(l))
-            .or_else(|| self.listeners.iter().position(|l| l.transport == transport))
     }
 }
 

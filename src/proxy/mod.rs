@@ -43,6 +43,8 @@ mod config;
 mod core;
 mod out;
 mod siphash;
+#[cfg(test)]
+mod tests;
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -180,6 +182,26 @@ impl DropReason {
         Self::UnsupportedTransport,
         Self::BufferTooSmall,
     ];
+}
+
+impl From<DropReason> for crate::metrics::DropReason {
+    /// The `sipedge_drops_total{reason}` label a core drop is counted under.
+    fn from(reason: DropReason) -> Self {
+        match reason {
+            DropReason::NotSip | DropReason::Unanswerable | DropReason::BadAck => {
+                Self::MalformedRequest
+            }
+            DropReason::MalformedResponse => Self::MalformedResponse,
+            DropReason::ForeignVia => Self::ForeignVia,
+            DropReason::NoNextVia | DropReason::Unresolved | DropReason::UnsupportedTransport => {
+                Self::NoRoute
+            }
+            DropReason::NoBackend => Self::NoBackend,
+            DropReason::SigComp => Self::Sigcomp,
+            DropReason::BufferTooSmall => Self::TooLarge,
+            DropReason::KeepAlive => Self::Other,
+        }
+    }
 }
 
 /// Something the runtime must act on outside the message path, drained with
