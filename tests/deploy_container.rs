@@ -242,6 +242,13 @@ fn image_answers_options_through_a_sipp_backend_under_runc() {
         container.log()
     );
 
+    let started = container.log();
+    assert!(
+        started.contains("sipedge started") && started.contains("driver="),
+        "no start line naming the I/O driver:\n{started}"
+    );
+    eprintln!("{}", started.lines().next().unwrap_or(""));
+
     // The process in the container runs as the image's numeric user.
     let pid = container.pid();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -296,4 +303,181 @@ fn image_answers_options_through_a_sipp_backend_under_runc() {
         container.log()
     );
     container.child = None;
+}
+
+/// podman with its state under `dir` (so the test leaves nothing in the host's storage), the
+/// vfs driver, runc and cgroupfs (the forms that work in a nested, hybrid-cgroup sandbox).
+fn podman(dir: &Path) -> Command {
+    let mut cmd = Command::new(need("podman", "apt-get install podman"));
+    cmd.arg("--root")
+        .arg(dir.join("storage"))
+        .arg("--runroot")
+        .arg(dir.join("run"))
+        .args([
+            "--storage-driver",
+            "vfs",
+            "--runtime",
+            "runc",
+            "--cgroup-manager",
+            "cgroupfs",
+            "--events-backend",
+            "file",
+        ]);
+    cmd
+}
+
+/// A `podman run` child; on drop the container is removed (by name) and the child reaped.
+struct PodmanRun {
+    dir: PathBuf,
+    name: String,
+    child: Option<Child>,
+}
+
+impl Drop for PodmanRun {
+    fn drop(&mut self) {
+        let _ = podman(&self.dir)
+            .args(["rm", "--force", "--time", "0", &self.name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // Leave no image layers behind in the test's storage (vfs copies are large).
+        let _ = podman(&self.dir)
+            .args(["system", "reset", "--force"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+#[test]
+fn containerfile_builds_and_runs_with_podman() {
+    let tmp = TempDir::new("podman");
+    let stage = tmp.path().join("stage");
+    let out = run_with_timeout(
+        Command::new(repo_path("deploy/container/build.sh"))
+            .arg("--binary")
+            .arg(sipedge_bin())
+            .arg("--stage")
+            .arg(&stage),
+        Duration::from_secs(120),
+    );
+    assert!(
+        out.status.success(),
+        "build.sh --stage: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tag = format!("localhost/sipedge:test-{}", std::process::id());
+    let out = run_with_timeout(
+        podman(tmp.path())
+            .args(["build", "--network", "host", "-f"])
+            .arg(repo_path("deploy/container/Containerfile"))
+            .args(["-t", &tag])
+            .arg(&stage),
+        Duration::from_secs(300),
+    );
+    assert!(
+        out.status.success(),
+        "podman build -f deploy/container/Containerfile: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let [sip, admin, backend] = free_ports(3)[..] else {
+        unreachable!()
+    };
+    let config_dir = tmp.path().join("config");
+    std::fs::create_dir_all(&config_dir).unwrap_or_else(|e| panic!("mkdir: {e}"));
+    std::fs::write(
+        config_dir.join("sipedge.toml"),
+        format!(
+            "shards = 1\nlisten = [\"udp:127.0.0.1:{sip}\"]\nmetrics = \"127.0.0.1:{admin}\"\n\
+             drain_grace_secs = 1\nbackends = [\"sip:127.0.0.1:{backend}\"]\n\n\
+             [health]\nprobe_interval_ms = 0\n\n[log]\nformat = \"json\"\n"
+        ),
+    )
+    .unwrap_or_else(|e| panic!("write config: {e}"));
+    let name = format!("sipedge-test-{}-{sip}", std::process::id());
+    let log = tmp.path().join("podman-run.log");
+    let log_file = std::fs::File::create(&log).unwrap_or_else(|e| panic!("log: {e}"));
+    let log_err = log_file.try_clone().unwrap_or_else(|e| panic!("log: {e}"));
+    // The image's own ENTRYPOINT and CMD, read-only root, the config mounted like a ConfigMap.
+    // The limits are pinned because the default ones exceed this sandbox's hard limits.
+    let child = podman(tmp.path())
+        .args([
+            "run",
+            "--rm",
+            "--name",
+            &name,
+            "--network",
+            "host",
+            "--read-only",
+        ])
+        .args([
+            "--ulimit",
+            "nofile=4096:4096",
+            "--ulimit",
+            "nproc=4096:4096",
+        ])
+        .arg("-v")
+        .arg(format!("{}:/etc/sipedge:ro", config_dir.display()))
+        .arg(&tag)
+        .stdin(Stdio::null())
+        .stdout(log_file)
+        .stderr(log_err)
+        .spawn()
+        .unwrap_or_else(|e| panic!("podman run: {e}"));
+    let mut run = PodmanRun {
+        dir: tmp.path().to_owned(),
+        name: name.clone(),
+        child: Some(child),
+    };
+    let admin_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, admin));
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let ready = wait_until(Duration::from_secs(60), || {
+        if let Some(Ok(Some(status))) = run.child.as_mut().map(Child::try_wait) {
+            panic!("podman run exited ({status}):\n{}", read_log());
+        }
+        http_status(admin_addr, "/ready") == 200
+    });
+    assert!(
+        ready,
+        "the podman container never became ready:\n{}",
+        read_log()
+    );
+    // JSON log lines, as the mounted configuration asks: the start line names the driver.
+    let started = read_log()
+        .lines()
+        .find(|l| l.contains("sipedge started"))
+        .map(str::to_owned)
+        .unwrap_or_default();
+    assert!(
+        started.starts_with('{') && started.contains("\"driver\""),
+        "no JSON start line:\n{}",
+        read_log()
+    );
+    let stop = run_with_timeout(
+        podman(tmp.path()).args(["stop", "-t", "10", &name]),
+        Duration::from_secs(30),
+    );
+    assert!(
+        stop.status.success(),
+        "podman stop: {}",
+        String::from_utf8_lossy(&stop.stderr)
+    );
+    let exit = run
+        .child
+        .as_mut()
+        .and_then(|c| wait_timeout(c, Duration::from_secs(20)));
+    assert!(
+        exit.is_some_and(|s| s.success()),
+        "podman run after stop: {exit:?}\n{}",
+        read_log()
+    );
+    run.child = None;
+    drop(run);
+    let _ = podman(tmp.path()).args(["rmi", "-f", &tag]).output();
 }

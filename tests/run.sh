@@ -16,6 +16,7 @@ declare -A PACKAGE_OF=(
   [umoci]=umoci
   [runc]=runc
   [busybox]=busybox-static
+  [podman]=podman
 )
 missing=()
 for cmd in "${!PACKAGE_OF[@]}"; do
