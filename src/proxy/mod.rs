@@ -188,18 +188,18 @@ impl From<DropReason> for crate::metrics::DropReason {
     /// The `sipedge_drops_total{reason}` label a core drop is counted under.
     fn from(reason: DropReason) -> Self {
         match reason {
-            DropReason::NotSip | DropReason::Unanswerable | DropReason::BadAck => {
-                Self::MalformedRequest
-            }
+            DropReason::NotSip => Self::NotSip,
+            DropReason::KeepAlive => Self::KeepAlive,
+            DropReason::SigComp => Self::Sigcomp,
             DropReason::MalformedResponse => Self::MalformedResponse,
             DropReason::ForeignVia => Self::ForeignVia,
-            DropReason::NoNextVia | DropReason::Unresolved | DropReason::UnsupportedTransport => {
-                Self::NoRoute
-            }
+            DropReason::NoNextVia => Self::NoNextVia,
+            DropReason::BadAck => Self::BadAck,
+            DropReason::Unanswerable => Self::Unanswerable,
             DropReason::NoBackend => Self::NoBackend,
-            DropReason::SigComp => Self::Sigcomp,
-            DropReason::BufferTooSmall => Self::TooLarge,
-            DropReason::KeepAlive => Self::Other,
+            DropReason::Unresolved => Self::Unresolved,
+            DropReason::UnsupportedTransport => Self::UnsupportedTransport,
+            DropReason::BufferTooSmall => Self::BufferTooSmall,
         }
     }
 }
