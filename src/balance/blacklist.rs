@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, Guard};
 
+use crate::metrics::BlacklistReason;
+
 /// Why an address was blacklisted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -54,6 +56,18 @@ impl BlockReason {
             Self::Timeout => "timeout",
             Self::ProbeFailed => "probe_failed",
             Self::Administrative => "administrative",
+        }
+    }
+
+    /// The `sipedge_blacklist_entries{reason}` label this reason is counted under.
+    pub fn metric_reason(self) -> BlacklistReason {
+        match self {
+            Self::IcmpUnreachable => BlacklistReason::Icmp,
+            Self::ConnectRefused | Self::Reset => BlacklistReason::ConnectFailed,
+            Self::SendError => BlacklistReason::SendError,
+            Self::Timeout => BlacklistReason::ProbeTimeout,
+            Self::Status503 { .. } | Self::ProbeFailed => BlacklistReason::ProbeError,
+            Self::Administrative => BlacklistReason::Other,
         }
     }
 
@@ -244,6 +258,20 @@ impl Blacklist {
         snap.entries.iter().for_each(f);
     }
 
+    /// Active entries at `now` per metrics reason, indexed like [`BlacklistReason::ALL`], for
+    /// [`crate::metrics::Metrics::set_blacklist_entries`].
+    pub fn active_by_reason(&self, now: Instant) -> [u64; BlacklistReason::COUNT] {
+        let mut counts = [0u64; BlacklistReason::COUNT];
+        self.for_each(|e| {
+            if e.is_active(now) {
+                if let Some(c) = counts.get_mut(e.reason.metric_reason() as usize) {
+                    *c += 1;
+                }
+            }
+        });
+        counts
+    }
+
     fn hold_for(&self, reason: BlockReason, strikes: u32) -> Duration {
         if let BlockReason::Status503 {
             retry_after: Some(secs),
@@ -408,6 +436,25 @@ mod tests {
         assert!(bl.is_blocked(addr(19), t0));
         assert!(!bl.is_blocked(addr(0), t0));
         assert!(snap.windows(2).all(|w| w[0].addr < w[1].addr));
+    }
+
+    #[test]
+    fn active_entries_counted_per_metric_reason() {
+        let bl = Blacklist::new(config());
+        let t0 = Instant::now();
+        bl.report(addr(1), BlockReason::IcmpUnreachable, t0);
+        bl.report(addr(2), BlockReason::ConnectRefused, t0);
+        bl.report(addr(3), BlockReason::Reset, t0);
+        bl.report(addr(4), BlockReason::Timeout, t0);
+        // Weight-1 failures (reset, timeout) are out for 1 s, weight-2 ones for 2 s.
+        let counts = bl.active_by_reason(t0 + Duration::from_millis(1500));
+        let get =
+            |r: BlacklistReason| counts[BlacklistReason::ALL.iter().position(|&x| x == r).unwrap()];
+        assert_eq!(get(BlacklistReason::Icmp), 1);
+        assert_eq!(get(BlacklistReason::ConnectFailed), 1);
+        // Expired: remembered for the back-off, not counted.
+        assert_eq!(get(BlacklistReason::ProbeTimeout), 0);
+        assert_eq!(counts.iter().sum::<u64>(), 2);
     }
 
     #[test]

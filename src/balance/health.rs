@@ -30,15 +30,16 @@ use super::pool::Pool;
 /// Longest accepted probe interval or timeout (one day).
 const MAX_PERIOD: Duration = Duration::from_secs(86_400);
 
-/// Set of SIP status codes (100..=699) that count as "alive" for a probe.
+/// A set of SIP status codes (100..=699): which probe replies count as alive, which final
+/// responses trigger failover.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AliveCodes {
+pub struct StatusCodes {
     // INVARIANT: bit (code - 100) set means alive.
     bits: [u64; 10],
 }
 
-impl AliveCodes {
-    /// No code counts as alive.
+impl StatusCodes {
+    /// The empty set.
     pub const fn none() -> Self {
         Self { bits: [0; 10] }
     }
@@ -61,7 +62,7 @@ impl AliveCodes {
         self
     }
 
-    /// Whether `code` counts as alive.
+    /// Whether `code` is in the set.
     pub fn contains(&self, code: u16) -> bool {
         if !(100..=699).contains(&code) {
             return false;
@@ -71,8 +72,11 @@ impl AliveCodes {
     }
 }
 
-impl Default for AliveCodes {
-    /// Any final answer that shows a working SIP stack: 2xx, 3xx, and 4xx except 408
+/// The reply codes that count as alive for a probe.
+pub type AliveCodes = StatusCodes;
+
+impl Default for StatusCodes {
+    /// As probe reply codes: any final answer that shows a working SIP stack: 2xx, 3xx, and 4xx except 408
     /// (a 404/405/403 to OPTIONS still proves the server is processing requests). 5xx and 6xx
     /// mean the member cannot serve calls, provisional responses mean nothing yet.
     fn default() -> Self {

@@ -18,6 +18,8 @@
 //!   when the pool changes.
 //! - [`Health`]: active OPTIONS probing ([`write_probe`], [`recognise_probe_response`]) and
 //!   passive failure signals, marking members up and down in the pool and the blacklist.
+//! - [`InviteFailover`]: the per-shard INVITE state that retries a refused or silent call on
+//!   the next backend in hash order, and keeps CANCEL/ACK on the backend that has the INVITE.
 //! - [`rfc3263`]: how a backend URI is resolved (NAPTR, SRV, A/AAAA) and how the answers become
 //!   pool members; `runtime::dns` asks the questions.
 //!
@@ -42,6 +44,7 @@
 mod affinity;
 mod backend;
 mod blacklist;
+mod failover;
 mod health;
 mod pool;
 mod probe;
@@ -52,7 +55,11 @@ pub use backend::{
     Backend, BackendId, BackendSpec, BackendUri, SpecError, Transport, default_port,
 };
 pub use blacklist::{Blacklist, BlacklistConfig, BlacklistEntry, BlacklistView, BlockReason};
-pub use health::{AliveCodes, Health, HealthConfig, HealthEvent, MemberHealth};
+pub use failover::{
+    AckError, FailoverConfig, FailoverEvent, InviteFailover, InviteRoute, MAX_ATTEMPTS,
+    ResponseAction, TxKey, write_ack,
+};
+pub use health::{AliveCodes, Health, HealthConfig, HealthEvent, MemberHealth, StatusCodes};
 pub use pool::{Candidates, Pool, PoolError};
 pub use probe::{
     InsufficientSize, PROBE_CALL_ID_PREFIX, ProbeResponse, ProbeTarget, recognise_probe_response,

@@ -32,7 +32,7 @@ pub struct Pool {
     // INVARIANT: sorted by (priority, id).
     backends: Box<[Backend]>,
     // INVARIANT: contiguous, in order, covering `backends`; one range per distinct priority.
-    groups: Box<[(usize, usize)]>,
+    groups: Box<[Group]>,
     // INVARIANT: sorted by id; indexes into `backends`.
     by_id: Box<[(BackendId, usize)]>,
     // INVARIANT: sorted by address; indexes into `backends`.
@@ -63,7 +63,17 @@ impl Pool {
         let mut start = 0;
         for i in 1..=backends.len() {
             if i == backends.len() || backends[i].priority() != backends[start].priority() {
-                groups.push((start, i));
+                let mut weights = backends[start..i]
+                    .iter()
+                    .map(Backend::weight)
+                    .filter(|&w| w > 0);
+                let first = weights.next();
+                let uniform = weights.all(|w| Some(w) == first);
+                groups.push(Group {
+                    start,
+                    end: i,
+                    uniform,
+                });
                 start = i;
             }
         }
@@ -178,13 +188,27 @@ impl Pool {
         }
     }
 
-    /// The member's rendezvous score for a call key; higher wins.
-    fn score(backend: &Backend, key: u64) -> f64 {
+    /// The member's rendezvous score for a call key; higher wins. Within a group of equal
+    /// weights `weight / -ln(u)` orders members exactly as `u` does, so the logarithm is
+    /// skipped there (scores are only ever compared within one group).
+    fn score(backend: &Backend, key: u64, uniform: bool) -> f64 {
         let h = mix64(key ^ backend.seed);
+        if uniform {
+            return (h >> 11) as f64;
+        }
         // 53 high bits -> uniform in (0, 1), never 0 or 1, so ln() is finite and negative.
         let u = ((h >> 11) as f64 + 0.5) * (1.0 / (1u64 << 53) as f64);
         f64::from(backend.weight()) / -u.ln()
     }
+}
+
+/// One priority group: `backends[start..end]`.
+#[derive(Debug, Clone, Copy)]
+struct Group {
+    start: usize,
+    end: usize,
+    /// Every member with a non-zero weight has the same weight.
+    uniform: bool,
 }
 
 /// Hash of a Call-ID for rendezvous scoring. Salted so that it is independent of the
@@ -209,13 +233,18 @@ impl<'p> Iterator for Candidates<'p> {
 
     fn next(&mut self) -> Option<&'p Backend> {
         let pool = self.pool;
-        while let Some(&(start, end)) = pool.groups.get(self.group) {
+        while let Some(&Group {
+            start,
+            end,
+            uniform,
+        }) = pool.groups.get(self.group)
+        {
             let mut best: Option<(f64, usize)> = None;
             for (i, b) in pool.backends.iter().enumerate().take(end).skip(start) {
                 if !b.accepts_new_calls() {
                     continue;
                 }
-                let s = Pool::score(b, self.key);
+                let s = Pool::score(b, self.key, uniform);
                 // Strictly after the previous pick in (score desc, index asc) order.
                 if let Some(last) = self.last {
                     if !ranks_after((s, i), last) {
@@ -369,6 +398,34 @@ mod tests {
             .unwrap();
         assert!(!next.by_id(down).unwrap().is_up());
         assert_eq!(next.len(), 3);
+    }
+
+    #[test]
+    fn equal_weights_order_like_the_weighted_formula() {
+        let uniform =
+            Pool::new(&[spec(1, 3, 0), spec(2, 3, 0), spec(3, 3, 0), spec(4, 0, 0)]).unwrap();
+        assert!(uniform.groups[0].uniform);
+        let bl = Blacklist::default();
+        let now = Instant::now();
+        for i in 0..500 {
+            let c = call(i);
+            let fast: Vec<BackendId> = uniform
+                .candidates(c.as_bytes(), now, &bl)
+                .map(Backend::id)
+                .collect();
+            let key = call_key(c.as_bytes());
+            let mut slow: Vec<(f64, BackendId)> = uniform
+                .backends()
+                .iter()
+                .filter(|b| b.weight() > 0)
+                .map(|b| (Pool::score(b, key, false), b.id()))
+                .collect();
+            slow.sort_by(|a, b| b.0.total_cmp(&a.0));
+            let slow: Vec<BackendId> = slow.into_iter().map(|(_, id)| id).collect();
+            assert_eq!(fast, slow);
+        }
+        let mixed = Pool::new(&[spec(1, 1, 0), spec(2, 2, 0)]).unwrap();
+        assert!(!mixed.groups[0].uniform);
     }
 
     #[test]
