@@ -62,12 +62,14 @@ impl BlockReason {
     /// The `sipedge_blacklist_entries{reason}` label this reason is counted under.
     pub fn metric_reason(self) -> BlacklistReason {
         match self {
-            Self::IcmpUnreachable => BlacklistReason::Icmp,
-            Self::ConnectRefused | Self::Reset => BlacklistReason::ConnectFailed,
+            Self::IcmpUnreachable => BlacklistReason::IcmpUnreachable,
+            Self::ConnectRefused => BlacklistReason::ConnectRefused,
+            Self::Reset => BlacklistReason::Reset,
             Self::SendError => BlacklistReason::SendError,
-            Self::Timeout => BlacklistReason::ProbeTimeout,
-            Self::Status503 { .. } | Self::ProbeFailed => BlacklistReason::ProbeError,
-            Self::Administrative => BlacklistReason::Other,
+            Self::Status503 { .. } => BlacklistReason::Status503,
+            Self::Timeout => BlacklistReason::Timeout,
+            Self::ProbeFailed => BlacklistReason::ProbeFailed,
+            Self::Administrative => BlacklistReason::Administrative,
         }
     }
 
@@ -450,10 +452,11 @@ mod tests {
         let counts = bl.active_by_reason(t0 + Duration::from_millis(1500));
         let get =
             |r: BlacklistReason| counts[BlacklistReason::ALL.iter().position(|&x| x == r).unwrap()];
-        assert_eq!(get(BlacklistReason::Icmp), 1);
-        assert_eq!(get(BlacklistReason::ConnectFailed), 1);
+        assert_eq!(get(BlacklistReason::IcmpUnreachable), 1);
+        assert_eq!(get(BlacklistReason::ConnectRefused), 1);
         // Expired: remembered for the back-off, not counted.
-        assert_eq!(get(BlacklistReason::ProbeTimeout), 0);
+        assert_eq!(get(BlacklistReason::Reset), 0);
+        assert_eq!(get(BlacklistReason::Timeout), 0);
         assert_eq!(counts.iter().sum::<u64>(), 2);
     }
 
