@@ -1,0 +1,195 @@
+//! Failover with real peers: sipp UAC → sipedge → three sipp UAS (Debian `sip-tester`).
+//!
+//! One UAS is killed by PID during a bounded load run: once the detection window has passed no
+//! call fails and the dead one gets nothing; restarted, it is re-admitted by probing and gets
+//! calls again. Run over UDP and over TCP.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use common::{Sipedge, SipedgeOptions, Sipp, TempDir, free_port, transport_flag, wait_port};
+
+/// Probing fast enough for a short test: a dead backend is down after two missed probes.
+const HEALTH: &str = "[health]\nprobe_interval_ms = 200\nprobe_timeout_ms = 300\n\
+                      failures_before_down = 2\nsuccesses_before_up = 2\n";
+
+/// A sipp UAS that also answers sipedge's OPTIONS probes (`-aa`).
+fn uas(dir: &TempDir, name: &str, port: u16, transport: &str) -> Sipp {
+    let args: Vec<String> = [
+        "-sn",
+        "uas",
+        "-i",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-t",
+        transport_flag(transport),
+        "-aa",
+    ]
+    .map(String::from)
+    .to_vec();
+    let me = Sipp::spawn(dir, name, &args);
+    wait_port(port, transport);
+    me
+}
+
+/// Runs `calls` calls at `rate` per second through `proxy`; returns the UAC when it is done.
+fn load(
+    dir: &TempDir,
+    name: &str,
+    proxy: &Sipedge,
+    transport: &str,
+    calls: u32,
+    rate: u32,
+) -> Sipp {
+    let args: Vec<String> = [
+        "-sn",
+        "uac",
+        &proxy.sip_addr().to_string(),
+        "-i",
+        "127.0.0.1",
+        "-p",
+        &free_port().to_string(),
+        "-t",
+        transport_flag(transport),
+        "-m",
+        &calls.to_string(),
+        "-r",
+        &rate.to_string(),
+        // A call that gets no answer fails after 8 s instead of hanging the run.
+        "-recv_timeout",
+        "8000",
+        "-timeout",
+        "60",
+        "-timeout_error",
+    ]
+    .map(String::from)
+    .to_vec();
+    Sipp::spawn(dir, name, &args)
+}
+
+fn finish(uac: &mut Sipp) -> (u64, u64) {
+    let code = uac.wait(Duration::from_secs(60));
+    assert!(
+        code.is_some(),
+        "sipp UAC did not finish:\n{}",
+        uac.output_text()
+    );
+    (
+        uac.stat("SuccessfulCall(C)").unwrap_or(0),
+        uac.stat("FailedCall(C)").unwrap_or(0),
+    )
+}
+
+fn wait_metric(proxy: &Sipedge, series: &str, value: f64, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while proxy.metric(series) != value {
+        assert!(
+            Instant::now() < deadline,
+            "{series} did not become {value} within {limit:?}:\n{}",
+            proxy.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn kill_one_backend(transport: &str) {
+    let dir = TempDir::new(&format!("balance-failover-{transport}"));
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let mut servers: Vec<Option<Sipp>> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, &p)| Some(uas(&dir, &format!("uas{i}"), p, transport)))
+        .collect();
+    let suffix = if transport == "tcp" {
+        ";transport=tcp"
+    } else {
+        ""
+    };
+    let config = dir.path("health.toml");
+    std::fs::write(&config, HEALTH).expect("write config");
+    let uris: Vec<String> = ports
+        .iter()
+        .map(|p| format!("sip:127.0.0.1:{p}{suffix}"))
+        .collect();
+    let proxy = Sipedge::start(
+        &dir,
+        &SipedgeOptions {
+            backends: uris.clone(),
+            extra: vec!["--config".into(), config.display().to_string()],
+            ..SipedgeOptions::default()
+        },
+    );
+    let up = |i: usize| format!("sipedge_backend_up{{backend=\"{}\"}}", uris[i]);
+
+    // Baseline: every backend takes calls.
+    let mut warm = load(&dir, "uac-warm", &proxy, transport, 90, 60);
+    let (ok, failed) = finish(&mut warm);
+    assert_eq!((ok, failed), (90, 0), "baseline:\n{}", warm.output_text());
+
+    // Kill backend 0 by PID in the middle of a bounded run.
+    let mut during = load(&dir, "uac-during", &proxy, transport, 200, 50);
+    std::thread::sleep(Duration::from_millis(1500));
+    let killed_at = Instant::now();
+    drop(servers[0].take());
+    wait_metric(&proxy, &up(0), 0.0, Duration::from_secs(5));
+    let detection = killed_at.elapsed();
+    let (ok_during, failed_during) = finish(&mut during);
+    // Only calls caught on the dead backend inside the detection window may fail.
+    assert_eq!(ok_during + failed_during, 200);
+    assert!(
+        failed_during <= 40,
+        "{failed_during} calls failed around the kill (detection took {detection:?})"
+    );
+
+    // After the detection window: no call fails, all of them on the two survivors.
+    let mut after = load(&dir, "uac-after", &proxy, transport, 150, 60);
+    let (ok, failed) = finish(&mut after);
+    assert_eq!(
+        (ok, failed),
+        (150, 0),
+        "after detection:\n{}",
+        after.output_text()
+    );
+    let calls = after.call_ids();
+    let survivors: BTreeSet<String> = servers.iter().flatten().flat_map(Sipp::call_ids).collect();
+    assert!(
+        calls.is_subset(&survivors),
+        "a call of the last run reached no live backend"
+    );
+
+    // Restart it on the same port: probing re-admits it and it gets calls again.
+    servers[0] = Some(uas(&dir, "uas0-restarted", ports[0], transport));
+    wait_metric(&proxy, &up(0), 1.0, Duration::from_secs(10));
+    let mut back = load(&dir, "uac-back", &proxy, transport, 150, 60);
+    let (ok, failed) = finish(&mut back);
+    assert_eq!(
+        (ok, failed),
+        (150, 0),
+        "after re-admission:\n{}",
+        back.output_text()
+    );
+    let restarted = servers[0].as_ref().map(Sipp::call_ids).unwrap_or_default();
+    let back_calls = back.call_ids();
+    let share = back_calls.intersection(&restarted).count();
+    assert!(
+        share >= 20,
+        "the re-admitted backend got only {share} of 150 calls"
+    );
+    eprintln!(
+        "{transport}: detection {detection:?}, {failed_during} of 200 calls failed around the kill, \
+         re-admitted backend took {share} of 150"
+    );
+}
+
+#[test]
+fn killed_backend_is_avoided_and_readmitted_udp() {
+    kill_one_backend("udp");
+}
+
+#[test]
+fn killed_backend_is_avoided_and_readmitted_tcp() {
+    kill_one_backend("tcp");
+}
