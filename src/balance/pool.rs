@@ -156,6 +156,30 @@ impl Pool {
         self.candidates(call_id, now, blacklist).next()
     }
 
+    /// The member a call with this Call-ID belongs to when every member is healthy: the top
+    /// rendezvous score of the most preferred group with a member of non-zero weight,
+    /// ignoring health, drain and blacklist. When [`Pool::select`] returns another member the
+    /// call failed over (the `sipedge_backend_failovers_total` counter of this one).
+    pub fn home(&self, call_id: &[u8]) -> Option<&Backend> {
+        let key = call_key(call_id);
+        let group = self.groups.iter().find(|g| {
+            self.backends
+                .get(g.start..g.end)
+                .is_some_and(|members| members.iter().any(|b| b.weight() > 0))
+        })?;
+        let mut best: Option<(f64, usize)> = None;
+        for i in group.start..group.end {
+            let Some(b) = self.backends.get(i).filter(|b| b.weight() > 0) else {
+                continue;
+            };
+            let s = Self::score(b, key, group.uniform);
+            if best.is_none_or(|best| ranks_after(best, (s, i))) {
+                best = Some((s, i));
+            }
+        }
+        best.and_then(|(_, i)| self.backends.get(i))
+    }
+
     /// Like [`Pool::select`], skipping the members in `tried` (failover after they failed
     /// this transaction): the next usable member in hash order.
     pub fn select_excluding(
@@ -340,6 +364,26 @@ mod tests {
             pool.select(c.as_bytes(), later, &bl).unwrap().id(),
             first.id()
         );
+    }
+
+    #[test]
+    fn home_is_the_choice_of_a_healthy_pool() {
+        let pool = Pool::new(&[spec(1, 1, 0), spec(2, 2, 0), spec(3, 1, 1)]).unwrap();
+        let bl = Blacklist::default();
+        let now = Instant::now();
+        for i in 0..200 {
+            let c = call(i);
+            let chosen = pool.select(c.as_bytes(), now, &bl).unwrap().id();
+            assert_eq!(pool.home(c.as_bytes()).unwrap().id(), chosen);
+        }
+        // Members down: home stays, the choice moves (a failover).
+        pool.backends()[0].set_up(false);
+        pool.backends()[1].set_up(false);
+        let c = call(1);
+        let home = pool.home(c.as_bytes()).unwrap();
+        assert_eq!(home.priority(), 0);
+        assert_eq!(pool.select(c.as_bytes(), now, &bl).unwrap().priority(), 1);
+        assert!(Pool::new(&[spec(1, 0, 0)]).unwrap().home(b"x").is_none());
     }
 
     #[test]
