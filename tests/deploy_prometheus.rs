@@ -66,6 +66,26 @@ fn promtool_checks_the_scrape_config() {
 }
 
 #[test]
+fn dashboard_json_is_the_generator_output() {
+    let python = need("python3", "apt-get install python3");
+    let out = run_with_timeout(
+        Command::new(python).arg(repo_path("deploy/grafana/generate.py")),
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let generated = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        generated.trim_end() == read("deploy/grafana/sipedge.json").trim_end(),
+        "deploy/grafana/sipedge.json was edited by hand: change generate.py and run \
+         python3 deploy/grafana/generate.py > deploy/grafana/sipedge.json"
+    );
+}
+
+#[test]
 fn dashboard_queries_parse_as_promql() {
     let exprs = dashboard_exprs();
     assert!(exprs.len() >= 30, "only {} dashboard queries", exprs.len());
