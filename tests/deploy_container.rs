@@ -242,6 +242,9 @@ fn image_answers_options_through_a_sipp_backend_under_runc() {
         container.log()
     );
 
+    wait_until(Duration::from_secs(10), || {
+        container.log().contains("sipedge started")
+    });
     let started = container.log();
     assert!(
         started.contains("sipedge started") && started.contains("driver="),
@@ -449,6 +452,10 @@ fn containerfile_builds_and_runs_with_podman() {
         read_log()
     );
     // JSON log lines, as the mounted configuration asks: the start line names the driver.
+    // (conmon relays the container's output a little after the fact.)
+    wait_until(Duration::from_secs(10), || {
+        read_log().contains("sipedge started")
+    });
     let started = read_log()
         .lines()
         .find(|l| l.contains("sipedge started"))

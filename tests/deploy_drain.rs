@@ -196,7 +196,6 @@ fn assert_exits_zero_within_grace(s: &mut Setup, since: Instant) {
 }
 
 #[test]
-#[ignore = "needs the proxy core in the runtime: the interim engine forwards a new INVITE while draining instead of answering 503"]
 fn post_drain_keeps_calls_in_progress_and_refuses_new_calls() {
     let mut s = start("drain-post", 3);
     let mut calls = calls_in_progress(&s);
@@ -229,7 +228,6 @@ fn post_drain_keeps_calls_in_progress_and_refuses_new_calls() {
 }
 
 #[test]
-#[ignore = "needs the proxy core in the runtime: the interim engine forwards a new INVITE while draining instead of answering 503"]
 fn sigterm_mid_call_drains_then_exits_zero() {
     let mut s = start("drain-sigterm", 6);
     let mut calls = calls_in_progress(&s);
