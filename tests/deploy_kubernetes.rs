@@ -231,3 +231,86 @@ fn grace_periods_and_admin_port_agree() {
     let image_toml = read(&repo_path("deploy/container/sipedge.toml"));
     assert_eq!(toml_str(&image_toml, "metrics"), metrics);
 }
+
+/// The preStop hook's command line, one argument per `- ` line under `command:`.
+fn prestop_command(manifest: &str) -> Vec<String> {
+    let text = read(&repo_path("deploy/kubernetes").join(manifest));
+    let mut lines = text.lines().skip_while(|l| l.trim() != "preStop:");
+    let mut args = Vec::new();
+    let mut in_command = false;
+    for line in lines.by_ref() {
+        let t = line.trim();
+        if t == "command:" {
+            in_command = true;
+            continue;
+        }
+        if in_command {
+            match t.strip_prefix("- ") {
+                Some(arg) => args.push(arg.trim_matches('"').to_owned()),
+                None => break,
+            }
+        }
+    }
+    args
+}
+
+#[test]
+fn prestop_hook_drains_a_real_node() {
+    // The hook exactly as the manifests run it, with the image's wget (busybox, the same
+    // static binary build.sh copies in), against a live sipedge on a free admin port.
+    let busybox = std::path::Path::new("/bin/busybox");
+    assert!(
+        busybox.is_file(),
+        "no /bin/busybox: apt-get install busybox-static"
+    );
+    let deployment = prestop_command("deployment.yaml");
+    assert_eq!(deployment, prestop_command("daemonset-hostnetwork.yaml"));
+    assert_eq!(
+        deployment.first().map(String::as_str),
+        Some("/usr/libexec/sipedge/wget")
+    );
+
+    let [sip, admin, backend] = deploy_support::free_ports(3)[..] else {
+        unreachable!()
+    };
+    let tmp = TempDir::new("prestop");
+    let config = tmp.write(
+        "sipedge.toml",
+        &format!(
+            "shards = 1\nlisten = [\"udp:127.0.0.1:{sip}\"]\nmetrics = \"127.0.0.1:{admin}\"\n\
+             backends = [\"sip:127.0.0.1:{backend}\"]\n\n[health]\nprobe_interval_ms = 0\n"
+        ),
+    );
+    let admin_addr = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, admin));
+    let mut node = deploy_support::Sipedge::start(&config, admin_addr, &[], tmp.path().join("log"));
+    node.wait_ready(Duration::from_secs(20));
+
+    // busybox picks the applet from argv[0]: run it under the hook's name.
+    let wget = tmp.path().join("wget");
+    std::fs::copy(busybox, &wget).unwrap_or_else(|e| panic!("copy busybox: {e}"));
+    let port_in_hook = deployment
+        .iter()
+        .find_map(|a| a.strip_prefix("http://127.0.0.1:"))
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_else(|| panic!("no admin URL in the hook: {deployment:?}"))
+        .to_owned();
+    let args: Vec<String> = deployment[1..]
+        .iter()
+        .map(|a| a.replace(&format!(":{port_in_hook}/"), &format!(":{admin}/")))
+        .collect();
+    let out = run_with_timeout(Command::new(&wget).args(&args), Duration::from_secs(20));
+    assert!(
+        out.status.success(),
+        "preStop {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(deploy_support::http_status(admin_addr, "/ready"), 503);
+    let scrape = node.scrape();
+    assert_eq!(
+        deploy_support::metric_sum(&scrape, "sipedge_draining", &[]),
+        1.0
+    );
+    // The liveness probe keeps passing while draining: the kubelet must not restart the pod.
+    assert_eq!(deploy_support::http_status(admin_addr, "/health"), 200);
+}

@@ -291,3 +291,160 @@ fn install_script_stages_a_package_root() {
         "verify of the installed unit:\n{text}"
     );
 }
+
+/// Every `key=` line of the unit's [Service] section, in order.
+fn unit_values(key: &str) -> Vec<String> {
+    unit_text()
+        .lines()
+        .filter_map(|l| l.strip_prefix(&format!("{key}=")))
+        .map(|v| v.trim().to_owned())
+        .collect()
+}
+
+/// The default of `Environment=NAME=value` in the unit.
+fn unit_env(name: &str) -> String {
+    unit_values("Environment")
+        .iter()
+        .find_map(|e| e.strip_prefix(&format!("{name}=")).map(str::to_owned))
+        .unwrap_or_else(|| panic!("the unit sets no Environment={name}"))
+}
+
+#[test]
+fn unit_lifecycle_commands_drive_a_real_node() {
+    // systemd's part played by the test, with the unit's own command lines: ExecStartPre,
+    // ExecStart, ExecStartPost (readiness), ExecReload (check, then SIGHUP), then KillSignal
+    // within TimeoutStopSec. Paths point at this checkout; SIPEDGE_ADMIN is set as
+    // /etc/default/sipedge would set it.
+    let [sip, admin, backend, backend2] = free_ports(4)[..] else {
+        unreachable!()
+    };
+    let tmp = TempDir::new("unit-lifecycle");
+    let uas_scenario = tmp.write("uas.xml", &deploy_support::options_uas_scenario("b1"));
+    let _uas = Sipp::start(
+        "uas",
+        tmp.path(),
+        &[
+            "-sf".into(),
+            uas_scenario.display().to_string(),
+            "-i".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            backend.to_string(),
+        ],
+    );
+    let config_for = |backends: &str| {
+        format!(
+            "shards = 1\nlisten = [\"udp:127.0.0.1:{sip}\"]\ndrain_grace_secs = 2\n\
+             backends = [{backends}]\n\n[health]\nprobe_interval_ms = 200\n"
+        )
+    };
+    let config = tmp.write(
+        "sipedge.toml",
+        &config_for(&format!("\"sip:127.0.0.1:{backend}\"")),
+    );
+    let admin_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, admin));
+    let env = [
+        ("SIPEDGE_ADMIN", admin_addr.to_string()),
+        ("SIPEDGE_READY_TIMEOUT", unit_env("SIPEDGE_READY_TIMEOUT")),
+    ];
+    let expand = |line: &str, main_pid: u32| -> Vec<String> {
+        let mut line = line
+            .replace("/usr/bin/sipedge", &sipedge_bin().display().to_string())
+            .replace(
+                "/usr/libexec/sipedge/wait-ready",
+                &repo_path("deploy/systemd/wait-ready").display().to_string(),
+            )
+            .replace("/etc/sipedge/sipedge.toml", &config.display().to_string())
+            .replace("$MAINPID", &main_pid.to_string());
+        for (name, value) in &env {
+            line = line.replace(&format!("${{{name}}}"), value);
+        }
+        assert!(!line.contains('$'), "unexpanded variable in {line:?}");
+        line.split_whitespace().map(str::to_owned).collect()
+    };
+    let run = |argv: &[String]| {
+        run_with_timeout(
+            Command::new(&argv[0]).args(&argv[1..]),
+            Duration::from_secs(60),
+        )
+    };
+
+    for line in unit_values("ExecStartPre") {
+        let out = run(&expand(&line, 0));
+        assert!(
+            out.status.success(),
+            "ExecStartPre={line}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let start = expand(&unit_value("ExecStart"), 0);
+    assert!(start[0].ends_with("sipedge"), "{start:?}");
+    let mut node = Sipedge::start_args(&start[1..], admin_addr, tmp.path().join("sipedge.log"));
+    for line in unit_values("ExecStartPost") {
+        let out = run(&expand(&line, node.pid()));
+        assert!(
+            out.status.success(),
+            "ExecStartPost={line}: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            node.log()
+        );
+    }
+    assert_eq!(
+        deploy_support::http_status(admin_addr, "/ready"),
+        200,
+        "{}",
+        node.log()
+    );
+
+    // systemctl reload with an invalid file: the check fails and no SIGHUP is sent.
+    let reload = unit_values("ExecReload");
+    assert_eq!(reload.len(), 2, "check, then SIGHUP: {reload:?}");
+    std::fs::write(&config, "backends = []\n").unwrap_or_else(|e| panic!("write: {e}"));
+    let out = run(&expand(&reload[0], node.pid()));
+    assert!(
+        !out.status.success(),
+        "ExecReload={} accepted an empty backend list",
+        reload[0]
+    );
+
+    // systemctl reload with a new backend: checked, then applied in place.
+    std::fs::write(
+        &config,
+        config_for(&format!(
+            "\"sip:127.0.0.1:{backend}\", \"sip:127.0.0.1:{backend2}\""
+        )),
+    )
+    .unwrap_or_else(|e| panic!("write: {e}"));
+    for line in &reload {
+        let out = run(&expand(line, node.pid()));
+        assert!(
+            out.status.success(),
+            "ExecReload={line}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let new_backend = format!("sip:127.0.0.1:{backend2}");
+    let reloaded = deploy_support::wait_until(Duration::from_secs(10), || {
+        let scrape = node.scrape();
+        deploy_support::metric_sum(&scrape, "sipedge_config_reloads_total", &[("result", "ok")])
+            == 1.0
+            && scrape.contains(&new_backend)
+    });
+    assert!(
+        reloaded,
+        "the reload did not take:\n{}\n{}",
+        node.scrape(),
+        node.log()
+    );
+
+    // systemctl stop: KillSignal, then the process must be gone within TimeoutStopSec.
+    let signal = unit_value("KillSignal");
+    let stop_timeout: u64 = unit_value("TimeoutStopSec").parse().unwrap_or(0);
+    deploy_support::signal(node.pid(), signal.trim_start_matches("SIG"));
+    let status = node.wait_exit(Duration::from_secs(stop_timeout));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "after {signal}: {status:?}\n{}",
+        node.log()
+    );
+}

@@ -328,6 +328,26 @@ impl Sipedge {
         }
     }
 
+    /// Starts the binary with exactly `args` (for command lines taken from a unit file).
+    pub(crate) fn start_args(args: &[String], admin: SocketAddr, log: PathBuf) -> Self {
+        let log_file = std::fs::File::create(&log).unwrap_or_else(|e| panic!("create log: {e}"));
+        let log_err = log_file
+            .try_clone()
+            .unwrap_or_else(|e| panic!("dup log: {e}"));
+        let child = Command::new(sipedge_bin())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log_file)
+            .stderr(log_err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", sipedge_bin().display()));
+        Self {
+            child: Some(child),
+            admin,
+            log,
+        }
+    }
+
     /// The process ID.
     pub(crate) fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
