@@ -17,7 +17,36 @@ const CALLS: u32 = 20;
 /// How long each call lasts after its ACK (sipp -d), so that the drain lands mid-call.
 const CALL_MS: u32 = 3000;
 
+/// The SIP transport of a run: sipp's `-t` mode and the listener / backend URI forms.
+#[derive(Clone, Copy)]
+enum Transport {
+    Udp,
+    Tcp,
+}
+
+impl Transport {
+    fn sipp_mode(self) -> &'static str {
+        match self {
+            Self::Udp => "u1",
+            Self::Tcp => "t1",
+        }
+    }
+    fn listen(self, port: u16) -> String {
+        match self {
+            Self::Udp => format!("udp:127.0.0.1:{port}"),
+            Self::Tcp => format!("tcp:127.0.0.1:{port}"),
+        }
+    }
+    fn backend(self, port: u16) -> String {
+        match self {
+            Self::Udp => format!("sip:127.0.0.1:{port}"),
+            Self::Tcp => format!("sip:127.0.0.1:{port};transport=tcp"),
+        }
+    }
+}
+
 struct Setup {
+    transport: Transport,
     tmp: TempDir,
     sip: u16,
     node: Sipedge,
@@ -25,7 +54,7 @@ struct Setup {
     drain_grace: Duration,
 }
 
-fn start(name: &str, drain_grace_secs: u64) -> Setup {
+fn start(name: &str, transport: Transport, drain_grace_secs: u64) -> Setup {
     let tmp = TempDir::new(name);
     let [sip, admin, backend] = free_ports(3)[..] else {
         unreachable!()
@@ -34,9 +63,11 @@ fn start(name: &str, drain_grace_secs: u64) -> Setup {
     let config = tmp.write(
         "sipedge.toml",
         &format!(
-            "shards = 2\nlisten = [\"udp:127.0.0.1:{sip}\"]\nmetrics = \"127.0.0.1:{admin}\"\n\
-             drain_grace_secs = {drain_grace_secs}\nbackends = [\"sip:127.0.0.1:{backend}\"]\n\n\
-             [health]\nprobe_interval_ms = 0\n"
+            "shards = 2\nlisten = [\"{}\"]\nmetrics = \"127.0.0.1:{admin}\"\n\
+             drain_grace_secs = {drain_grace_secs}\nbackends = [\"{}\"]\n\n\
+             [health]\nprobe_interval_ms = 0\n",
+            transport.listen(sip),
+            transport.backend(backend),
         ),
     );
     let uas = Sipp::start(
@@ -45,6 +76,8 @@ fn start(name: &str, drain_grace_secs: u64) -> Setup {
         &[
             "-sn".into(),
             "uas".into(),
+            "-t".into(),
+            transport.sipp_mode().into(),
             "-i".into(),
             "127.0.0.1".into(),
             "-p".into(),
@@ -55,6 +88,7 @@ fn start(name: &str, drain_grace_secs: u64) -> Setup {
     let mut node = Sipedge::start(&config, admin_addr, &[], tmp.path().join("sipedge.log"));
     node.wait_ready(Duration::from_secs(20));
     Setup {
+        transport,
         tmp,
         sip,
         node,
@@ -75,6 +109,8 @@ fn calls_in_progress(s: &Setup) -> Sipp {
         &[
             "-sn".into(),
             "uac".into(),
+            "-t".into(),
+            s.transport.sipp_mode().into(),
             "-i".into(),
             "127.0.0.1".into(),
             "-p".into(),
@@ -128,6 +164,8 @@ fn new_call_is_refused(s: &Setup) {
         &[
             "-sf".into(),
             scenario.display().to_string(),
+            "-t".into(),
+            s.transport.sipp_mode().into(),
             "-i".into(),
             "127.0.0.1".into(),
             "-p".into(),
@@ -197,7 +235,7 @@ fn assert_exits_zero_within_grace(s: &mut Setup, since: Instant) {
 
 #[test]
 fn post_drain_keeps_calls_in_progress_and_refuses_new_calls() {
-    let mut s = start("drain-post", 3);
+    let mut s = start("drain-post", Transport::Udp, 3);
     let mut calls = calls_in_progress(&s);
 
     let (status, body) =
@@ -227,9 +265,8 @@ fn post_drain_keeps_calls_in_progress_and_refuses_new_calls() {
     assert_exits_zero_within_grace(&mut s, since);
 }
 
-#[test]
-fn sigterm_mid_call_drains_then_exits_zero() {
-    let mut s = start("drain-sigterm", 6);
+fn sigterm_mid_call(transport: Transport, name: &str) {
+    let mut s = start(name, transport, 6);
     let mut calls = calls_in_progress(&s);
 
     let since = Instant::now();
@@ -245,4 +282,16 @@ fn sigterm_mid_call_drains_then_exits_zero() {
     assert_exits_zero_within_grace(&mut s, since);
     let log = s.node.log();
     assert!(!log.contains("panicked"), "sipedge log:\n{log}");
+}
+
+#[test]
+fn sigterm_mid_call_drains_then_exits_zero_udp() {
+    sigterm_mid_call(Transport::Udp, "drain-sigterm-udp");
+}
+
+#[test]
+fn sigterm_mid_call_drains_then_exits_zero_tcp() {
+    // In-dialog requests keep flowing over the callers' open TCP connections while the
+    // node refuses new calls.
+    sigterm_mid_call(Transport::Tcp, "drain-sigterm-tcp");
 }
