@@ -28,6 +28,8 @@ shards = 0
 # I/O driver: "auto" (io_uring when the kernel allows it, else epoll), "io_uring" or "epoll".
 driver = "auto"
 # SIP listeners, "udp:IP:PORT" or "tcp:IP:PORT"; IPv6 as "udp:[::1]:5060". Any number of each.
+# A wildcard or NATed address needs the name to advertise in Via and Record-Route:
+# "udp:0.0.0.0:5060;advertise=sip.example.net:5060".
 listen = ["udp:127.0.0.1:5060", "tcp:127.0.0.1:5060"]
 # Admin HTTP (GET /metrics, /health, /ready; POST /drain).
 metrics = "127.0.0.1:9090"
@@ -51,6 +53,19 @@ format = "text"
 [proxy]
 # Insert Record-Route so in-dialog requests come back through the proxy (RFC 3261 §16.6).
 record_route = true
+# Secret (16+ bytes) keying Via branches and Record-Route affinity tokens. Every node behind
+# one name must share it. Unset: a random one per start (dialogs do not survive a restart).
+# secret = "change-me-to-32-random-characters"
+# Other names (host or host:port) that mean this proxy in a Request-URI or Route.
+aliases = []
+# Max-Forwards written on forwarded requests at most (RFC 3261 §16.6 step 3).
+max_forwards = 70
+# Requests larger than this toward a UDP next hop go over TCP (RFC 3261 §18.1.1); 0 = never.
+udp_size_limit = 1300
+# Proxy-Require option tags accepted; any other gets 420 Bad Extension.
+proxy_require_supported = []
+# Server header of responses sipedge generates; "" = none.
+server_name = "sipedge"
 
 [tcp]
 # Close a TCP connection that carried nothing (not even a CRLF keep-alive) for this long.
@@ -116,18 +131,37 @@ pub enum ListenTransport {
     Tcp,
 }
 
-/// One SIP listener: `udp:IP:PORT` or `tcp:IP:PORT`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// One SIP listener: `udp:IP:PORT` or `tcp:IP:PORT`, optionally followed by
+/// `;advertise=HOST[:PORT]`, the name written into Via and Record-Route for messages leaving
+/// through it (needed for a wildcard address like `0.0.0.0`, or behind NAT).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Listener {
     /// Transport.
     pub transport: ListenTransport,
     /// Local address (port 0 picks a free port, useful in tests).
     pub addr: SocketAddr,
+    /// Advertised host and port, when not the bound address.
+    pub advertise: Option<(String, Option<u16>)>,
 }
 
 impl FromStr for Listener {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
+        let (s, advertise) = match s.split_once(';') {
+            None => (s, None),
+            Some((head, param)) => {
+                let value = param
+                    .strip_prefix("advertise=")
+                    .filter(|v| !v.is_empty())
+                    .ok_or_else(|| {
+                        format!("listener {s:?}: the only parameter is ;advertise=HOST[:PORT]")
+                    })?;
+                (
+                    head,
+                    Some(parse_host_port(value).map_err(|e| format!("listener {s:?}: {e}"))?),
+                )
+            }
+        };
         let (proto, addr) = s
             .split_once(':')
             .ok_or_else(|| format!("listener {s:?}: expected udp:IP:PORT or tcp:IP:PORT"))?;
@@ -143,7 +177,34 @@ impl FromStr for Listener {
         let addr = addr.parse::<SocketAddr>().map_err(|_| {
             format!("listener {s:?}: {addr:?} is not IP:PORT (IPv6 as [addr]:port)")
         })?;
-        Ok(Self { transport, addr })
+        Ok(Self {
+            transport,
+            addr,
+            advertise,
+        })
+    }
+}
+
+/// Splits `host`, `host:port`, `[v6]` or `[v6]:port`.
+fn parse_host_port(text: &str) -> Result<(String, Option<u16>), String> {
+    let bad_port = || format!("{text:?}: bad port");
+    if let Some(rest) = text.strip_prefix('[') {
+        let (host, after) = rest
+            .split_once(']')
+            .ok_or_else(|| format!("{text:?}: unclosed ["))?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => Some(p.parse().map_err(|_| bad_port())?),
+            None if after.is_empty() => None,
+            None => return Err(bad_port()),
+        };
+        return Ok((format!("[{host}]"), port));
+    }
+    match text.split_once(':') {
+        Some((host, port)) if !host.is_empty() => {
+            Ok((host.to_owned(), Some(port.parse().map_err(|_| bad_port())?)))
+        }
+        Some(_) => Err(format!("{text:?}: empty host")),
+        None => Ok((text.to_owned(), None)),
     }
 }
 
@@ -153,7 +214,12 @@ impl fmt::Display for Listener {
             ListenTransport::Udp => "udp",
             ListenTransport::Tcp => "tcp",
         };
-        write!(f, "{proto}:{}", self.addr)
+        write!(f, "{proto}:{}", self.addr)?;
+        match &self.advertise {
+            Some((host, Some(port))) => write!(f, ";advertise={host}:{port}"),
+            Some((host, None)) => write!(f, ";advertise={host}"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -222,11 +288,26 @@ pub struct LogConfig {
     pub format: LogFormat,
 }
 
-/// Proxy behaviour switches.
+/// Proxy behaviour.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProxyConfig {
     /// Insert Record-Route (RFC 3261 §16.6 step 4).
     pub record_route: bool,
+    /// Secret (at least 16 bytes) keying the Via branch MAC and the Record-Route affinity
+    /// token. Every node behind one name must share it; `None` draws a random one at start
+    /// (fine for one node, but dialogs then do not survive a restart).
+    pub secret: Option<String>,
+    /// Extra `host` or `host:port` names meaning "this proxy" in a Request-URI or Route.
+    pub aliases: Vec<String>,
+    /// Highest Max-Forwards written (70, RFC 3261 §16.6 step 3).
+    pub max_forwards: u8,
+    /// Requests larger than this toward a UDP next hop go over TCP (RFC 3261 §18.1.1);
+    /// `None` disables the switch.
+    pub udp_size_limit: Option<usize>,
+    /// Proxy-Require option tags accepted (others get 420, RFC 3261 §16.3 item 5).
+    pub proxy_require_supported: Vec<String>,
+    /// `Server` header of generated responses; `None` writes none.
+    pub server_name: Option<String>,
 }
 
 /// TCP tuning.
@@ -365,6 +446,12 @@ struct RawLog {
 #[serde(deny_unknown_fields)]
 struct RawProxy {
     record_route: Option<bool>,
+    secret: Option<String>,
+    aliases: Option<Vec<String>>,
+    max_forwards: Option<u8>,
+    udp_size_limit: Option<usize>,
+    proxy_require_supported: Option<Vec<String>>,
+    server_name: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -459,6 +546,23 @@ impl Config {
             },
             proxy: ProxyConfig {
                 record_route: raw.proxy.record_route.unwrap_or(d.proxy.record_route),
+                secret: raw.proxy.secret.or(d.proxy.secret),
+                aliases: raw.proxy.aliases.unwrap_or(d.proxy.aliases),
+                max_forwards: raw.proxy.max_forwards.unwrap_or(d.proxy.max_forwards),
+                udp_size_limit: match raw.proxy.udp_size_limit {
+                    None => d.proxy.udp_size_limit,
+                    Some(0) => None,
+                    Some(n) => Some(n),
+                },
+                proxy_require_supported: raw
+                    .proxy
+                    .proxy_require_supported
+                    .unwrap_or(d.proxy.proxy_require_supported),
+                server_name: match raw.proxy.server_name {
+                    None => d.proxy.server_name,
+                    Some(s) if s.is_empty() => None,
+                    Some(s) => Some(s),
+                },
             },
             tcp: TcpConfig {
                 idle_timeout: raw
@@ -533,6 +637,20 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        if self.proxy.secret.as_ref().is_some_and(|s| s.len() < 16) {
+            return Err(invalid("proxy.secret", "must be at least 16 bytes"));
+        }
+        if self.proxy.max_forwards == 0 {
+            return Err(invalid("proxy.max_forwards", "must be at least 1"));
+        }
+        for l in &self.listen {
+            if l.addr.ip().is_unspecified() && l.advertise.is_none() {
+                return Err(invalid(
+                    "listen",
+                    format!("{l} is a wildcard address: add ;advertise=HOST[:PORT]"),
+                ));
+            }
+        }
         if self.health.probe_timeout.is_zero() {
             return Err(invalid("health.probe_timeout_ms", "must be at least 1"));
         }
@@ -564,10 +682,12 @@ impl Config {
                 Listener {
                     transport: ListenTransport::Udp,
                     addr: SocketAddr::new(loopback, 5060),
+                    advertise: None,
                 },
                 Listener {
                     transport: ListenTransport::Tcp,
                     addr: SocketAddr::new(loopback, 5060),
+                    advertise: None,
                 },
             ],
             metrics: SocketAddr::new(loopback, 9090),
@@ -584,7 +704,15 @@ impl Config {
                 level: "info".to_owned(),
                 format: LogFormat::Text,
             },
-            proxy: ProxyConfig { record_route: true },
+            proxy: ProxyConfig {
+                record_route: true,
+                secret: None,
+                aliases: Vec::new(),
+                max_forwards: 70,
+                udp_size_limit: Some(1300),
+                proxy_require_supported: Vec::new(),
+                server_name: Some("sipedge".to_owned()),
+            },
             tcp: TcpConfig {
                 idle_timeout: Duration::from_secs(300),
                 connect_timeout: Duration::from_millis(2000),

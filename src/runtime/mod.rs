@@ -91,6 +91,9 @@ pub enum RunError {
         /// The OS error.
         source: io::Error,
     },
+    /// The proxy core refused its configuration.
+    #[error("proxy configuration: {0}")]
+    Proxy(#[from] crate::proxy::ConfigError),
     /// Another start-up failure (thread, doorbell, signal handler).
     #[error("{what}: {source}")]
     Io {
@@ -198,6 +201,10 @@ pub fn run(config: Config, reload: Reloader) -> Result<(), RunError> {
         setups.push(setup);
     }
 
+    let proxy = proxy_config(&config, &listeners)?;
+    // Validate once here, so a bad setting fails the start instead of a shard.
+    crate::proxy::Core::new(proxy.clone(), 0, shards, Arc::new(Pool::default()))?;
+
     let admin_listener =
         std::net::TcpListener::bind(config.metrics).map_err(|source| RunError::Admin {
             addr: config.metrics,
@@ -220,6 +227,7 @@ pub fn run(config: Config, reload: Reloader) -> Result<(), RunError> {
         pool_epoch: AtomicU64::new(0),
         passive: ArrayQueue::new(1024),
         health: health_config(&config),
+        proxy,
     });
 
     {
@@ -383,4 +391,50 @@ pub(crate) fn publish_blacklist(shared: &Shared) {
     for (i, &reason) in BlacklistReason::ALL.iter().enumerate() {
         shared.metrics.set_blacklist_entries(reason, counts[i]);
     }
+}
+
+/// The proxy core's configuration: the bound listeners (ports resolved) and `[proxy]`.
+fn proxy_config(
+    config: &Config,
+    listeners: &[Listener],
+) -> Result<crate::proxy::ProxyConfig, RunError> {
+    use crate::proxy::{ListenerConfig, ProxyConfig};
+    use crate::sip::Transport;
+    let secret = match &config.proxy.secret {
+        Some(s) => s.as_bytes().to_vec(),
+        None => {
+            tracing::warn!(
+                "no proxy.secret configured: using a random one (set it on every node behind one name)"
+            );
+            random_secret().map_err(io_err("reading /dev/urandom"))?
+        }
+    };
+    Ok(ProxyConfig {
+        listeners: listeners
+            .iter()
+            .map(|l| ListenerConfig {
+                transport: match l.transport {
+                    ListenTransport::Udp => Transport::Udp,
+                    ListenTransport::Tcp => Transport::Tcp,
+                },
+                local: l.addr,
+                advertised_host: l.advertise.as_ref().map(|(h, _)| h.clone()),
+                advertised_port: l.advertise.as_ref().and_then(|(_, p)| *p),
+            })
+            .collect(),
+        aliases: config.proxy.aliases.clone(),
+        record_route: config.proxy.record_route,
+        secret,
+        max_forwards: config.proxy.max_forwards,
+        udp_size_limit: config.proxy.udp_size_limit,
+        proxy_require_supported: config.proxy.proxy_require_supported.clone(),
+        server_name: config.proxy.server_name.clone(),
+    })
+}
+
+fn random_secret() -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut secret = vec![0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut secret)?;
+    Ok(secret)
 }

@@ -32,12 +32,14 @@ use monoio::net::udp::UdpSocket;
 use monoio::net::unix::UnixDatagram;
 use monoio::net::{TcpListener, TcpStream};
 
-use super::engine::{Dest, Engine, FlowId, Inbound, Transmit, Transport, Verdict};
+use super::engine::{Dest, Engine, FlowId, Inbound, Transmit, Transport, Verdict, drop_reason};
 use super::handoff::{HandoffError, Parcel, ParcelKind, PostOffice};
 use super::{DriverKind, sockopt};
-use crate::balance::{Blacklist, BlockReason, HealthConfig, Pool};
+use crate::balance::{BackendId, Blacklist, BlockReason, HealthConfig, Pool};
 use crate::config::TcpConfig;
 use crate::metrics::{Direction, DropReason, ErrorReason, Metrics, ShardMetrics};
+use crate::proxy::MessageKind;
+use crate::proxy::{Event, ProxyConfig};
 use crate::shard::ShardId;
 use crate::sip::{Frame, Limits, ResponseOptions, frame, salvage, write_response};
 
@@ -67,6 +69,8 @@ pub(crate) struct Shared {
     pub(crate) passive: ArrayQueue<(SocketAddr, BlockReason)>,
     /// Health probing settings; `None` = off.
     pub(crate) health: Option<HealthConfig>,
+    /// The proxy core's configuration (every shard builds its core from it).
+    pub(crate) proxy: ProxyConfig,
 }
 
 impl Shared {
@@ -248,13 +252,11 @@ async fn shard_main(setup: ShardSetup, shared: Arc<Shared>) -> io::Result<()> {
         setup.bell.set_nonblocking(true)?;
     }
     let bell = UnixDatagram::from_std(setup.bell)?;
+    let engine = Engine::new(shared.proxy.clone(), setup.id, &shared)
+        .map_err(|e| io::Error::other(e.to_string()))?;
     let shard = Rc::new(Shard {
         id: setup.id,
-        engine: RefCell::new(Engine::new(
-            setup.id,
-            shared.shards,
-            Arc::clone(&shared.pool),
-        )),
+        engine: RefCell::new(engine),
         shared,
         udp,
         tcp_locals,
@@ -297,9 +299,10 @@ impl Shard {
                 return self.transmit(t, input.local, sbuf).await;
             }
         }
-        let verdict = {
+        let (verdict, info) = {
             let mut engine = self.engine.borrow_mut();
-            engine.handle_inbound(
+            let verdict = engine.handle_inbound(
+                &self.shared,
                 Inbound {
                     now: input.now,
                     src: input.src,
@@ -309,12 +312,24 @@ impl Shard {
                     handed_off: input.handed_off,
                     bytes: input.bytes,
                 },
-                &self.shared.blacklist,
                 &mut sbuf,
-            )
+            );
+            while let Some(event) = engine.poll_event() {
+                match event {
+                    Event::BackendTimeout(addr) => {
+                        self.shared.report_failure(addr, BlockReason::Timeout);
+                    }
+                }
+            }
+            (verdict, engine.last_message())
         };
         match verdict {
-            Verdict::Forward(t) => self.transmit(t, input.local, sbuf).await,
+            Verdict::Forward(t) => {
+                if let (Some(backend), MessageKind::Request(_)) = (info.backend, info.kind) {
+                    self.count_backend(backend);
+                }
+                self.transmit(t, input.local, sbuf).await
+            }
             Verdict::Respond(t) => {
                 if let Some(status) = sbuf.get(..t.len).and_then(status_of) {
                     metrics.local_response(status);
@@ -338,7 +353,7 @@ impl Shard {
                 sbuf
             }
             Verdict::Drop(reason) => {
-                metrics.drop(reason);
+                metrics.drop(drop_reason(reason));
                 sbuf
             }
         }
@@ -410,12 +425,10 @@ impl Shard {
         count_message(self.metrics(), bytes, false);
         match t.dest {
             Dest::Addr(Transport::Udp, addr) => {
-                self.count_backend(addr, bytes);
                 self.send_udp(t.src.unwrap_or(arrived_on), addr, sbuf, t.len)
                     .await
             }
             Dest::Addr(Transport::Tcp, addr) => {
-                self.count_backend(addr, bytes);
                 self.send_tcp(addr, bytes);
                 sbuf
             }
@@ -431,12 +444,9 @@ impl Shard {
         }
     }
 
-    fn count_backend(&self, addr: SocketAddr, bytes: &[u8]) {
-        if status_of(bytes).is_some() {
-            return;
-        }
+    fn count_backend(&self, backend: BackendId) {
         let pool = self.shared.pool.load();
-        if let Some(i) = pool.backends().iter().position(|b| b.addr() == addr) {
+        if let Some(i) = pool.backends().iter().position(|b| b.id() == backend) {
             if let Some(b) = self.shared.metrics.backends().get(i) {
                 b.request(usize::from(self.id));
             }
