@@ -752,7 +752,7 @@ mod tests {
             r#"
 shards = 2
 driver = "epoll"
-listen = ["udp:[::1]:5062", "tcp:0.0.0.0:5060", "udp:10.0.0.1:5060"]
+listen = ["udp:[::1]:5062", "tcp:0.0.0.0:5060;advertise=edge.example.net:5060", "udp:10.0.0.1:5060"]
 metrics = "[::1]:9100"
 backends = ["sip:10.0.0.7:5060;transport=tcp", { uri = "sip:10.0.0.8", weight = 3, priority = 1 }]
 [log]
@@ -770,6 +770,10 @@ probe_interval_ms = 0
         assert_eq!(c.driver, Driver::Epoll);
         assert_eq!(c.listen.len(), 3);
         assert_eq!(c.listen[0].to_string(), "udp:[::1]:5062");
+        assert_eq!(
+            c.listen[1].advertise,
+            Some(("edge.example.net".to_owned(), Some(5060)))
+        );
         assert_eq!(c.backends[1].weight, 3);
         assert_eq!(c.backends[1].priority, 1);
         assert_eq!(c.log.format, LogFormat::Json);
@@ -791,6 +795,11 @@ probe_interval_ms = 0
             ("backends = []\n", &["`backends`"]),
             ("[log]\nlevel = \"=\"\n", &["log.level"]),
             ("driver = \"kqueue\"\n", &["line 1", "kqueue"]),
+            (
+                "listen = [\"udp:0.0.0.0:5060\"]\n",
+                &["`listen`", "advertise"],
+            ),
+            ("[proxy]\nsecret = \"short\"\n", &["proxy.secret"]),
             ("shards = -1\n", &["line 1", "shards"]),
         ] {
             let err = match Config::from_toml(text) {
