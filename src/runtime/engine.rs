@@ -7,7 +7,6 @@ pub(crate) use crate::proxy::{Dest, FlowId, Inbound, Transmit, Verdict};
 pub(crate) use crate::sip::Transport;
 
 use super::shard::Shared;
-use crate::metrics::DropReason;
 use crate::shard::ShardId;
 
 /// One shard's engine: the sans-IO core plus the pool epoch it was last given.
@@ -51,27 +50,5 @@ impl Engine {
     /// The next event the core has for the shell.
     pub(crate) fn poll_event(&mut self) -> Option<Event> {
         self.core.poll_event()
-    }
-}
-
-/// The metrics label of a core drop reason (the core's labels are the metric's labels).
-pub(crate) fn drop_reason(reason: crate::proxy::DropReason) -> DropReason {
-    let label = reason.label();
-    DropReason::ALL
-        .iter()
-        .copied()
-        .find(|r| r.label() == label)
-        .unwrap_or(DropReason::Other)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_core_drop_reason_has_its_own_label() {
-        for reason in crate::proxy::DropReason::ALL {
-            assert_ne!(drop_reason(reason), DropReason::Other, "{reason:?}");
-        }
     }
 }

@@ -150,6 +150,10 @@ pub type Reloader = Box<dyn Fn() -> Result<Config, String> + Send>;
 
 /// Runs sipedge with `config` until a signal ends it. Returns `Ok` after a drain completed.
 pub fn run(config: Config, reload: Reloader) -> Result<(), RunError> {
+    // Handlers first: a SIGHUP or SIGTERM arriving while starting must not kill the process.
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+        .map_err(io_err("installing signal handlers"))?;
     let driver = select_driver(config.driver)?;
     let shards = shard_count(&config).max(1);
     let specs = backend_specs(&config)?;
@@ -269,7 +273,7 @@ pub fn run(config: Config, reload: Reloader) -> Result<(), RunError> {
         "sipedge started"
     );
 
-    signal_loop(&shared, &config, reload)
+    signal_loop(signals, &shared, &config, reload)
 }
 
 fn wait_started(shared: &Shared, limit: Duration) {
@@ -281,10 +285,13 @@ fn wait_started(shared: &Shared, limit: Duration) {
     }
 }
 
-fn signal_loop(shared: &Arc<Shared>, config: &Config, reload: Reloader) -> Result<(), RunError> {
+fn signal_loop(
+    mut signals: signal_hook::iterator::Signals,
+    shared: &Arc<Shared>,
+    config: &Config,
+    reload: Reloader,
+) -> Result<(), RunError> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
-        .map_err(io_err("installing signal handlers"))?;
     let mut drain_deadline: Option<Instant> = None;
     let mut config = config.clone();
     loop {

@@ -32,7 +32,7 @@ use monoio::net::udp::UdpSocket;
 use monoio::net::unix::UnixDatagram;
 use monoio::net::{TcpListener, TcpStream};
 
-use super::engine::{Dest, Engine, FlowId, Inbound, Transmit, Transport, Verdict, drop_reason};
+use super::engine::{Dest, Engine, FlowId, Inbound, Transmit, Transport, Verdict};
 use super::handoff::{HandoffError, Parcel, ParcelKind, PostOffice};
 use super::{DriverKind, sockopt};
 use crate::balance::{BackendId, Blacklist, BlockReason, HealthConfig, Pool};
@@ -353,7 +353,7 @@ impl Shard {
                 sbuf
             }
             Verdict::Drop(reason) => {
-                metrics.drop(drop_reason(reason));
+                metrics.drop(reason.into());
                 sbuf
             }
         }

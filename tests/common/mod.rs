@@ -150,8 +150,20 @@ impl Default for SipedgeOptions {
 }
 
 impl Sipedge {
-    /// Starts sipedge on free ports and waits (at most 10 s) until it answers.
+    /// Starts sipedge on free ports and waits (at most 10 s) until it answers. A port taken
+    /// by a parallel test between probing and binding makes it try again with other ports.
     pub fn start(dir: &TempDir, options: &SipedgeOptions) -> Self {
+        for attempt in 1..=3 {
+            match Self::try_start(dir, options) {
+                Ok(me) => return me,
+                Err(log) if attempt < 3 && log.contains("Address already in use") => {}
+                Err(log) => panic!("sipedge exited at start:\n{log}"),
+            }
+        }
+        unreachable!("the last attempt returns or panics")
+    }
+
+    fn try_start(dir: &TempDir, options: &SipedgeOptions) -> Result<Self, String> {
         let sip_port = free_port();
         let admin_port = free_port();
         let admin: SocketAddr = ([127, 0, 0, 1], admin_port).into();
@@ -193,7 +205,7 @@ impl Sipedge {
                 break;
             }
             if let Some(status) = me.try_wait() {
-                panic!("sipedge exited at start ({status}):\n{}", me.log_text());
+                return Err(format!("({status})\n{}", me.log_text()));
             }
             assert!(
                 Instant::now() < deadline,
@@ -202,7 +214,7 @@ impl Sipedge {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        me
+        Ok(me)
     }
 
     /// The SIP address.
