@@ -178,3 +178,67 @@ pub fn classify_datagram(buf: &[u8]) -> DatagramKind {
         _ => DatagramKind::Sip,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MSG: &[u8] =
+        b"OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/TCP h;branch=z9hG4bK1\r\nl: 3\r\n\r\nabc";
+
+    macro_rules! frame_table {
+        ($($name:ident: $input:expr => $expected:expr,)*) => {
+            $(#[test] fn $name() { assert_eq!(frame($input, &Limits::default()), $expected); })*
+        };
+    }
+
+    frame_table! {
+        empty: b"" => Ok(Frame::Partial),
+        ping: b"\r\n\r\n" => Ok(Frame::KeepAlive { len: 4, ping: true }),
+        ping_then_message: b"\r\n\r\nOPTIONS" => Ok(Frame::KeepAlive { len: 4, ping: true }),
+        pong: b"\r\n" => Ok(Frame::KeepAlive { len: 2, ping: false }),
+        half_ping: b"\r\n\r" => Ok(Frame::Partial),
+        lone_cr: b"\r" => Ok(Frame::Partial),
+        sigcomp: b"\xf8\x00\x01" => Ok(Frame::SigComp),
+        whole: MSG => Ok(Frame::Message { len: MSG.len() }),
+        headers_only: &MSG[..MSG.len() - 3] => Ok(Frame::Partial),
+        half_line: &MSG[..30] => Ok(Frame::Partial),
+        no_length: b"OPTIONS sip:a@b SIP/2.0\r\nVia: x\r\n\r\n" => Err(ParseError::new(ErrorKind::MissingHeader, 35, Some(HeaderName::ContentLength))),
+        negative_length: b"OPTIONS sip:a@b SIP/2.0\r\nContent-Length: -1\r\n\r\n" => Err(ParseError::new(ErrorKind::ContentLength, 25, Some(HeaderName::ContentLength))),
+        folded_length: b"OPTIONS sip:a@b SIP/2.0\r\nContent-Length:\r\n 0\r\n\r\n" => Ok(Frame::Message { len: 48 }),
+    }
+
+    #[test]
+    fn two_messages_back_to_back() {
+        let mut two = MSG.to_vec();
+        two.extend_from_slice(MSG);
+        assert_eq!(
+            frame(&two, &Limits::default()),
+            Ok(Frame::Message { len: MSG.len() })
+        );
+    }
+
+    #[test]
+    fn unterminated_headers_beyond_limit() {
+        let limits = Limits {
+            max_message_size: 64,
+            ..Limits::default()
+        };
+        let long = [b'a'; 100];
+        assert_eq!(
+            frame(&long, &limits).map_err(|e| e.kind),
+            Err(ErrorKind::TooLarge)
+        );
+    }
+
+    #[test]
+    fn datagram_kinds() {
+        assert_eq!(classify_datagram(MSG), DatagramKind::Sip);
+        assert_eq!(classify_datagram(b"\r\n\r\n"), DatagramKind::KeepAlive);
+        assert_eq!(classify_datagram(b"\xf9abc"), DatagramKind::SigComp);
+        let mut stun = [0u8; 20];
+        stun[1] = 1;
+        stun[4..8].copy_from_slice(&[0x21, 0x12, 0xa4, 0x42]);
+        assert_eq!(classify_datagram(&stun), DatagramKind::Stun);
+    }
+}

@@ -892,3 +892,215 @@ impl<'b, T> Iterator for Values<'_, 'b, T> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sip::{EMPTY_HEADER, Rport, Splice, Transport};
+
+    const BASE: &str = "INVITE sip:bob@biloxi.example.com SIP/2.0\r\n\
+        Via: SIP/2.0/UDP pc33.atlanta.example.com;branch=z9hG4bK776asdhds;rport\r\n\
+        Max-Forwards: 70\r\n\
+        Route: <sip:p1.example.com;lr>, <sip:p2.example.com;lr>\r\n\
+        Route: <sip:p3.example.com;lr>\r\n\
+        To: Bob <sip:bob@biloxi.example.com>\r\n\
+        From: Alice <sip:alice@atlanta.example.com>;tag=1928301774\r\n\
+        Call-ID: a84b4c76e66710@pc33.atlanta.example.com\r\n\
+        CSeq: 314159 INVITE\r\n\
+        Content-Length: 4\r\n\r\nbody";
+
+    fn with<T>(text: &str, check: impl FnOnce(Result<Message<'_, '_>, ParseError>) -> T) -> T {
+        let mut slots = [EMPTY_HEADER; 32];
+        check(parse(text.as_bytes(), &mut slots, &Limits::default()))
+    }
+
+    /// `msg!{name, "text", |m| assertion}` parses `text` and checks the result.
+    macro_rules! msg {
+        ($($name:ident, $text:expr, |$m:ident| $check:expr;)*) => {
+            $(#[test] fn $name() { with(&$text, |$m| assert!($check, "{:?}", $m.map(|m| m.as_bytes().len()))); })*
+        };
+    }
+
+    fn kind(r: Result<Message<'_, '_>, ParseError>) -> Option<ErrorKind> {
+        r.err().map(|e| e.kind)
+    }
+
+    fn replace(from: &str, to: &str) -> String {
+        BASE.replacen(from, to, 1)
+    }
+
+    msg! {
+        base_parses, BASE, |m| m.is_ok_and(|m| m.is_request() && m.method() == Method::Invite && m.body() == b"body");
+        base_top_via, BASE, |m| m.is_ok_and(|m| m.top_via().transport == Transport::Udp && m.top_via().rport == Rport::Requested && m.top_via().host.text == b"pc33.atlanta.example.com");
+        base_routes_in_order, BASE, |m| m.is_ok_and(|m| m.routes().map(|r| r.value.uri_bytes().len()).collect::<Vec<_>>() == [21, 21, 21]);
+        base_tags, BASE, |m| m.is_ok_and(|m| m.from().tag == Some(b"1928301774") && m.to().tag.is_none());
+        base_cseq, BASE, |m| m.is_ok_and(|m| m.cseq().number == 314159 && m.cseq().method == b"INVITE");
+        compact_forms, replace("Call-ID:", "i:").replace("Content-Length:", "l:").replace("Via:", "v:"), |m| m.is_ok_and(|m| m.call_id().starts_with(b"a84b"));
+        lower_case_names, replace("CSeq:", "cseq :"), |m| m.is_ok_and(|m| m.cseq().number == 314159);
+        folded_via, replace("Via: SIP/2.0/UDP ", "Via: SIP/2.0/UDP\r\n  "), |m| m.is_ok_and(|m| m.top_via().host.text == b"pc33.atlanta.example.com");
+        leading_crlf_ignored, format!("\r\n\r\n{BASE}"), |m| m.is_ok_and(|m| m.len() == BASE.len() + 4);
+        trailing_octets_ignored, format!("{BASE}garbage"), |m| m.is_ok_and(|m| m.as_bytes() == BASE.as_bytes());
+        no_content_length_on_udp, replace("Content-Length: 4\r\n", ""), |m| m.is_ok_and(|m| m.body() == b"body" && m.content_length().is_none());
+        ipv6_sent_by, replace("pc33.atlanta.example.com;branch", "[2001:db8::9]:5070;branch"), |m| m.is_ok_and(|m| m.top_via().host.unbracketed() == b"2001:db8::9" && m.top_via().port == Some(5070));
+        rport_value, replace(";rport", ";rport=5061;received=192.0.2.1"), |m| m.is_ok_and(|m| m.top_via().rport == Rport::Port(5061) && m.top_via().received.and_then(|r| r.value) == Some(b"192.0.2.1"));
+        response_parses, BASE.replacen("INVITE sip:bob@biloxi.example.com SIP/2.0", "SIP/2.0 180 Ringing", 1), |m| m.is_ok_and(|m| m.status_code() == Some(180) && m.reason_phrase() == Some(b"Ringing"));
+        empty_reason, BASE.replacen("INVITE sip:bob@biloxi.example.com SIP/2.0", "SIP/2.0 100 ", 1), |m| m.is_ok_and(|m| m.reason_phrase() == Some(b""));
+        bad_version, replace("SIP/2.0\r\n", "SIP/3.0\r\n"), |m| kind(m) == Some(ErrorKind::Version);
+        status_too_big, BASE.replacen("INVITE sip:bob@biloxi.example.com SIP/2.0", "SIP/2.0 700 Big", 1), |m| kind(m) == Some(ErrorKind::StatusCode);
+        double_space, replace("INVITE sip", "INVITE  sip"), |m| kind(m) == Some(ErrorKind::StartLine);
+        trailing_space, replace("SIP/2.0\r\n", "SIP/2.0 \r\n"), |m| kind(m).is_some();
+        missing_call_id, replace("Call-ID: a84b4c76e66710@pc33.atlanta.example.com\r\n", ""), |m| m.err().is_some_and(|e| e.kind == ErrorKind::MissingHeader && e.header == Some(HeaderName::CallId));
+        missing_via, replace("Via: SIP/2.0/UDP pc33.atlanta.example.com;branch=z9hG4bK776asdhds;rport\r\n", ""), |m| m.err().is_some_and(|e| e.header == Some(HeaderName::Via));
+        duplicate_cseq, replace("CSeq: 314159 INVITE\r\n", "CSeq: 314159 INVITE\r\nCSeq: 1 INVITE\r\n"), |m| kind(m) == Some(ErrorKind::DuplicateHeader);
+        cseq_overflow, replace("314159 INVITE", "4294967296 INVITE"), |m| kind(m) == Some(ErrorKind::CSeq);
+        cseq_method_mismatch, replace("314159 INVITE", "314159 BYE"), |m| kind(m) == Some(ErrorKind::CSeqMethod);
+        max_forwards_256, replace("Max-Forwards: 70", "Max-Forwards: 256"), |m| kind(m) == Some(ErrorKind::MaxForwards);
+        negative_length, replace("Content-Length: 4", "Content-Length: -4"), |m| kind(m) == Some(ErrorKind::ContentLength);
+        truncated_body, replace("Content-Length: 4", "Content-Length: 5"), |m| kind(m) == Some(ErrorKind::BodyTruncated);
+        header_without_colon, replace("Max-Forwards: 70", "Max-Forwards 70"), |m| kind(m) == Some(ErrorKind::HeaderName);
+        empty_via_param, replace(";rport", ";;rport"), |m| m.err().is_some_and(|e| e.kind == ErrorKind::Via && e.header == Some(HeaderName::Via));
+        empty_route_value, replace("<sip:p1.example.com;lr>, ", "<sip:p1.example.com;lr>, ,"), |m| kind(m) == Some(ErrorKind::NameAddr);
+        bracketed_request_uri, replace("INVITE sip:bob@biloxi.example.com", "INVITE <sip:bob@biloxi.example.com>"), |m| kind(m) == Some(ErrorKind::RequestUri);
+        unknown_scheme_parses, replace("INVITE sip:bob@biloxi.example.com", "INVITE tel:+15551234"), |m| m.is_ok_and(|m| m.request_sip_uri().err().map(|e| e.status_code()) == Some(416));
+        bare_cr_in_value, replace("Call-ID: a84b", "Call-ID: a\r84b"), |m| kind(m) == Some(ErrorKind::HeaderValue);
+        sigcomp_first_byte, "\u{f8}rest", |m| kind(m).is_some();
+        only_crlf, "\r\n\r\n", |m| kind(m) == Some(ErrorKind::Empty);
+        no_empty_line_datagram, BASE.split("Content-Length").next().unwrap_or_default().to_string(), |m| m.is_ok();
+    }
+
+    #[test]
+    fn too_many_headers() {
+        let mut slots = [EMPTY_HEADER; 4];
+        let r = parse(BASE.as_bytes(), &mut slots, &Limits::default());
+        assert_eq!(r.err().map(|e| e.kind), Some(ErrorKind::TooManyHeaders));
+    }
+
+    #[test]
+    fn too_large() {
+        let limits = Limits {
+            max_message_size: 100,
+            ..Limits::default()
+        };
+        let mut slots = [EMPTY_HEADER; 32];
+        let r = parse(BASE.as_bytes(), &mut slots, &limits);
+        assert_eq!(r.err().map(|e| e.status_code()), Some(513));
+    }
+
+    fn splice_out(msg: &Message<'_, '_>, edits: &[crate::sip::Edit<'_>]) -> String {
+        let mut s: Splice<'_, 8> = Splice::new();
+        for e in edits {
+            assert!(s.push(*e).is_ok());
+        }
+        let mut out = [0u8; 2048];
+        let n = s.apply(msg.as_bytes(), &mut out).unwrap_or(0);
+        String::from_utf8_lossy(&out[..n]).into_owned()
+    }
+
+    #[test]
+    fn remove_routes_one_by_one() {
+        let mut text = BASE.to_string();
+        let mut expected_left = 3;
+        while expected_left > 0 {
+            let mut slots = [EMPTY_HEADER; 32];
+            let Ok(msg) = parse(text.as_bytes(), &mut slots, &Limits::default()) else {
+                panic!("reparse failed: {text}");
+            };
+            assert_eq!(msg.routes().count(), expected_left);
+            let first = msg.routes().next().map(|r| r.removal).unwrap_or_default();
+            text = splice_out(&msg, &[crate::sip::Edit::Remove(first)]);
+            expected_left -= 1;
+        }
+        assert!(!text.contains("Route"), "{text}");
+        assert!(text.contains("Max-Forwards: 70\r\nTo:"), "{text}");
+    }
+
+    #[test]
+    fn route_removal_spans() {
+        with(BASE, |m| {
+            let Ok(m) = m else { panic!("parse") };
+            let r: Vec<_> = m
+                .routes()
+                .map(|r| String::from_utf8_lossy(r.removal.slice(m.buf())).into_owned())
+                .collect();
+            assert_eq!(
+                r,
+                [
+                    "<sip:p1.example.com;lr>, ",
+                    ", <sip:p2.example.com;lr>",
+                    "Route: <sip:p3.example.com;lr>\r\n"
+                ]
+            );
+        });
+    }
+
+    #[test]
+    fn forward_edits() {
+        with(BASE, |m| {
+            let Ok(m) = m else { panic!("parse") };
+            let via_line = m
+                .headers_of(HeaderName::Via)
+                .next()
+                .map(|h| h.line.start)
+                .unwrap_or(0);
+            let mf = m.max_forwards().map(|mf| mf.span).unwrap_or_default();
+            let first_route = m.routes().next().map(|r| r.removal).unwrap_or_default();
+            let rport = m.top_via().rport_param.unwrap_or_default();
+            let out = splice_out(
+                &m,
+                &[
+                    crate::sip::Edit::Insert {
+                        at: via_line,
+                        bytes: b"Via: SIP/2.0/UDP proxy.example.com;branch=z9hG4bKnew\r\n",
+                    },
+                    crate::sip::Edit::Replace {
+                        span: mf,
+                        bytes: b"69",
+                    },
+                    crate::sip::Edit::Remove(first_route),
+                    crate::sip::Edit::Replace {
+                        span: rport,
+                        bytes: b";received=192.0.2.7;rport=5060",
+                    },
+                ],
+            );
+            let expected = BASE
+                .replacen(
+                    "Via: SIP",
+                    "Via: SIP/2.0/UDP proxy.example.com;branch=z9hG4bKnew\r\nVia: SIP",
+                    1,
+                )
+                .replacen("Max-Forwards: 70", "Max-Forwards: 69", 1)
+                .replacen("<sip:p1.example.com;lr>, ", "", 1)
+                .replacen(";rport", ";received=192.0.2.7;rport=5060", 1);
+            assert_eq!(out, expected);
+        });
+    }
+
+    #[test]
+    fn remove_top_via_of_response() {
+        let text = "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP a.example.com;branch=z9hG4bK1, SIP/2.0/UDP b.example.com;branch=z9hG4bK2\r\n\
+            From: <sip:a@example.com>;tag=1\r\nTo: <sip:b@example.com>;tag=2\r\nCall-ID: x\r\nCSeq: 1 BYE\r\nContent-Length: 0\r\n\r\n";
+        with(text, |m| {
+            let Ok(m) = m else { panic!("parse") };
+            let top = m.vias().next().map(|v| v.removal).unwrap_or_default();
+            let out = splice_out(&m, &[crate::sip::Edit::Remove(top)]);
+            assert!(
+                out.starts_with(
+                    "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP b.example.com;branch=z9hG4bK2\r\n"
+                ),
+                "{out}"
+            );
+        });
+    }
+
+    #[test]
+    fn span_of_recovers_offsets() {
+        with(BASE, |m| {
+            let Ok(m) = m else { panic!("parse") };
+            let branch = m.top_via().branch.unwrap_or_default();
+            let span = m.span_of(branch).unwrap_or_default();
+            assert_eq!(span.slice(m.buf()), b"z9hG4bK776asdhds");
+            assert_eq!(m.span_of(b"elsewhere"), None);
+        });
+    }
+}

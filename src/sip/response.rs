@@ -428,4 +428,123 @@ CSeq: 193942 INVITE\r\nContent-Length: 0\r\n\r\n"[..]
                 .is_none()
         );
     }
+
+    use crate::sip::{EMPTY_HEADER, Limits, parse};
+
+    const REQ: &[u8] = b"INVITE sip:bob@example.com SIP/2.0\r\n\
+        Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKa;rport, SIP/2.0/UDP p.example.com;branch=z9hG4bKb\r\n\
+        Via: SIP/2.0/TCP q.example.com;branch=z9hG4bKc\r\n\
+        From: <sip:alice@example.com>;tag=abc\r\nTo: <sip:bob@example.com>\r\n\
+        Call-ID: 1@h\r\nCSeq: 7 INVITE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n";
+
+    fn respond(basis: &Salvage<'_>, opts: &ResponseOptions<'_>) -> String {
+        let mut out = [0u8; 1024];
+        let n = write_response(basis, 483, b"Too Many Hops", opts, &mut out).unwrap_or(0);
+        String::from_utf8_lossy(&out[..n]).into_owned()
+    }
+
+    #[test]
+    fn from_parsed_request() {
+        let mut slots = [EMPTY_HEADER; 16];
+        let Ok(msg) = parse(REQ, &mut slots, &Limits::default()) else {
+            panic!("parse")
+        };
+        let basis = Salvage::from_message(&msg);
+        let opts = ResponseOptions {
+            received: Some(b"192.0.2.9"),
+            rport: Some(40000),
+            extra_headers: b"Retry-After: 5\r\n",
+            partial: false,
+        };
+        let text = respond(&basis, &opts);
+        let tag = to_tag(&basis);
+        let tag = std::str::from_utf8(&tag).unwrap_or_default();
+        assert_eq!(
+            text,
+            format!(
+                "SIP/2.0 483 Too Many Hops\r\n\
+                 Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKa;received=192.0.2.9;rport=40000, SIP/2.0/UDP p.example.com;branch=z9hG4bKb\r\n\
+                 Via: SIP/2.0/TCP q.example.com;branch=z9hG4bKc\r\n\
+                 From: <sip:alice@example.com>;tag=abc\r\nTo: <sip:bob@example.com>;tag={tag}\r\n\
+                 Call-ID: 1@h\r\nCSeq: 7 INVITE\r\nRetry-After: 5\r\nContent-Length: 0\r\n\r\n"
+            )
+        );
+        let mut slots = [EMPTY_HEADER; 16];
+        let Ok(resp) = parse(text.as_bytes(), &mut slots, &Limits::default()) else {
+            panic!("response must parse")
+        };
+        assert_eq!(resp.status_code(), Some(483));
+        assert_eq!(resp.vias().count(), 3);
+    }
+
+    #[test]
+    fn salvage_matches_parse_and_tag_is_stable() {
+        let mut slots = [EMPTY_HEADER; 16];
+        let Ok(msg) = parse(REQ, &mut slots, &Limits::default()) else {
+            panic!("parse")
+        };
+        let parsed = Salvage::from_message(&msg);
+        let scanned = salvage(REQ);
+        assert_eq!(
+            respond(&parsed, &ResponseOptions::default()),
+            respond(&scanned, &ResponseOptions::default())
+        );
+        assert_eq!(to_tag(&parsed), to_tag(&salvage(REQ)));
+        let other = salvage(b"INVITE sip:x SIP/2.0\r\nVia: SIP/2.0/UDP h\r\nFrom: a\r\nTo: b\r\nCall-ID: 2@h\r\nCSeq: 7 INVITE\r\n\r\n");
+        assert_ne!(to_tag(&parsed), to_tag(&other));
+    }
+
+    #[test]
+    fn salvage_of_broken_request() {
+        let broken = b"INVITE sip:x SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.15;;,;,,\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:c@d>;tag=2\r\nCall-ID: z\r\nCSeq: 1 INVITE\r\nGarbage\r\n\r\n";
+        let basis = salvage(broken);
+        assert!(basis.is_answerable());
+        let text = respond(
+            &basis,
+            &ResponseOptions {
+                received: Some(b"192.0.2.1"),
+                ..ResponseOptions::default()
+            },
+        );
+        assert!(
+            text.contains("Via: SIP/2.0/UDP 192.0.2.15;;,;,,\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("To: <sip:c@d>;tag=2\r\n"), "{text}");
+    }
+
+    #[test]
+    fn responses_are_not_answered() {
+        let basis = salvage(b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP h\r\nFrom: a\r\nTo: b\r\nCall-ID: 2@h\r\nCSeq: 7 INVITE\r\n\r\n");
+        let mut out = [0u8; 512];
+        assert_eq!(
+            write_response(&basis, 400, b"Bad", &ResponseOptions::default(), &mut out),
+            Err(ResponseError::NotAnswerable)
+        );
+    }
+
+    #[test]
+    fn small_buffer_reports_size() {
+        let basis = salvage(REQ);
+        let mut big = [0u8; 1024];
+        let n = write_response(
+            &basis,
+            400,
+            b"Bad Request",
+            &ResponseOptions::default(),
+            &mut big,
+        )
+        .unwrap_or(0);
+        let mut small = [0u8; 10];
+        assert_eq!(
+            write_response(
+                &basis,
+                400,
+                b"Bad Request",
+                &ResponseOptions::default(),
+                &mut small
+            ),
+            Err(ResponseError::InsufficientSize { required_size: n })
+        );
+    }
 }
