@@ -62,7 +62,8 @@ fn corpus() -> Vec<Vec<u8>> {
     let mut files = Vec::new();
     for dir in ["sip-torture/messages", "sip-realistic"] {
         let path = root.join(dir);
-        let entries = std::fs::read_dir(&path).unwrap_or_else(|e| panic!("shared test data missing: {}: {e}", path.display()));
+        let entries = std::fs::read_dir(&path)
+            .unwrap_or_else(|e| panic!("shared test data missing: {}: {e}", path.display()));
         for entry in entries.flatten() {
             let p = entry.path();
             if p.extension().is_some_and(|x| x == "dat" || x == "sip") {
@@ -70,7 +71,11 @@ fn corpus() -> Vec<Vec<u8>> {
             }
         }
     }
-    assert!(files.len() >= 39 + 19, "expected the whole corpus, found {} files", files.len());
+    assert!(
+        files.len() >= 39 + 19,
+        "expected the whole corpus, found {} files",
+        files.len()
+    );
     files
 }
 
@@ -87,14 +92,29 @@ fn exercise(bytes: &[u8], out: &mut [u8]) -> usize {
     match sip::parse(bytes, &mut slots, &limits) {
         Ok(m) => {
             sum += m.headers().len() + m.call_id().len() + m.cseq().number as usize;
-            sum += m.vias().map(|v| v.value.branch.map_or(0, <[u8]>::len) + v.removal.len()).sum::<usize>();
-            sum += m.routes().chain(m.record_routes()).chain(m.paths()).chain(m.contacts()).map(|r| r.value.uri_bytes().len()).sum::<usize>();
-            sum += m.option_tags(HeaderName::ProxyRequire).count() + m.option_tags(HeaderName::Supported).count();
+            sum += m
+                .vias()
+                .map(|v| v.value.branch.map_or(0, <[u8]>::len) + v.removal.len())
+                .sum::<usize>();
+            sum += m
+                .routes()
+                .chain(m.record_routes())
+                .chain(m.paths())
+                .chain(m.contacts())
+                .map(|r| r.value.uri_bytes().len())
+                .sum::<usize>();
+            sum += m.option_tags(HeaderName::ProxyRequire).count()
+                + m.option_tags(HeaderName::Supported).count();
             sum += m.from().tag.map_or(0, <[u8]>::len) + m.to().params().count();
-            sum += m.request_sip_uri().map_or(0, |u| u.params().count() + usize::from(u.lr));
+            sum += m
+                .request_sip_uri()
+                .map_or(0, |u| u.params().count() + usize::from(u.lr));
             sum += m.top_via().params().count();
             let mut splice: Splice<'_, 8> = Splice::new();
-            let via_line = m.headers_of(HeaderName::Via).next().map_or(0, |h| h.line.start);
+            let via_line = m
+                .headers_of(HeaderName::Via)
+                .next()
+                .map_or(0, |h| h.line.start);
             let _ = splice.insert(via_line, b"Via: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKx\r\n");
             if let Some(mf) = m.max_forwards() {
                 let _ = splice.replace(mf.span, b"69");
@@ -104,13 +124,22 @@ fn exercise(bytes: &[u8], out: &mut [u8]) -> usize {
             }
             sum += splice.apply(m.as_bytes(), out).unwrap_or(0);
             let basis = sip::Salvage::from_message(&m);
-            let opts = ResponseOptions { received: Some(b"192.0.2.9"), rport: Some(5060), ..ResponseOptions::default() };
+            let opts = ResponseOptions {
+                received: Some(b"192.0.2.9"),
+                rport: Some(5060),
+                ..ResponseOptions::default()
+            };
             sum += sip::write_response(&basis, 483, b"Too Many Hops", &opts, out).unwrap_or(0);
         }
         Err(e) => {
             let basis = sip::salvage(bytes);
-            let opts = ResponseOptions { partial: true, ..ResponseOptions::default() };
-            sum += e.offset + sip::write_response(&basis, e.status_code(), e.reason().as_bytes(), &opts, out).unwrap_or(0);
+            let opts = ResponseOptions {
+                partial: true,
+                ..ResponseOptions::default()
+            };
+            sum += e.offset
+                + sip::write_response(&basis, e.status_code(), e.reason().as_bytes(), &opts, out)
+                    .unwrap_or(0);
         }
     }
     sum
@@ -129,7 +158,12 @@ fn parsing_the_corpus_allocates_nothing() {
     WATCHING.with(|w| w.set(false));
     let allocations = allocations() - before;
     assert!(sum > 0);
-    assert_eq!(allocations, 0, "parsing {} messages allocated {allocations} times", files.len());
+    assert_eq!(
+        allocations,
+        0,
+        "parsing {} messages allocated {allocations} times",
+        files.len()
+    );
 }
 
 #[test]
