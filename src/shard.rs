@@ -16,9 +16,21 @@ pub type ShardId = u16;
 /// `shard_count` 0 is treated as 1.
 pub fn shard_of(call_id: &[u8], shard_count: u16) -> ShardId {
     let n = u64::from(shard_count.max(1));
-    let hash = fnv1a64(call_id);
-    // Multiply-shift reduction (Lemire): uses the high bits, which FNV mixes best.
+    // FNV-1a's last bytes only reach the low bits (one multiply by a sparse prime), so
+    // Call-IDs that differ at the end (`...-1`, `...-2`) would share high bits; the
+    // MurmurHash3 finaliser spreads every input bit over the high bits multiply-shift uses.
+    let hash = fmix64(fnv1a64(call_id));
+    // Multiply-shift reduction (Lemire).
     ((u128::from(hash) * u128::from(n)) >> 64) as ShardId
+}
+
+/// The MurmurHash3 64-bit finaliser (full avalanche).
+fn fmix64(mut k: u64) -> u64 {
+    k ^= k >> 33;
+    k = k.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    k ^= k >> 33;
+    k = k.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    k ^ (k >> 33)
 }
 
 /// 64-bit FNV-1a over `bytes`.
@@ -59,6 +71,17 @@ mod tests {
         }
         // Each shard should get close to half; 45 % is far outside FNV's variance here.
         assert!(counts.iter().all(|&c| c > 4_500), "{counts:?}");
+    }
+
+    #[test]
+    fn call_ids_differing_only_at_the_end_spread_too() {
+        // Counters at the end of a Call-ID are common (`host-1`, `host-2` ...).
+        let mut counts = [0u32; 2];
+        for i in 0..1_000u32 {
+            let id = format!("a84b4c76e66710@pc33.atlanta.com-{i}");
+            counts[usize::from(shard_of(id.as_bytes(), 2))] += 1;
+        }
+        assert!(counts.iter().all(|&c| c > 400), "{counts:?}");
     }
 
     #[test]
