@@ -1,0 +1,176 @@
+//! The proxy core allocates nothing per message: a counting global allocator watches
+//! `Core::handle_inbound` over forwarded requests, relayed responses, generated answers and
+//! drops.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use sipedge::balance::{BackendSpec, Blacklist, Pool};
+use sipedge::proxy::{Core, Dest, FlowId, Inbound, ProxyConfig, Verdict};
+use sipedge::sip::Transport;
+
+struct Counting;
+
+thread_local! {
+    static WATCHING: Cell<bool> = const { Cell::new(false) };
+    static COUNT: Cell<usize> = const { Cell::new(0) };
+}
+
+fn note() {
+    // `try_with`: the allocator may run while thread-locals are being torn down.
+    if WATCHING.try_with(Cell::get).unwrap_or(false) {
+        let _ = COUNT.try_with(|c| c.set(c.get() + 1));
+    }
+}
+
+// SAFETY: forwards every call to the system allocator unchanged; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        note();
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        note();
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        note();
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+/// Runs one message through the core and returns the verdict and how many allocations it made.
+fn run(
+    core: &mut Core,
+    bl: &Blacklist,
+    out: &mut [u8],
+    src: &str,
+    tcp: bool,
+    bytes: &[u8],
+) -> (Verdict, usize) {
+    let input = Inbound {
+        now: Instant::now(),
+        src: addr(src),
+        local: addr("192.0.2.10:5060"),
+        transport: if tcp { Transport::Tcp } else { Transport::Udp },
+        flow: tcp.then_some(FlowId(9)),
+        handed_off: false,
+        bytes,
+    };
+    COUNT.with(|c| c.set(0));
+    WATCHING.with(|w| w.set(true));
+    let v = core.handle_inbound(input, bl, out);
+    WATCHING.with(|w| w.set(false));
+    (v, COUNT.with(Cell::get))
+}
+
+#[test]
+fn handle_inbound_does_not_allocate() {
+    let specs: Vec<BackendSpec> = ["sip:192.0.2.70:5070", "sip:192.0.2.71:5070"]
+        .iter()
+        .map(|u| BackendSpec::from_uri(u).unwrap())
+        .collect();
+    let pool = Arc::new(Pool::new(&specs).unwrap());
+    let mut config = ProxyConfig::default();
+    for l in &mut config.listeners {
+        l.local = addr("192.0.2.10:5060");
+    }
+    let mut core = Core::new(config, 0, 2, pool).unwrap();
+    let bl = Blacklist::default();
+    let mut out = vec![0u8; 65_536];
+    let client = "198.51.100.7:5090";
+    // Warm-up: the first lock-free blacklist read on a thread registers that thread with
+    // arc-swap (one allocation per thread for its lifetime, not per message).
+    for i in 0..16 {
+        let warm = format!(
+            "OPTIONS sip:b@example.org SIP/2.0\r\nVia: SIP/2.0/UDP 198.51.100.7:5090;branch=z9hG4bKw\r\n\
+             From: <sip:a@example.com>;tag=1\r\nTo: <sip:b@example.org>\r\nCall-ID: warm{i}\r\nCSeq: 1 OPTIONS\r\n\r\n"
+        );
+        if matches!(
+            run(&mut core, &bl, &mut out, client, false, warm.as_bytes()).0,
+            Verdict::Forward(_)
+        ) {
+            break;
+        }
+    }
+    let mut kinds = Vec::new();
+    for (i, extra) in [
+        "",
+        "Route: <sip:192.0.2.10;lr>\r\n",
+        "Max-Forwards: 0\r\n",
+        "Proxy-Require: x\r\n",
+        "CSeq: bad\r\n",
+    ]
+    .iter()
+    .enumerate()
+    {
+        for n in 0..8 {
+            let msg = format!(
+                "INVITE sip:bob@example.org SIP/2.0\r\nVia: SIP/2.0/UDP 198.51.100.7:5090;branch=z9hG4bK{i}x{n};rport\r\n\
+                 {extra}From: <sip:a@example.com>;tag=1\r\nTo: <sip:b@example.org>\r\nCall-ID: alloc{i}-{n}\r\n\
+                 CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+            );
+            for tcp in [false, true] {
+                let (v, allocs) = run(&mut core, &bl, &mut out, client, tcp, msg.as_bytes());
+                assert_eq!(allocs, 0, "{v:?} allocated for\n{msg}");
+                kinds.push(std::mem::discriminant(&v));
+                // Relay the backend's answer to a forwarded request too.
+                if let Verdict::Forward(t) = v
+                    && let Dest::Addr(_, backend) = t.dest
+                {
+                    let fwd = String::from_utf8_lossy(&out[..t.len]).into_owned();
+                    let vias: String = fwd
+                        .lines()
+                        .filter(|l| l.starts_with("Via:"))
+                        .map(|l| format!("{l}\r\n"))
+                        .collect();
+                    let response = format!(
+                        "SIP/2.0 180 Ringing\r\n{vias}From: <sip:a@example.com>;tag=1\r\nTo: <sip:b@example.org>;tag=2\r\n\
+                         Call-ID: alloc{i}-{n}\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+                    );
+                    let input_src = backend.to_string();
+                    let (v, allocs) = run(
+                        &mut core,
+                        &bl,
+                        &mut out,
+                        &input_src,
+                        false,
+                        response.as_bytes(),
+                    );
+                    assert_eq!(allocs, 0, "{v:?} allocated relaying\n{response}");
+                    kinds.push(std::mem::discriminant(&v));
+                }
+            }
+        }
+    }
+    let (v, allocs) = run(
+        &mut core,
+        &bl,
+        &mut out,
+        client,
+        false,
+        b"\x16\x03\x01 not sip at all",
+    );
+    assert_eq!(allocs, 0, "{v:?}");
+    // Forward, Respond, Handoff and Drop all happened.
+    kinds.sort_by_key(|d| format!("{d:?}"));
+    kinds.dedup();
+    assert!(kinds.len() >= 3, "{kinds:?}");
+}
