@@ -28,8 +28,9 @@ shards = 0
 # I/O driver: "auto" (io_uring when the kernel allows it, else epoll), "io_uring" or "epoll".
 driver = "auto"
 # SIP listeners, "udp:IP:PORT" or "tcp:IP:PORT"; IPv6 as "udp:[::1]:5060". Any number of each.
-# A wildcard or NATed address needs the name to advertise in Via and Record-Route:
-# "udp:0.0.0.0:5060;advertise=sip.example.net:5060".
+# The address written into Via and Record-Route is the bound one; behind NAT, or to use a
+# name, add ";advertise=HOST[:PORT]": "udp:0.0.0.0:5060;advertise=sip.example.net:5060".
+# A wildcard address without it advertises the host's primary address (logged at start).
 listen = ["udp:127.0.0.1:5060", "tcp:127.0.0.1:5060"]
 # Admin HTTP (GET /metrics, /health, /ready; POST /drain).
 metrics = "127.0.0.1:9090"
@@ -643,14 +644,6 @@ impl Config {
         if self.proxy.max_forwards == 0 {
             return Err(invalid("proxy.max_forwards", "must be at least 1"));
         }
-        for l in &self.listen {
-            if l.addr.ip().is_unspecified() && l.advertise.is_none() {
-                return Err(invalid(
-                    "listen",
-                    format!("{l} is a wildcard address: add ;advertise=HOST[:PORT]"),
-                ));
-            }
-        }
         if self.health.probe_timeout.is_zero() {
             return Err(invalid("health.probe_timeout_ms", "must be at least 1"));
         }
@@ -796,8 +789,8 @@ probe_interval_ms = 0
             ("[log]\nlevel = \"=\"\n", &["log.level"]),
             ("driver = \"kqueue\"\n", &["line 1", "kqueue"]),
             (
-                "listen = [\"udp:0.0.0.0:5060\"]\n",
-                &["`listen`", "advertise"],
+                "listen = [\"udp:0.0.0.0:5060;adv=x\"]\n",
+                &["line 1", "advertise"],
             ),
             ("[proxy]\nsecret = \"short\"\n", &["proxy.secret"]),
             ("shards = -1\n", &["line 1", "shards"]),

@@ -425,7 +425,11 @@ fn proxy_config(
                     ListenTransport::Tcp => Transport::Tcp,
                 },
                 local: l.addr,
-                advertised_host: l.advertise.as_ref().map(|(h, _)| h.clone()),
+                advertised_host: l
+                    .advertise
+                    .as_ref()
+                    .map(|(h, _)| h.clone())
+                    .or_else(|| primary_address(l)),
                 advertised_port: l.advertise.as_ref().and_then(|(_, p)| *p),
             })
             .collect(),
@@ -437,6 +441,46 @@ fn proxy_config(
         proxy_require_supported: config.proxy.proxy_require_supported.clone(),
         server_name: config.proxy.server_name.clone(),
     })
+}
+
+/// For a wildcard listener without `advertise`: the address the host routes from by default
+/// (a UDP "connect" toward a documentation address sends no packet, RFC 5737 / RFC 3849).
+fn primary_address(listener: &Listener) -> Option<String> {
+    let ip = listener.addr.ip();
+    if !ip.is_unspecified() {
+        return None;
+    }
+    let (bind, probe): (SocketAddr, SocketAddr) = if ip.is_ipv6() {
+        (
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+            "[2001:db8::1]:5060".parse().ok()?,
+        )
+    } else {
+        (
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+            "203.0.113.1:5060".parse().ok()?,
+        )
+    };
+    let socket = std::net::UdpSocket::bind(bind).ok()?;
+    let local = socket
+        .connect(probe)
+        .and_then(|()| socket.local_addr())
+        .map(|a| a.ip())
+        .unwrap_or(if ip.is_ipv6() {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        });
+    let host = match local {
+        std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+    };
+    tracing::warn!(
+        listener = %listener,
+        advertised = %host,
+        "wildcard listener without ;advertise=: advertising the primary address"
+    );
+    Some(host)
 }
 
 fn random_secret() -> io::Result<Vec<u8>> {
