@@ -92,13 +92,13 @@ fn verify_would_catch_a_mistake() {
 fn unit_is_hardened() {
     let analyze = need("systemd-analyze", SYSTEMD_INSTALL);
     for (key, want) in [
-        ("DynamicUser", "yes"),
+        ("User", "sipedge"),
+        ("Group", "sipedge"),
         ("NoNewPrivileges", "yes"),
         ("ProtectSystem", "strict"),
         ("CapabilityBoundingSet", "CAP_NET_BIND_SERVICE"),
         ("AmbientCapabilities", "CAP_NET_BIND_SERVICE"),
         ("KillSignal", "SIGTERM"),
-        ("ConfigurationDirectory", "sipedge"),
     ] {
         assert_eq!(unit_value(key), want, "{key}");
     }
@@ -249,6 +249,7 @@ fn install_script_stages_a_package_root() {
         "usr/libexec/sipedge/wait-ready",
         "lib/systemd/system/sipedge.service",
         "etc/sipedge/sipedge.toml",
+        "usr/lib/sysusers.d/sipedge.conf",
         "usr/share/doc/sipedge/deploy/README.md",
     ] {
         assert!(
@@ -256,6 +257,37 @@ fn install_script_stages_a_package_root() {
             "install.sh did not install /{file}"
         );
     }
+    // The sysusers.d entry creates the service's system user (in the staged root).
+    let sysusers = need("systemd-sysusers", SYSTEMD_INSTALL);
+    std::fs::create_dir_all(root.join("etc")).unwrap_or_else(|e| panic!("mkdir: {e}"));
+    let out = run_with_timeout(
+        Command::new(sysusers)
+            .arg(format!("--root={}", root.display()))
+            .arg(root.join("usr/lib/sysusers.d/sipedge.conf")),
+        Duration::from_secs(30),
+    );
+    assert!(
+        out.status.success(),
+        "systemd-sysusers: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let passwd = std::fs::read_to_string(root.join("etc/passwd")).unwrap_or_default();
+    let user = passwd
+        .lines()
+        .find(|l| l.starts_with("sipedge:"))
+        .unwrap_or("");
+    assert!(
+        user.ends_with(":/usr/sbin/nologin"),
+        "sysusers made no sipedge login-less user: {passwd}"
+    );
+    assert_eq!(unit_value("User"), "sipedge");
+    // The configuration (it holds proxy.secret) is not world-readable.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(root.join("etc/sipedge/sipedge.toml"))
+        .map(|m| m.permissions().mode() & 0o777)
+        .unwrap_or(0);
+    assert_eq!(mode, 0o640, "sipedge.toml mode {mode:o}");
+
     // A second run keeps an operator's configuration.
     let config = root.join("etc/sipedge/sipedge.toml");
     let edited = format!(
