@@ -15,7 +15,7 @@ use deploy_support::{
 /// Calls in progress when the drain starts.
 const CALLS: u32 = 20;
 /// How long each call lasts after its ACK (sipp -d), so that the drain lands mid-call.
-const CALL_MS: u32 = 3000;
+const CALL_MS: u32 = 5000;
 
 /// The SIP transport of a run: sipp's `-t` mode and the listener / backend URI forms.
 #[derive(Clone, Copy)]
@@ -266,7 +266,7 @@ fn post_drain_keeps_calls_in_progress_and_refuses_new_calls() {
 }
 
 fn sigterm_mid_call(transport: Transport, name: &str) {
-    let mut s = start(name, transport, 6);
+    let mut s = start(name, transport, 10);
     let mut calls = calls_in_progress(&s);
 
     let since = Instant::now();
