@@ -277,7 +277,7 @@ CEILING = [
 
 def start_sipp_uas(s, port, transport="u1"):
     cmd = [need("sipp"), "-sn", "uas", "-i", "127.0.0.1", "-p", str(port), "-mp", s.next_media(),
-           "-t", transport, "-nostdin"]
+           "-t", transport, "-nostdin", "-aa"]  # -aa: answer sipedge's OPTIONS health probes
     p = Proc(f"sipp-uas-{port}", cmd, s.workdir)
     wait_bound(p, port, "tcp" if transport.startswith("t") else "udp")
     return p

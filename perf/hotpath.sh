@@ -1,0 +1,75 @@
+#!/bin/sh
+# Instruction counts of the sans-IO per-message path under callgrind (deterministic), and the
+# functions that cost the most for an INVITE. See perf/README.md.
+#   perf/hotpath.sh           rewrites `## Hot path` in perf/RESULTS.md
+#   perf/hotpath.sh --print   prints the section only
+set -eu
+cd "$(dirname "$0")/.."
+command -v valgrind >/dev/null || { echo "valgrind missing: apt-get install -y valgrind" >&2; exit 1; }
+BIN=$(cargo bench --bench hotpath --no-run --message-format=json 2>/dev/null | python3 -c '
+import json, sys
+for line in sys.stdin:
+    j = json.loads(line)
+    if j.get("reason") == "compiler-artifact" and j.get("executable") and j["target"]["name"] == "hotpath":
+        print(j["executable"])' | tail -1)
+[ -x "$BIN" ] || { echo "could not build the hotpath bench" >&2; exit 1; }
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+
+# Instructions of `--instructions CASE N`; the difference of N=2000 and N=1000 is 1000 messages.
+ir() {
+    valgrind --tool=callgrind --callgrind-out-file="$WORK/$1.$2.out" "$BIN" --instructions "$1" "$2" 2>&1 |
+        sed -n 's/.*Collected : \([0-9]*\).*/\1/p'
+}
+
+CASES="invite 180 200_invite ack bye 200_bye register parse_invite select_backend blacklist_lookup"
+{
+    echo "## Hot path"
+    echo
+    echo "Run $(date -u '+%Y-%m-%d %H:%M UTC') with \`perf/hotpath.sh\`: valgrind $(valgrind --version | sed 's/valgrind-//') callgrind,"
+    echo "release profile (\`cargo bench\`: LTO, one codegen unit), $(nproc) vCPU, kernel $(uname -r)."
+    echo "Instructions per message = (instructions of N = 2000 runs - of N = 1000) / 1000, so set-up cancels out;"
+    echo "identical run to run. \`handle_inbound\` cases run one shard's \`Core\` (shard 0 of 1, two UDP backends) on the"
+    echo "messages of one sipp-shaped call (INVITE with SDP from the client, 180/200 from the backend with our Via,"
+    echo "ACK, BYE, 200) and the RFC 3261 §24.1 REGISTER; each is checked to be forwarded before it is counted."
+    echo "Wall-clock figures for the same cases: \`cargo bench --bench hotpath\`."
+    echo
+    echo "| case | instructions per message | bytes in |"
+    echo "|---|---|---|"
+    for c in $CASES; do
+        a=$(ir "$c" 1000)
+        b=$(ir "$c" 2000)
+        echo "$c $(( (b - a) / 1000 ))" >> "$WORK/counts"
+        echo "| $c | $(( (b - a) / 1000 )) | $("$BIN" --size "$c") |"
+    done
+    echo
+    awk '$1 == "invite" { i = $2 } $1 == "parse_invite" { p = $2 }
+         END { printf "Parsing alone is %d %% of an INVITE'"'"'s path; the rest is the route decision, the branch MAC and the rewrite.\n", 100 * p / i }' "$WORK/counts"
+    echo
+    echo "Where an INVITE's instructions go (callgrind, self cost, N = 2000 run, top 15 functions):"
+    echo
+    echo '```'
+    callgrind_annotate --threshold=99 "$WORK/invite.2000.out" 2>/dev/null | sed -n '/^Ir/,$p' | head -22 |
+        sed 's/ *\[[^]]*\]$//' | cut -c1-150
+    echo '```'
+    echo
+} > "$WORK/section.md"
+
+if [ "${1:-}" = "--print" ]; then
+    cat "$WORK/section.md"
+    exit 0
+fi
+python3 - "$WORK/section.md" <<'EOF'
+import os, sys
+section = open(sys.argv[1]).read()
+path = "perf/RESULTS.md"
+text = open(path).read() if os.path.exists(path) else "# sipedge performance results\n\n"
+start = text.find("## Hot path")
+if start < 0:
+    text = text.rstrip("\n") + "\n\n" + section
+else:
+    end = text.find("\n## ", start + 3)
+    text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
+open(path, "w").write(text)
+print(section)
+EOF
