@@ -347,9 +347,10 @@ impl Drop for PodmanRun {
             let _ = child.kill();
             let _ = child.wait();
         }
-        // Leave no image layers behind in the test's storage (vfs copies are large).
+        // Unmount and drop the image in the test's own storage (vfs copies are large); the
+        // directory goes with the TempDir. Nothing outside that storage is touched.
         let _ = podman(&self.dir)
-            .args(["system", "reset", "--force"])
+            .args(["rmi", "--all", "--force"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
