@@ -4,10 +4,11 @@
 
 #![allow(missing_docs)] // criterion_group! generates an undocumented pub fn
 
+use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Barrier};
+use std::sync::{Arc, Barrier, RwLock};
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -160,11 +161,71 @@ fn bench_contended(c: &mut Criterion) {
     println!("background: {writes} blacklist writes, {reads} selections on the second reader");
 }
 
+/// Reference for the same contended lookup: a `RwLock<BTreeMap>` blacklist, read by this
+/// thread and one more while a third thread keeps taking the write lock. The ratio of
+/// `contended_2_readers_1_writer/lookup` to this is what the lock-free design buys.
+fn bench_rwlock_reference(c: &mut Criterion) {
+    let table: Arc<RwLock<BTreeMap<SocketAddr, Instant>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Arc::new(Barrier::new(3));
+    let now = Instant::now();
+    let writer = {
+        let (table, stop, started) = (Arc::clone(&table), Arc::clone(&stop), Arc::clone(&started));
+        std::thread::spawn(move || {
+            started.wait();
+            while !stop.load(Ordering::Relaxed) {
+                for i in 0..8 {
+                    if let Ok(mut t) = table.write() {
+                        t.insert(addr(i), now + Duration::from_secs(2));
+                    }
+                    if let Ok(mut t) = table.write() {
+                        t.remove(&addr(i));
+                    }
+                }
+            }
+        })
+    };
+    let reader = {
+        let (table, stop, started) = (Arc::clone(&table), Arc::clone(&stop), Arc::clone(&started));
+        std::thread::spawn(move || {
+            started.wait();
+            let mut i = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                i = i.wrapping_add(1);
+                let blocked = table
+                    .read()
+                    .map(|t| t.get(&addr(i % 8)).is_some_and(|&u| now < u))
+                    .unwrap_or(false);
+                black_box(blocked);
+            }
+        })
+    };
+    started.wait();
+    let mut g = c.benchmark_group("reference_rwlock_2_readers_1_writer");
+    g.throughput(Throughput::Elements(1));
+    let mut i = 0u32;
+    g.bench_function("lookup", |b| {
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            black_box(
+                table
+                    .read()
+                    .map(|t| t.get(&addr(i % 8)).is_some_and(|&u| now < u))
+                    .unwrap_or(false),
+            )
+        })
+    });
+    g.finish();
+    stop.store(true, Ordering::Relaxed);
+    let _ = writer.join();
+    let _ = reader.join();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
-    targets = bench_select, bench_lookup, bench_contended
+    targets = bench_select, bench_lookup, bench_contended, bench_rwlock_reference
 }
 criterion_main!(benches);
