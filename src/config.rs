@@ -38,6 +38,7 @@ metrics = "127.0.0.1:9090"
 drain_grace_secs = 30
 
 # The pool new calls are spread over (hash of the Call-ID, so a call stays on one backend).
+# A host name (sip:pool.example.net) is resolved per RFC 3263 and may yield several members.
 # Either a URI string, or a table with uri, weight (share of calls) and priority (lower is
 # preferred; a higher group is used only when no member of a better one is up).
 backends = [
@@ -85,6 +86,11 @@ probe_timeout_ms = 2000
 failures_before_down = 3
 # Consecutive answered probes before it is put back.
 successes_before_up = 2
+
+[dns]
+# Backends named by host name are resolved per RFC 3263 (NAPTR, SRV, A/AAAA) and re-resolved
+# as their TTLs expire. Name servers as "IP:PORT"; empty = the system's resolv.conf.
+nameservers = []
 "#;
 
 /// Which I/O driver the shards run on.
@@ -335,6 +341,13 @@ pub struct HealthConfig {
     pub successes_before_up: u32,
 }
 
+/// DNS resolution of backend names (RFC 3263).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DnsConfig {
+    /// Name servers (`IP:PORT`); empty = the system's (`/etc/resolv.conf`).
+    pub nameservers: Vec<SocketAddr>,
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -358,6 +371,8 @@ pub struct Config {
     pub tcp: TcpConfig,
     /// Health probing.
     pub health: HealthConfig,
+    /// Backend name resolution.
+    pub dns: DnsConfig,
 }
 
 /// Why a configuration was rejected. The message names the key (and, for syntax and value
@@ -474,6 +489,12 @@ struct RawHealth {
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
+struct RawDns {
+    nameservers: Option<Vec<Parsed<AdminAddr>>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 struct RawConfig {
     shards: Option<u16>,
     driver: Option<Parsed<Driver>>,
@@ -489,6 +510,8 @@ struct RawConfig {
     tcp: RawTcp,
     #[serde(default)]
     health: RawHealth,
+    #[serde(default)]
+    dns: RawDns,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -597,6 +620,11 @@ impl Config {
                     .health
                     .successes_before_up
                     .unwrap_or(d.health.successes_before_up),
+            },
+            dns: DnsConfig {
+                nameservers: raw.dns.nameservers.map_or(d.dns.nameservers, |v| {
+                    v.into_iter().map(|p| p.0.0).collect()
+                }),
             },
         };
         config.validate()?;
@@ -717,6 +745,7 @@ impl Config {
                 failures_before_down: 3,
                 successes_before_up: 2,
             },
+            dns: DnsConfig::default(),
         }
     }
 }

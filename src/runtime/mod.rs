@@ -36,7 +36,9 @@ use crossbeam::queue::ArrayQueue;
 
 use self::handoff::{Mailbox, PostOffice};
 use self::shard::{ShardSetup, Shared};
-use crate::balance::{BackendSpec, Blacklist, BlacklistConfig, BlockReason, HealthConfig, Pool};
+use crate::balance::{
+    BackendEntry, BackendSpec, Blacklist, BlacklistConfig, HealthConfig, Pool, SpecError,
+};
 use crate::config::{Config, Driver, ListenTransport, Listener};
 use crate::metrics::{BlacklistReason, Metrics};
 use crate::shard::ShardId;
@@ -129,19 +131,92 @@ pub fn shard_count(config: &Config) -> u16 {
     })
 }
 
-/// Builds the pool specs of a configuration. Host names need RFC 3263 resolution, which this
-/// shell does not do yet: they are refused with a message that says so.
-pub fn backend_specs(config: &Config) -> Result<Vec<BackendSpec>, RunError> {
+/// Builds the pool specs of the numeric backends of a configuration, and says whether some
+/// backend is a host name (resolved per RFC 3263 on the DNS thread, see [`dns`]).
+pub fn backend_specs(config: &Config) -> Result<(Vec<BackendSpec>, bool), RunError> {
+    let mut specs = Vec::with_capacity(config.backends.len());
+    let mut names = false;
+    for b in &config.backends {
+        match b.spec() {
+            Ok(spec) => specs.push(spec),
+            Err(SpecError::NeedsResolution) => names = true,
+            Err(e) => {
+                return Err(RunError::Backend {
+                    uri: b.uri.clone(),
+                    reason: e.to_string(),
+                });
+            }
+        }
+    }
+    Ok((specs, names))
+}
+
+/// The DNS thread's view of the configured backends.
+fn backend_entries(config: &Config) -> Vec<BackendEntry> {
     config
         .backends
         .iter()
-        .map(|b| {
-            b.spec().map_err(|e| RunError::Backend {
-                uri: b.uri.clone(),
-                reason: e.to_string(),
-            })
+        .map(|b| BackendEntry {
+            uri: b.uri.clone(),
+            weight: b.weight,
+            priority: u8::try_from(b.priority).unwrap_or(u8::MAX),
+            drain: false,
         })
         .collect()
+}
+
+/// Metric label of each pool member, in pool order: its URI, with the address added when
+/// several members share one URI (a name resolving to several servers).
+fn backend_labels(pool: &Pool) -> Vec<String> {
+    let members = pool.backends();
+    members
+        .iter()
+        .map(|b| {
+            if members.iter().filter(|o| o.uri() == b.uri()).count() > 1 {
+                format!("{} ({})", b.uri(), b.addr())
+            } else {
+                b.uri().to_owned()
+            }
+        })
+        .collect()
+}
+
+/// Swaps in a new pool for every shard: metrics first (a shard looking up a new member's
+/// counters must find them), then the pool, then the epoch the shards watch.
+fn install_pool(shared: &Shared, specs: &[BackendSpec]) -> Result<Vec<String>, String> {
+    let pool = shared
+        .pool
+        .load()
+        .reload(specs)
+        .map_err(|e| e.to_string())?;
+    let labels = backend_labels(&pool);
+    shared.metrics.set_backends(&labels);
+    shared.pool.store(Arc::new(pool));
+    shared.pool_epoch.fetch_add(1, Ordering::SeqCst);
+    Ok(labels)
+}
+
+/// Starts RFC 3263 resolution when some backend is a host name; each resolution publishes
+/// the full member list (numeric backends included) as the new pool.
+fn start_dns(shared: &Arc<Shared>, config: &Config) -> Result<Option<dns::DnsHandle>, RunError> {
+    let dns_config = dns::DnsConfig {
+        nameservers: config.dns.nameservers.clone(),
+        ..dns::DnsConfig::default()
+    };
+    let target = Arc::clone(shared);
+    let handle = dns::spawn(
+        dns_config,
+        backend_entries(config),
+        move |specs| match install_pool(&target, &specs) {
+            Ok(labels) => tracing::info!(backends = %labels.join(","), "backends resolved"),
+            Err(e) => tracing::error!(error = %e, "resolved backends rejected"),
+        },
+    )
+    .map_err(|e| RunError::Backend {
+        uri: String::new(),
+        reason: e.to_string(),
+    })?;
+    Ok(Some(handle))
 }
 
 /// Loads a new configuration on SIGHUP (re-reading the file and re-applying command-line
@@ -156,12 +231,12 @@ pub fn run(config: Config, reload: Reloader) -> Result<(), RunError> {
         .map_err(io_err("installing signal handlers"))?;
     let driver = select_driver(config.driver)?;
     let shards = shard_count(&config).max(1);
-    let specs = backend_specs(&config)?;
+    let (specs, needs_dns) = backend_specs(&config)?;
     let pool = Pool::new(&specs).map_err(|e| RunError::Backend {
         uri: String::new(),
         reason: e.to_string(),
     })?;
-    let names: Vec<String> = pool.backends().iter().map(|b| b.uri().to_owned()).collect();
+    let names = backend_labels(&pool);
     let metrics = Arc::new(Metrics::new(usize::from(shards), &names));
     metrics.set_driver(driver.name());
 
@@ -262,6 +337,12 @@ pub fn run(config: Config, reload: Reloader) -> Result<(), RunError> {
             .map_err(io_err("starting a shard thread"))?;
     }
 
+    let dns = if needs_dns {
+        start_dns(&shared, &config)?
+    } else {
+        None
+    };
+
     wait_started(&shared, Duration::from_secs(10));
     let listen_list: Vec<String> = listeners.iter().map(ToString::to_string).collect();
     tracing::info!(
@@ -273,7 +354,7 @@ pub fn run(config: Config, reload: Reloader) -> Result<(), RunError> {
         "sipedge started"
     );
 
-    signal_loop(signals, &shared, &config, reload)
+    signal_loop(signals, &shared, &config, reload, dns)
 }
 
 fn wait_started(shared: &Shared, limit: Duration) {
@@ -290,6 +371,7 @@ fn signal_loop(
     shared: &Arc<Shared>,
     config: &Config,
     reload: Reloader,
+    mut dns: Option<dns::DnsHandle>,
 ) -> Result<(), RunError> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut drain_deadline: Option<Instant> = None;
@@ -315,7 +397,7 @@ fn signal_loop(
                         "termination signal: draining (new calls get 503, dialogs continue)"
                     );
                 }
-                SIGHUP => match reload_config(shared, &config, &reload) {
+                SIGHUP => match reload_config(shared, &config, &reload, &mut dns) {
                     Ok(next) => config = next,
                     Err(e) => {
                         shared.metrics.reload(false);
@@ -329,31 +411,38 @@ fn signal_loop(
     }
 }
 
-fn reload_config(shared: &Shared, running: &Config, reload: &Reloader) -> Result<Config, String> {
+fn reload_config(
+    shared: &Arc<Shared>,
+    running: &Config,
+    reload: &Reloader,
+    dns: &mut Option<dns::DnsHandle>,
+) -> Result<Config, String> {
     let next = reload()?;
-    let specs = backend_specs(&next).map_err(|e| e.to_string())?;
-    let pool = shared
-        .pool
-        .load()
-        .reload(&specs)
-        .map_err(|e| e.to_string())?;
-    let names: Vec<String> = pool.backends().iter().map(|b| b.uri().to_owned()).collect();
-    // Metrics first: a shard looking up a new backend's index must find its counters.
-    shared.metrics.set_backends(&names);
-    shared.pool.store(Arc::new(pool));
-    shared.pool_epoch.fetch_add(1, Ordering::SeqCst);
+    let (specs, needs_dns) = backend_specs(&next).map_err(|e| e.to_string())?;
+    if needs_dns {
+        match dns {
+            Some(handle) if next.dns == running.dns => handle.reload(backend_entries(&next)),
+            _ => *dns = start_dns(shared, &next).map_err(|e| e.to_string())?,
+        }
+    } else {
+        *dns = None;
+    }
+    // Numeric members at once; named ones follow when resolved.
+    let labels = install_pool(shared, &specs)?;
     shared.metrics.reload(true);
     if next.listen != running.listen
         || next.shards != running.shards
         || next.driver != running.driver
         || next.metrics != running.metrics
         || next.tcp != running.tcp
+        || next.proxy != running.proxy
+        || next.health != running.health
     {
         tracing::warn!(
-            "listeners, shards, driver, metrics address and tcp settings change only on restart"
+            "listeners, shards, driver, metrics address, [proxy], [tcp] and [health] change only on restart"
         );
     }
-    tracing::info!(backends = %names.join(","), "configuration reloaded");
+    tracing::info!(backends = %labels.join(","), "configuration reloaded");
     Ok(next)
 }
 
@@ -378,25 +467,9 @@ fn health_config(config: &Config) -> Option<HealthConfig> {
 /// Counts the active blacklist entries by reason into the metrics (one writer: the admin
 /// thread, on scrape).
 pub(crate) fn publish_blacklist(shared: &Shared) {
-    let now = Instant::now();
-    let mut counts = [0u64; BlacklistReason::COUNT];
-    shared.blacklist.for_each(|entry| {
-        if entry.is_active(now) {
-            let reason = match entry.reason {
-                BlockReason::IcmpUnreachable => BlacklistReason::IcmpUnreachable,
-                BlockReason::ConnectRefused => BlacklistReason::ConnectRefused,
-                BlockReason::Reset => BlacklistReason::Reset,
-                BlockReason::SendError => BlacklistReason::SendError,
-                BlockReason::Status503 { .. } => BlacklistReason::Status503,
-                BlockReason::Timeout => BlacklistReason::Timeout,
-                BlockReason::ProbeFailed => BlacklistReason::ProbeFailed,
-                _ => BlacklistReason::Administrative,
-            };
-            counts[reason as usize] += 1;
-        }
-    });
-    for (i, &reason) in BlacklistReason::ALL.iter().enumerate() {
-        shared.metrics.set_blacklist_entries(reason, counts[i]);
+    let counts = shared.blacklist.active_by_reason(Instant::now());
+    for (&reason, &count) in BlacklistReason::ALL.iter().zip(counts.iter()) {
+        shared.metrics.set_blacklist_entries(reason, count);
     }
 }
 

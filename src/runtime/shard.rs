@@ -327,6 +327,9 @@ impl Shard {
             Verdict::Forward(t) => {
                 if let (Some(backend), MessageKind::Request(_)) = (info.backend, info.kind) {
                     self.count_backend(backend);
+                    if !self.shared.pool.load().is_backend(input.src) {
+                        self.count_failover(input.bytes, backend);
+                    }
                 }
                 self.transmit(t, input.local, sbuf).await
             }
@@ -449,6 +452,45 @@ impl Shard {
         if let Some(i) = pool.backends().iter().position(|b| b.id() == backend) {
             if let Some(b) = self.shared.metrics.backends().get(i) {
                 b.request(usize::from(self.id));
+            }
+        }
+    }
+
+    /// Counts a failover when a new call went to another member than the one it belongs to
+    /// when all are healthy. The Call-ID is looked up only while some member is unusable.
+    fn count_failover(&self, bytes: &[u8], chosen: BackendId) {
+        let pool = self.shared.pool.load();
+        let now = Instant::now();
+        let degraded = pool
+            .backends()
+            .iter()
+            .any(|b| !b.accepts_new_calls() || self.shared.blacklist.is_blocked(b.addr(), now));
+        if !degraded {
+            return;
+        }
+        let request = salvage(bytes);
+        if matches!(request.method, Some(b"ACK" | b"CANCEL") | None) {
+            return; // they follow their INVITE, counted already
+        }
+        let Some(to) = request.to else { return };
+        if to
+            .slice(bytes)
+            .windows(5)
+            .any(|w| w.eq_ignore_ascii_case(b";tag="))
+        {
+            return; // in-dialog: follows its dialog, not the hash
+        }
+        let Some(call_id) = request.call_id else {
+            return;
+        };
+        let Some(home) = pool.home(call_id.slice(bytes)) else {
+            return;
+        };
+        if home.id() != chosen {
+            if let Some(i) = pool.backends().iter().position(|b| b.id() == home.id()) {
+                if let Some(m) = self.shared.metrics.backends().get(i) {
+                    m.failover(usize::from(self.id));
+                }
             }
         }
     }
