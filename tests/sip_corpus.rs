@@ -773,3 +773,171 @@ fn realistic_corpus() {
         failures.join("\n")
     );
 }
+
+/// The properties the `sip_datagram` fuzz target asserts, for one input.
+fn datagram_properties(bytes: &[u8], errors: &mut Vec<String>) -> bool {
+    let limits = Limits::default();
+    let mut slots = [EMPTY_HEADER; 128];
+    let mut out = vec![0u8; 70_000];
+    match sip::parse(bytes, &mut slots, &limits) {
+        Ok(m) => {
+            round_trip(&m, errors);
+            if let Some(first) = m.routes().next() {
+                let mut edit: Splice<'_, 1> = Splice::new();
+                let n = edit
+                    .remove(first.removal)
+                    .and_then(|()| edit.apply(m.as_bytes(), &mut out))
+                    .unwrap_or(0);
+                let mut slots2 = [EMPTY_HEADER; 128];
+                let popped = sip::parse(&out[..n], &mut slots2, &limits);
+                check(
+                    popped
+                        .as_ref()
+                        .is_ok_and(|p| p.routes().count() + 1 == m.routes().count()),
+                    &format!("route removal: {:?}", popped.err()),
+                    errors,
+                );
+            }
+            let basis = sip::Salvage::from_message(&m);
+            let opts = ResponseOptions {
+                received: Some(b"192.0.2.1"),
+                rport: Some(5060),
+                ..Default::default()
+            };
+            if let Ok(n) = sip::write_response(&basis, 400, b"Bad Request", &opts, &mut out) {
+                let mut slots3 = [EMPTY_HEADER; 128];
+                let resp = sip::parse(&out[..n], &mut slots3, &limits);
+                check(
+                    resp.as_ref().is_ok_and(|r| r.to().tag.is_some()),
+                    &format!("response: {:?}", resp.err()),
+                    errors,
+                );
+            }
+            true
+        }
+        Err(e) => {
+            check(e.offset <= bytes.len(), "offset in range", errors);
+            let _ = sip::write_response(
+                &sip::salvage(bytes),
+                e.status_code(),
+                e.reason().as_bytes(),
+                &ResponseOptions::default(),
+                &mut out,
+            );
+            false
+        }
+    }
+}
+
+/// Vectors of this crate's own (`tests/vectors/sip/valid`, `invalid`) and inputs the fuzzers
+/// once crashed on (`tests/vectors/sip/fuzz/<target>-*`), replayed through the fuzz properties.
+#[test]
+fn own_vectors_and_fuzz_regressions() {
+    let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors/sip"));
+    let mut failures = Vec::new();
+    let mut seen = 0;
+    for (dir, must_parse) in [
+        ("valid", Some(true)),
+        ("invalid", Some(false)),
+        ("fuzz", None),
+    ] {
+        let Ok(entries) = std::fs::read_dir(root.join(dir)) else {
+            assert!(
+                dir == "fuzz",
+                "vectors missing: {}",
+                root.join(dir).display()
+            );
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let bytes = read(&path);
+            let mut errors = Vec::new();
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if name.starts_with("sip_stream") {
+                stream_properties(&bytes, &mut errors);
+            } else {
+                let parsed = datagram_properties(&bytes, &mut errors);
+                if let Some(want) = must_parse {
+                    check(parsed == want, &format!("parsed: {parsed}"), &mut errors);
+                }
+            }
+            seen += 1;
+            if !errors.is_empty() {
+                failures.push(format!("{dir}/{name}: {}", errors.join("; ")));
+            }
+        }
+    }
+    assert!(seen >= 10, "only {seen} vectors found");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The properties the `sip_stream` fuzz target asserts, for one input.
+fn stream_properties(data: &[u8], errors: &mut Vec<String>) {
+    let limits = Limits {
+        max_message_size: 4096,
+        ..Limits::default()
+    };
+    let mut consumed = 0usize;
+    while consumed < data.len() {
+        let rest = &data[consumed..];
+        match sip::frame(rest, &limits) {
+            Ok(sip::Frame::Message { len }) | Ok(sip::Frame::KeepAlive { len, .. }) => {
+                check(
+                    len > 0 && len <= rest.len(),
+                    "frame length in range",
+                    errors,
+                );
+                if len == 0 || len > rest.len() {
+                    return;
+                }
+                if let Ok(sip::Frame::Message { len: again }) = sip::frame(&rest[..len], &limits) {
+                    check(again == len, "reframing gives the same length", errors);
+                }
+                let mut slots = [EMPTY_HEADER; 64];
+                let _ = sip::parse_stream_message(&rest[..len], &mut slots, &limits);
+                consumed += len;
+            }
+            _ => break,
+        }
+    }
+}
+
+#[test]
+fn stream_of_the_realistic_corpus() {
+    // All realistic messages back to back with keep-alives between them frame one by one.
+    let idx = index("sip-realistic/index.json");
+    let mut stream = Vec::new();
+    let mut lengths = Vec::new();
+    for e in idx["entries"].as_array().into_iter().flatten() {
+        let bytes = read(&shared(&format!("sip-realistic/{}", str_of(&e["file"]))));
+        stream.extend_from_slice(b"\r\n\r\n");
+        lengths.push(4);
+        stream.extend_from_slice(&bytes);
+        lengths.push(bytes.len());
+    }
+    let mut consumed = 0;
+    let mut got = Vec::new();
+    while consumed < stream.len() {
+        match sip::frame(&stream[consumed..], &Limits::default()) {
+            Ok(sip::Frame::Message { len }) | Ok(sip::Frame::KeepAlive { len, .. }) => {
+                got.push(len);
+                consumed += len;
+            }
+            other => panic!("at {consumed}: {other:?}"),
+        }
+    }
+    assert_eq!(got, lengths);
+    // Every prefix that cuts a message short is Partial, never an error or a wrong length.
+    let first = lengths[0] + lengths[1];
+    for cut in lengths[0] + 1..first {
+        assert_eq!(
+            sip::frame(&stream[lengths[0]..cut], &Limits::default()),
+            Ok(sip::Frame::Partial),
+            "cut at {cut}"
+        );
+    }
+}
