@@ -168,3 +168,45 @@ pub(crate) fn trim(buf: &[u8], span: Span) -> Span {
     }
     Span::new(s, e)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split(text: &str) -> Vec<&str> {
+        ListIter::new(text.as_bytes(), Span::new(0, text.len()))
+            .map(|s| std::str::from_utf8(s.slice(text.as_bytes())).unwrap_or("?"))
+            .collect()
+    }
+
+    macro_rules! list_table {
+        ($($name:ident: $input:expr => [$($out:expr),*];)*) => {
+            $(#[test] fn $name() {
+                let expected: Vec<&str> = vec![$($out),*];
+                assert_eq!(split($input), expected);
+            })*
+        };
+    }
+
+    list_table! {
+        single: "a" => ["a"];
+        two: "a, b" => ["a", "b"];
+        folded: "a,\r\n b" => ["a", "b"];
+        comma_in_quotes: "\"x, y\" <sip:a>, <sip:b>" => ["\"x, y\" <sip:a>", "<sip:b>"];
+        comma_in_angle: "<sip:a;x=1,2>, <sip:b>" => ["<sip:a;x=1,2>", "<sip:b>"];
+        escaped_quote: "\"a\\\",\" <sip:a>,b" => ["\"a\\\",\" <sip:a>", "b"];
+        empty_elements: "a,,b" => ["a", "", "b"];
+        trailing_comma: "a," => ["a", ""];
+        empty: "" => [""];
+    }
+
+    #[test]
+    fn quoted_string_bounds() {
+        let text = b"\"a\\\"b\" rest";
+        let mut cur = Cursor::new(text, Span::new(0, text.len()));
+        assert_eq!(cur.quoted_string(), Some(Span::new(0, 6)));
+        let unterminated = b"\"abc";
+        let mut cur = Cursor::new(unterminated, Span::new(0, 4));
+        assert_eq!(cur.quoted_string(), None);
+    }
+}

@@ -398,3 +398,78 @@ pub(crate) fn parse_cseq(buf: &[u8], span: Span) -> Result<CSeq<'_>, usize> {
         number_span: digits,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sip::HostKind;
+
+    fn via(text: &str) -> Option<Via<'_>> {
+        parse_via(text.as_bytes(), Span::new(0, text.len())).ok()
+    }
+
+    fn name_addr(text: &str) -> Option<NameAddr<'_>> {
+        parse_name_addr(text.as_bytes(), Span::new(0, text.len())).ok()
+    }
+
+    macro_rules! via_table {
+        ($($name:ident: $input:expr => |$v:ident| $check:expr;)*) => {
+            $(#[test] fn $name() { let $v = via($input); assert!($check, "{:?}", $v); })*
+        };
+    }
+
+    macro_rules! name_addr_table {
+        ($($name:ident: $input:expr => |$n:ident| $check:expr;)*) => {
+            $(#[test] fn $name() { let $n = name_addr($input); assert!($check, "{:?}", $n); })*
+        };
+    }
+
+    via_table! {
+        via_plain: "SIP/2.0/UDP host.example.com;branch=z9hG4bK1" => |v| v.is_some_and(|v| v.transport == Transport::Udp && v.branch == Some(b"z9hG4bK1") && v.port.is_none());
+        via_port: "SIP/2.0/TCP 192.0.2.1:5070;branch=z9hG4bK1" => |v| v.is_some_and(|v| v.port == Some(5070) && v.host.kind == HostKind::Ipv4);
+        via_spaces: "SIP / 2.0 / UDP\r\n   host : 5060 ; branch = z9hG4bK1" => |v| v.is_some_and(|v| v.port == Some(5060) && v.branch == Some(b"z9hG4bK1"));
+        via_ipv6: "SIP/2.0/UDP [2001:db8::1]:5060;received=2001:db8::2" => |v| v.is_some_and(|v| v.host.kind == HostKind::Ipv6 && v.received.and_then(|r| r.value) == Some(b"2001:db8::2"));
+        via_rport_flag: "SIP/2.0/UDP h;rport;branch=z9hG4bK1" => |v| v.is_some_and(|v| v.rport == Rport::Requested && v.rport_param == Some(Span::new(13, 19)));
+        via_rport_value: "SIP/2.0/UDP h;rport=1234" => |v| v.is_some_and(|v| v.rport == Rport::Port(1234));
+        via_comp_maddr_alias: "SIP/2.0/UDP h;comp=sigcomp;maddr=224.0.1.75;alias" => |v| v.is_some_and(|v| v.comp == Some(b"sigcomp") && v.maddr == Some(b"224.0.1.75") && v.alias);
+        via_unknown_transport: "SIP/2.0/FOO h" => |v| v.is_some_and(|v| v.transport == Transport::Other && v.transport_token == b"FOO");
+        via_unknown_param_kept: "SIP/2.0/UDP h;x-id=\"a b\";branch=z9hG4bK1" => |v| v.is_some_and(|v| v.param(b"X-ID").and_then(|p| p.value) == Some(&b"\"a b\""[..]));
+        via_params_span_is_append_point: "SIP/2.0/UDP h:5060" => |v| v.is_some_and(|v| v.params == Span::new(18, 18));
+        via_missing_host: "SIP/2.0/UDP ;branch=1" => |v| v.is_none();
+        via_no_space: "SIP/2.0/UDPhost" => |v| v.is_none();
+        via_empty_param: "SIP/2.0/UDP h;;branch=1" => |v| v.is_none();
+        via_branch_without_value: "SIP/2.0/UDP h;branch" => |v| v.is_none();
+        via_bad_rport: "SIP/2.0/UDP h;rport=99999" => |v| v.is_none();
+        via_trailing_garbage: "SIP/2.0/UDP h x" => |v| v.is_none();
+    }
+
+    name_addr_table! {
+        na_bracketed: "Bob <sip:bob@example.com>;tag=a6c85cf" => |n| n.is_some_and(|n| n.display_name == Some(b"Bob") && n.tag == Some(b"a6c85cf") && n.bracketed);
+        na_quoted: "\"Bob \\\"B\\\"\" <sip:bob@example.com>" => |n| n.is_some_and(|n| n.display_name == Some(&b"\"Bob \\\"B\\\"\""[..]) && n.tag.is_none());
+        na_addr_spec_params_are_header_params: "sip:+1972@gw1.example.net;unknownparam" => |n| n.is_some_and(|n| n.uri_bytes() == b"sip:+1972@gw1.example.net" && n.param(b"unknownparam").is_some());
+        na_uri_params_inside_brackets: "<sip:gw1.example.net;lr>;expires=60" => |n| n.is_some_and(|n| n.uri.as_sip().is_some_and(|u| u.lr) && n.param(b"expires").and_then(|p| p.value) == Some(b"60"));
+        na_tel: "<tel:+15551234>" => |n| n.is_some_and(|n| matches!(n.uri, Uri::Other { .. }));
+        na_multi_token_display: "token1~` token2'+_ <sip:a@b>" => |n| n.is_some_and(|n| n.display_name == Some(&b"token1~` token2'+_"[..]));
+        na_unquoted_comma: "Bell, Alexander <sip:a@b>" => |n| n.is_none();
+        na_space_in_brackets: "< sip:a@b >" => |n| n.is_none();
+        na_unclosed: "<sip:a@b" => |n| n.is_none();
+        na_bare_with_headers: "sip:a@b?Route=x" => |n| n.is_none();
+        na_empty_params: "<sip:a@b>;;" => |n| n.is_none();
+        na_tag_without_value: "<sip:a@b>;tag" => |n| n.is_none();
+    }
+
+    #[test]
+    fn cseq_forms() {
+        let ok = |t: &str| {
+            parse_cseq(t.as_bytes(), Span::new(0, t.len()))
+                .ok()
+                .map(|c| (c.number, c.method.to_vec()))
+        };
+        assert_eq!(ok("0009\r\n  INVITE"), Some((9, b"INVITE".to_vec())));
+        assert_eq!(ok("4294967295 BYE"), Some((u32::MAX, b"BYE".to_vec())));
+        assert_eq!(ok("4294967296 BYE"), None);
+        assert_eq!(ok("1INVITE"), None);
+        assert_eq!(ok("1 INVITE x"), None);
+        assert_eq!(ok("-1 INVITE"), None);
+    }
+}
