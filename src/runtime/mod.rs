@@ -229,6 +229,46 @@ pub fn run(config: Config, reload: Reloader) -> Result<(), RunError> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
         .map_err(io_err("installing signal handlers"))?;
+    let running = start(config)?;
+    signal_loop(signals, running, reload)
+}
+
+/// A started sipedge: shards, admin endpoint and (for named backends) the DNS thread run on
+/// their own threads until the process exits. [`run`] is [`start`] plus the signal handling.
+#[derive(Debug)]
+pub struct Running {
+    shared: Arc<Shared>,
+    config: Config,
+    listeners: Vec<Listener>,
+    admin: SocketAddr,
+    dns: Option<dns::DnsHandle>,
+}
+
+impl Running {
+    /// The listeners as bound (a configured port 0 shows the port the kernel chose).
+    pub fn listeners(&self) -> &[Listener] {
+        &self.listeners
+    }
+
+    /// The bound admin/metrics address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+    }
+
+    /// Starts draining, as SIGTERM or `POST /drain` do (without exiting).
+    pub fn drain(&self) {
+        admin::start_drain(&self.shared);
+    }
+
+    /// The process's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.shared.metrics
+    }
+}
+
+/// Binds every socket, starts the shards and the admin endpoint, and returns once every
+/// shard runs (at most 10 s). Installs no signal handler; see [`run`].
+pub fn start(config: Config) -> Result<Running, RunError> {
     let driver = select_driver(config.driver)?;
     let shards = shard_count(&config).max(1);
     let (specs, needs_dns) = backend_specs(&config)?;
@@ -353,8 +393,13 @@ pub fn run(config: Config, reload: Reloader) -> Result<(), RunError> {
         metrics = %admin_addr,
         "sipedge started"
     );
-
-    signal_loop(signals, &shared, &config, reload, dns)
+    Ok(Running {
+        shared,
+        config,
+        listeners,
+        admin: admin_addr,
+        dns,
+    })
 }
 
 fn wait_started(shared: &Shared, limit: Duration) {
@@ -368,14 +413,19 @@ fn wait_started(shared: &Shared, limit: Duration) {
 
 fn signal_loop(
     mut signals: signal_hook::iterator::Signals,
-    shared: &Arc<Shared>,
-    config: &Config,
+    running: Running,
     reload: Reloader,
-    mut dns: Option<dns::DnsHandle>,
 ) -> Result<(), RunError> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let Running {
+        shared,
+        config,
+        mut dns,
+        ..
+    } = running;
+    let shared = &shared;
     let mut drain_deadline: Option<Instant> = None;
-    let mut config = config.clone();
+    let mut config = config;
     loop {
         if let Some(deadline) = drain_deadline {
             if Instant::now() >= deadline {

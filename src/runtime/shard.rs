@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use crossbeam::queue::ArrayQueue;
-use monoio::buf::{IoBuf, IoBufMut};
+use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt, Splitable};
 use monoio::net::udp::UdpSocket;
 use monoio::net::unix::UnixDatagram;
@@ -511,11 +511,26 @@ impl Shard {
             self.metrics().drop(DropReason::NoRoute);
             return sbuf;
         };
-        let (result, slice) = endpoint.sock.send_to(sbuf.slice(0..len), to).await;
-        if let Err(e) = result {
-            self.udp_error(endpoint, Some(to), &e);
+        let Some(bytes) = sbuf.get(..len) else {
+            return sbuf;
+        };
+        // A full socket buffer: wait until it drains, a few times at most (UDP may drop).
+        for _ in 0..4 {
+            match sockopt::send_to(endpoint.fd, bytes, to) {
+                Ok(_) => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if endpoint.sock.writable(false).await.is_err() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.udp_error(endpoint, Some(to), &e);
+                    break;
+                }
+            }
         }
-        slice.into_inner()
+        sbuf
     }
 
     /// Counts a UDP socket error and reports the destinations behind it to the blacklist.
@@ -672,7 +687,7 @@ fn count_message(metrics: &ShardMetrics, bytes: &[u8], inbound: bool) {
 }
 
 async fn udp_loop(shard: Rc<Shard>, index: usize) {
-    let mut rbuf: Vec<u8> = Vec::with_capacity(BUF_SIZE);
+    let mut rbuf: Vec<u8> = vec![0u8; BUF_SIZE];
     let mut sbuf: Vec<u8> = vec![0u8; BUF_SIZE];
     let mut since_yield = 0u32;
     let Some(endpoint) = shard.udp.get(index) else {
@@ -680,9 +695,9 @@ async fn udp_loop(shard: Rc<Shard>, index: usize) {
     };
     let local = endpoint.local;
     loop {
-        let (result, buf) = endpoint.sock.recv_from(rbuf).await;
-        rbuf = buf;
-        match result {
+        // Datagrams are read with non-blocking recvfrom until the queue is empty, then the
+        // loop waits for readiness (io_uring PollAdd / epoll): no allocation per message.
+        match sockopt::recv_from(endpoint.fd, &mut rbuf) {
             Ok((n, src)) => {
                 if n > 0 {
                     let input = Inbound {
@@ -697,6 +712,13 @@ async fn udp_loop(shard: Rc<Shard>, index: usize) {
                     sbuf = shard.dispatch(input, sbuf).await;
                 }
             }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if endpoint.sock.readable(false).await.is_err() {
+                    monoio::time::sleep(Duration::from_millis(1)).await;
+                }
+                continue;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 shard.udp_error(endpoint, None, &e);
                 if !matches!(
@@ -869,7 +891,7 @@ async fn run_conn(shard: Rc<Shard>, conn: Rc<Conn>, stream: TcpStream) {
 }
 
 async fn handoff_loop(shard: Rc<Shard>, bell: UnixDatagram) {
-    let mut bell_buf: Vec<u8> = Vec::with_capacity(64);
+    let bell_fd = bell.as_raw_fd();
     let mut sbuf: Vec<u8> = vec![0u8; BUF_SIZE];
     let Some(mailbox) = shard.shared.post.mailbox(shard.id) else {
         return;
@@ -886,8 +908,11 @@ async fn handoff_loop(shard: Rc<Shard>, bell: UnixDatagram) {
             }
         }
         if mailbox.arm() {
-            let (_, buf) = bell.recv(bell_buf).await;
-            bell_buf = buf;
+            // Wait for a ring, then swallow every byte rung so far (allocation-free).
+            if bell.readable(false).await.is_err() {
+                monoio::time::sleep(Duration::from_millis(1)).await;
+            }
+            sockopt::drain(bell_fd);
             mailbox.disarm();
         }
     }

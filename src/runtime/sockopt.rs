@@ -103,6 +103,76 @@ pub(crate) fn drain_error_queue(fd: RawFd, mut report: impl FnMut(SocketAddr)) {
     }
 }
 
+/// One non-blocking `recvfrom`: the datagram goes into `buf`. `WouldBlock` when none is
+/// queued. Allocation-free (monoio's own UDP operations box their message headers per call,
+/// which the message path cannot afford).
+pub(crate) fn recv_from(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+    let mut storage = MaybeUninit::<libc::sockaddr_storage>::zeroed();
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: `buf` is a live, writable slice of the given length; `storage` and `len`
+    // describe a sockaddr_storage the kernel may fill.
+    let n = unsafe {
+        libc::recvfrom(
+            fd,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT,
+            storage.as_mut_ptr().cast(),
+            &raw mut len,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel initialised `len` bytes of the (zeroed) sockaddr_storage.
+    let addr = unsafe { SockAddr::new(storage.assume_init(), len) };
+    let addr = addr
+        .as_socket()
+        .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidData))?;
+    Ok((usize::try_from(n).unwrap_or(0), addr))
+}
+
+/// One non-blocking `sendto`. `WouldBlock` when the socket buffer is full. Allocation-free.
+pub(crate) fn send_to(fd: RawFd, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
+    let addr = SockAddr::from(to);
+    // SAFETY: `buf` is a live slice of the given length; `addr` is a valid socket address
+    // of the stated length.
+    let n = unsafe {
+        libc::sendto(
+            fd,
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            addr.as_ptr().cast(),
+            addr.len(),
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(usize::try_from(n).unwrap_or(0))
+    }
+}
+
+/// Drains a non-blocking datagram socket (the handoff doorbell) without allocating.
+pub(crate) fn drain(fd: RawFd) {
+    let mut scratch = [0u8; 64];
+    for _ in 0..1024 {
+        // SAFETY: `scratch` is a live, writable buffer of the given length.
+        let n = unsafe {
+            libc::recv(
+                fd,
+                scratch.as_mut_ptr().cast(),
+                scratch.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n <= 0 {
+            return;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
