@@ -132,12 +132,12 @@ impl Prober {
                 monoio::spawn(async move { p.send_probe(backend, addr, seq, transport).await });
             }
             HealthEvent::Down { backend, reason } => {
-                let uri = pool.by_id(backend).map(|b| b.uri().to_owned());
-                tracing::warn!(backend = ?uri, reason = reason.label(), "backend down");
+                let uri = pool.by_id(backend).map_or("", |b| b.uri());
+                tracing::warn!(backend = uri, reason = reason.label(), "backend down");
             }
             HealthEvent::Up { backend } => {
-                let uri = pool.by_id(backend).map(|b| b.uri().to_owned());
-                tracing::info!(backend = ?uri, "backend up");
+                let uri = pool.by_id(backend).map_or("", |b| b.uri());
+                tracing::info!(backend = uri, "backend up");
             }
         }
     }
