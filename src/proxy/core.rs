@@ -6,6 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
+use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
 
 use super::branch::{Branch, MAGIC_COOKIE, MAX_BRANCH_LEN, ReturnPath};
@@ -98,6 +99,8 @@ pub struct Core {
     shard: ShardId,
     shard_count: u16,
     pool: Arc<Pool>,
+    /// Where reloaded pools are published, when the core follows one.
+    shared_pool: Option<Arc<ArcSwap<Pool>>>,
     branch_key: [u8; 16],
     affinity_key: AffinityKey,
     /// Affinity token of every backend of the current pool, computed once per pool.
@@ -216,6 +219,7 @@ impl Core {
             shard,
             shard_count: shard_count.max(1),
             pool: Arc::clone(&pool),
+            shared_pool: None,
             branch_key,
             affinity_key,
             tokens: Vec::new(),
@@ -226,6 +230,31 @@ impl Core {
         };
         core.set_pool(pool);
         Ok(core)
+    }
+
+    /// A core that follows the pool published in `shared` (swapped whole on reload): each
+    /// message uses the current pool, and the affinity tokens are recomputed when it changes.
+    pub fn with_shared_pool(
+        config: ProxyConfig,
+        shard: ShardId,
+        shard_count: u16,
+        shared: Arc<ArcSwap<Pool>>,
+    ) -> Result<Self, ConfigError> {
+        let mut core = Self::new(config, shard, shard_count, shared.load_full())?;
+        core.shared_pool = Some(shared);
+        Ok(core)
+    }
+
+    /// Picks up a pool published since the last message (one lock-free load).
+    fn refresh_pool(&mut self) {
+        let Some(shared) = &self.shared_pool else {
+            return;
+        };
+        let current = shared.load();
+        if !Arc::ptr_eq(&current, &self.pool) {
+            let pool = arc_swap::Guard::into_inner(current);
+            self.set_pool(pool);
+        }
     }
 
     /// Replaces the backend pool (after a reload). Dialogs keep their backend through the
@@ -270,6 +299,7 @@ impl Core {
         out: &mut [u8],
     ) -> Verdict {
         self.last = MessageInfo::NONE;
+        self.refresh_pool();
         match sip::classify_datagram(input.bytes) {
             sip::DatagramKind::Sip => {}
             sip::DatagramKind::KeepAlive => return Verdict::Drop(DropReason::KeepAlive),
@@ -630,7 +660,10 @@ impl Core {
             && uri.param(AFFINITY_PARAM).is_some()
         {
             self.read_state(uri, &mut routing);
-            if let Some(last) = last {
+            // A URI with headers cannot become a Request-URI (RFC 3261 §19.1.1).
+            if let Some(last) =
+                last.filter(|l| l.value.uri.as_sip().is_none_or(|u| u.headers.is_none()))
+            {
                 routing.ruri_from_route = Some(last.value.uri.span());
                 routing.removed.add(route_count - 1);
                 usable_routes -= 1;
@@ -880,7 +913,11 @@ impl Core {
         if let (Some(i), Some(ruri)) = (routing.next_route, ruri_span)
             && target.backend.is_none()
             && let Some(next) = msg.routes().nth(i)
-            && next.value.uri.as_sip().is_some_and(|u| !u.lr)
+            && next
+                .value
+                .uri
+                .as_sip()
+                .is_some_and(|u| !u.lr && u.headers.is_none())
         {
             let last = msg.routes().last().unwrap_or(next);
             plan.push_borrowed(Op::Replace(ruri), next.value.uri.span());

@@ -35,8 +35,25 @@
 //! }
 //! ```
 //!
-//! A stream transport must frame messages (RFC 3261 §18.3) before calling
-//! [`Core::handle_inbound`]: the core treats its input as exactly one message.
+//! # What the runtime provides and honours
+//!
+//! - A stream transport frames messages (RFC 3261 §18.3, `sip::frame`) before calling
+//!   [`Core::handle_inbound`]: the core treats its input as exactly one message, and answers
+//!   CRLF keep-alives with [`DropReason::KeepAlive`] (the runtime pongs on streams itself).
+//! - [`Inbound::local`] is the bound address the message arrived on; it selects the listener
+//!   (and so the advertised address and the socket replies leave from).
+//! - [`FlowId`]s are unique across shards; [`Dest::Flow`] may name a connection another shard
+//!   owns (a response handed off to the call's shard goes back over the caller's connection).
+//! - [`Verdict::Handoff`]: queue the unchanged bytes to that shard, which calls
+//!   `handle_inbound` with [`Inbound::handed_off`] set.
+//! - [`Transmit::src`]: send a UDP message from that local address when given (RFC 3581 §4:
+//!   a response leaves from where its request arrived; a request from the listener whose
+//!   address is in our Via).
+//! - After each call, [`Core::last_message`] tells what the message was (method or status,
+//!   backend, generated status) for the counters; [`DropReason`] converts into the metrics
+//!   drop label.
+//! - Pool reloads: build the core with [`Core::with_shared_pool`] to follow an `ArcSwap`,
+//!   or call [`Core::set_pool`].
 
 mod branch;
 mod config;

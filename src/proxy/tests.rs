@@ -749,3 +749,59 @@ fn drop_reasons_have_distinct_labels() {
         let _: crate::metrics::DropReason = r.into();
     }
 }
+
+#[test]
+fn route_uris_with_headers_never_become_the_request_uri() {
+    let mut h = Harness::new();
+    let (_, fwd) = h.send(CLIENT, &invite(""));
+    let rr = header(&fwd, "Record-Route").unwrap();
+    let our_uri = rr.trim_start_matches('<').trim_end_matches('>').to_owned();
+    let strict = format!(
+        "BYE {our_uri} SIP/2.0\r\nVia: SIP/2.0/UDP 198.51.100.7:5090;branch=z9hG4bKh1\r\n\
+         Route: <sip:alice@198.51.100.99:5090?Subject=hi>\r\nFrom: <sip:a@x>;tag=1\r\nTo: <sip:b@y>;tag=2\r\n\
+         Call-ID: hdr1\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
+    );
+    let (v, out) = h.send(CLIENT, strict.as_bytes());
+    assert!(matches!(v, Verdict::Forward(_)), "{v:?}");
+    with_parsed(&out, |m| assert!(m.is_request()));
+    let bye = b"BYE sip:alice@198.51.100.7:5090 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.70:5070;branch=z9hG4bKh2\r\n\
+Route: <sip:203.0.113.5:5070?X=y>\r\nFrom: <sip:b@y>;tag=2\r\nTo: <sip:a@x>;tag=1\r\nCall-ID: hdr2\r\nCSeq: 2 BYE\r\n\
+Content-Length: 0\r\n\r\n";
+    let (v, out) = h.send(B1, bye);
+    assert!(matches!(v, Verdict::Forward(_)), "{v:?}");
+    assert!(text(&out).starts_with("BYE sip:alice@198.51.100.7:5090 SIP/2.0\r\n"));
+}
+
+#[test]
+fn a_shared_pool_is_followed_and_tokens_follow_it() {
+    let shared = Arc::new(arc_swap::ArcSwap::new(pool()));
+    let mut h = Harness::new();
+    h.core = Core::with_shared_pool(config(), 0, 1, Arc::clone(&shared)).unwrap();
+    let (v, _) = h.send(CLIENT, &invite(""));
+    assert!(
+        matches!(v, Verdict::Forward(t) if is_backend(t.dest)),
+        "{v:?}"
+    );
+    // Reload: only a third backend left.
+    let only = BackendSpec::from_uri("sip:192.0.2.72:5070").unwrap();
+    shared.store(Arc::new(Pool::new(&[only]).unwrap()));
+    let (v, fwd) = h.send(CLIENT, &invite(""));
+    assert!(
+        matches!(v, Verdict::Forward(t) if t.dest == Dest::Addr(Transport::Udp, addr("192.0.2.72:5070"))),
+        "{v:?}"
+    );
+    // Its affinity token is known at once: an in-dialog request naming it goes there.
+    let rr = header(&fwd, "Record-Route").unwrap();
+    let bye = request(
+        "BYE",
+        "sip:bob@203.0.113.7",
+        "c1@client",
+        "z9hG4bKt9",
+        &format!("Route: {rr}\r\n"),
+    );
+    let (v, _) = h.send(CLIENT, &bye);
+    assert!(
+        matches!(v, Verdict::Forward(t) if t.dest == Dest::Addr(Transport::Udp, addr("192.0.2.72:5070"))),
+        "{v:?}"
+    );
+}
