@@ -525,7 +525,15 @@ def machine():
     sipp_v = next((l.strip() for l in version([need("sipp"), "-v"]) if "SIPp" in l), "?")
     kam_v = next((l.strip() for l in version([need("kamailio"), "-v"]) if l.startswith("version")), "?")
     return {"nproc": os.cpu_count(), "kernel": platform.release(), "cpu": cpu, "sipp": sipp_v,
-            "kamailio": kam_v}
+            "kamailio": kam_v, "loadavg_start": loadavg()}
+
+
+def loadavg():
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "?"
 
 
 def fmt(v, digits=1):
@@ -575,7 +583,9 @@ def render(res, cmd, smoke):
     out = ["## Side by side", ""]
     out.append(f"Run {res['date']} with `{cmd}`{' (smoke: seconds-long runs, figures not meaningful)' if smoke else ''}.")
     out.append(f"Machine: {m['nproc']} vCPU ({m['cpu']}), kernel {m['kernel']}, {m['kamailio']}, {m['sipp']}; "
-               f"sipedge driver: {res.get('sipedge_driver', '?')} (`--driver {res.get('driver_arg')}`). All on loopback (127.0.0.1).")
+               f"sipedge driver: {res.get('sipedge_driver', '?')} (`--driver {res.get('driver_arg')}`). All on loopback (127.0.0.1). "
+               f"Load average (1/5/15 min) at the start {m['loadavg_start']}, at the end {res.get('loadavg_end', '?')}: "
+               "other work on the machine shares the two vCPUs, which is why only same-run ratios are reported.")
     out.append("")
     out.append("Cores: the sipp runs are not pinned (sipp UAC, two sipp UAS and the proxy share both vCPUs, as in "
                "the Kamailio reference figures). Ceiling runs pin a one-core proxy to CPU 0 and the load generator "
@@ -748,7 +758,7 @@ def write_section(path, section):
 # ---------------------------------------------------------------------------------------------
 
 FULL = {
-    "search_start": 4000, "search_step": 1.3, "search_max": 60000, "search_seconds": 4,
+    "search_start": 2000, "search_step": 1.3, "search_max": 60000, "search_seconds": 4,
     "fixed": [(1000, 10), (None, 5)],  # None: 90 % of Kamailio's highest clean rate in this run
     "latency_calls_s": 5, "ceiling_s": 5, "rss": (10_000, 1_000_000, 120),
 }
@@ -774,7 +784,7 @@ def main():
     args = ap.parse_args()
     plan = dict(SMOKE if args.smoke else FULL)
     phases = args.phases.split(",")
-    cmd = "perf/run.sh " + " ".join(sys.argv[1:])
+    cmd = ("perf/run.sh " if os.environ.get("SIPEDGE_BENCH_VIA_RUN_SH") else "python3 perf/bench.py ") + " ".join(sys.argv[1:])
 
     need("sipp")
     need("kamailio")
@@ -818,6 +828,7 @@ def main():
         return 2
     finally:
         stop_all()
+    res["loadavg_end"] = loadavg()
     report = render(res, cmd, args.smoke)
     print(report)
     if args.json:

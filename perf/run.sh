@@ -10,4 +10,4 @@ case " $* " in
   *) cargo build --release --bins --quiet
      set -- --bin-dir "${CARGO_TARGET_DIR:-target}/release" "$@" ;;
 esac
-exec python3 perf/bench.py "$@"
+SIPEDGE_BENCH_VIA_RUN_SH=1 exec python3 perf/bench.py "$@"
