@@ -123,6 +123,7 @@ fn kill_one_backend(transport: &str) {
         },
     );
     let up = |i: usize| format!("sipedge_backend_up{{backend=\"{}\"}}", uris[i]);
+    let failovers = format!("sipedge_backend_failovers_total{{backend=\"{}\"}}", uris[0]);
 
     // Baseline: every backend takes calls.
     let mut warm = load(&dir, "uac-warm", &proxy, transport, 90, 60);
@@ -159,6 +160,12 @@ fn kill_one_backend(transport: &str) {
         calls.is_subset(&survivors),
         "a call of the last run reached no live backend"
     );
+    // The dead backend's share of new calls (about a third) is counted as its failovers.
+    let failed_over = proxy.metric(&failovers);
+    assert!(
+        failed_over >= 20.0,
+        "only {failed_over} failovers counted for the dead backend"
+    );
 
     // Restart it on the same port: probing re-admits it and it gets calls again.
     servers[0] = Some(uas(&dir, "uas0-restarted", ports[0], transport));
@@ -171,6 +178,11 @@ fn kill_one_backend(transport: &str) {
         "after re-admission:\n{}",
         back.output_text()
     );
+    assert_eq!(
+        proxy.metric(&failovers),
+        failed_over,
+        "failovers counted while every backend was healthy"
+    );
     let restarted = servers[0].as_ref().map(Sipp::call_ids).unwrap_or_default();
     let back_calls = back.call_ids();
     let share = back_calls.intersection(&restarted).count();
@@ -180,7 +192,7 @@ fn kill_one_backend(transport: &str) {
     );
     eprintln!(
         "{transport}: detection {detection:?}, {failed_during} of 200 calls failed around the kill, \
-         re-admitted backend took {share} of 150"
+         {failed_over} failovers counted, re-admitted backend took {share} of 150"
     );
 }
 
