@@ -17,6 +17,9 @@ declare -A PACKAGE_OF=(
   [runc]=runc
   [busybox]=busybox-static
   [podman]=podman
+  [crun]=crun
+  [skopeo]=skopeo
+  [bwrap]=bubblewrap
 )
 missing=()
 for cmd in "${!PACKAGE_OF[@]}"; do
@@ -27,7 +30,7 @@ if ((${#missing[@]})); then
   sudo_cmd=()
   [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
   "${sudo_cmd[@]}" apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq "${missing[@]}"
 fi
 # Packaged services must not hold the ports the tests use.
 for svc in kamailio dnsmasq prometheus; do
