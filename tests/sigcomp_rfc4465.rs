@@ -297,3 +297,31 @@ fn failures_leave_state_untouched() {
     assert_eq!(store.compartment_len(&0), 1);
     assert!(test["runs"].as_array().unwrap().len() >= 4);
 }
+
+#[test]
+fn a_2_2_runs_out_of_cycles_exactly_at_value_180() {
+    // RFC 4465 §3.2: with exact cycle counting and cycles_per_bit 16 the failure happens
+    // at the COPY-OFFSET for value 180 (0xB4); the counter values 0..=179 were output.
+    let message = std::fs::read(format!("{DIR}/rfc4465/msg/A_2_2_m0.bin")).unwrap();
+    let mut out = Vec::new();
+    let failure = Udvm::new()
+        .decompress(
+            &params(VERSION),
+            Transport::Message,
+            &message,
+            &new_store(),
+            &mut out,
+        )
+        .unwrap_err();
+    assert_eq!(failure.reason, NackReason::CyclesExhausted);
+    assert_eq!(
+        failure.details,
+        vec![16],
+        "RFC 4077: details carry cycles_per_bit"
+    );
+    assert!(
+        out.ends_with(&[0x00, 0xB3]),
+        "{}",
+        to_hex(&out[out.len().saturating_sub(8)..])
+    );
+}
