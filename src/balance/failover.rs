@@ -20,7 +20,9 @@
 //! [`InviteFailover::poll_event`] and act on it.
 
 use std::cmp::Reverse;
+use std::collections::hash_map::RandomState;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::hash::BuildHasher;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -28,7 +30,6 @@ use super::backend::{Backend, BackendId};
 use super::blacklist::{Blacklist, BlockReason};
 use super::health::StatusCodes;
 use super::pool::Pool;
-use crate::shard::fnv1a64;
 use crate::sip::{EMPTY_HEADER, HeaderName, Limits, parse};
 
 /// Most backends one INVITE is tried on, whatever the configuration says.
@@ -128,22 +129,14 @@ pub enum FailoverEvent {
     },
 }
 
-/// Identity of an INVITE transaction for this table: Call-ID and CSeq number (a CANCEL and
-/// the ACK of a non-2xx response carry the same pair, RFC 3261 §9.1, §17.1.1.3).
+/// Identity of an INVITE transaction for one table ([`InviteFailover::key`]): Call-ID and CSeq
+/// number (a CANCEL and the ACK of a non-2xx response carry the same pair, RFC 3261 §9.1,
+/// §17.1.1.3). The Call-ID is hashed with a per-table random key, so a caller cannot craft
+/// Call-IDs that collide with another call's entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TxKey {
     call_id: u64,
     cseq: u32,
-}
-
-impl TxKey {
-    /// The key of the INVITE transaction with this Call-ID and CSeq number.
-    pub fn new(call_id: &[u8], cseq: u32) -> Self {
-        Self {
-            call_id: fnv1a64(call_id),
-            cseq,
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,6 +183,7 @@ pub struct InviteFailover {
     entries: HashMap<TxKey, Entry>,
     timers: BinaryHeap<Reverse<(Instant, TxKey, u32)>>,
     events: VecDeque<FailoverEvent>,
+    hasher: RandomState,
 }
 
 impl InviteFailover {
@@ -206,6 +200,15 @@ impl InviteFailover {
             entries: HashMap::new(),
             timers: BinaryHeap::new(),
             events: VecDeque::new(),
+            hasher: RandomState::new(),
+        }
+    }
+
+    /// The key of the INVITE transaction with this Call-ID and CSeq number in this table.
+    pub fn key(&self, call_id: &[u8], cseq: u32) -> TxKey {
+        TxKey {
+            call_id: self.hasher.hash_one(call_id),
+            cseq,
         }
     }
 
@@ -231,7 +234,7 @@ impl InviteFailover {
         pool: &'p Pool,
         blacklist: &Blacklist,
     ) -> InviteRoute<'p> {
-        let key = TxKey::new(call_id, cseq);
+        let key = self.key(call_id, cseq);
         if let Some(e) = self.entries.get(&key).filter(|e| *e.call_id == *call_id) {
             if let Phase::Completed { gave_up: true } = e.phase {
                 return InviteRoute::Reject {
@@ -274,7 +277,7 @@ impl InviteFailover {
     /// number must follow, if the INVITE is tracked.
     pub fn route_in_transaction(&self, call_id: &[u8], cseq: u32) -> Option<BackendId> {
         self.entries
-            .get(&TxKey::new(call_id, cseq))
+            .get(&self.key(call_id, cseq))
             .filter(|e| *e.call_id == *call_id)
             .map(Entry::current)
     }
@@ -298,7 +301,7 @@ impl InviteFailover {
         pool: &Pool,
         blacklist: &Blacklist,
     ) -> ResponseAction {
-        let key = TxKey::new(call_id, cseq);
+        let key = self.key(call_id, cseq);
         let Some(e) = self
             .entries
             .get_mut(&key)
@@ -361,7 +364,7 @@ impl InviteFailover {
         pool: &Pool,
         blacklist: &Blacklist,
     ) {
-        let key = TxKey::new(call_id, cseq);
+        let key = self.key(call_id, cseq);
         let Some(e) = self.entries.get(&key).filter(|e| *e.call_id == *call_id) else {
             return;
         };
@@ -644,7 +647,7 @@ mod tests {
         let order = r.order();
         let t0 = r.t0;
         assert_eq!(forwarded(r.invite(t0)), order[0]);
-        let key = TxKey::new(CALL_ID, 314159);
+        let key = r.fo.key(CALL_ID, 314159);
         assert_eq!(
             r.respond(t0, 503, Some(30), order[0]),
             ResponseAction::AckAndAbsorb
@@ -715,7 +718,7 @@ mod tests {
         assert!(r.events().is_empty());
         let t = t0 + Duration::from_secs(2);
         r.fo.handle_timeout(t, &r.pool, &r.bl);
-        let key = TxKey::new(CALL_ID, 314159);
+        let key = r.fo.key(CALL_ID, 314159);
         assert_eq!(
             r.events(),
             [FailoverEvent::Retry {
@@ -765,7 +768,7 @@ mod tests {
             &r.pool,
             &r.bl,
         );
-        let key = TxKey::new(CALL_ID, 314159);
+        let key = r.fo.key(CALL_ID, 314159);
         assert_eq!(
             r.events(),
             [FailoverEvent::Retry {
@@ -795,7 +798,7 @@ mod tests {
         let t0 = r.t0;
         r.invite(t0);
         r.respond(t0, 503, None, order[0]);
-        let key = TxKey::new(CALL_ID, 314159);
+        let key = r.fo.key(CALL_ID, 314159);
         assert_eq!(
             r.events(),
             [FailoverEvent::GiveUp {
