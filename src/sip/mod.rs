@@ -43,24 +43,24 @@
 //! yield [`Located`] values that carry the value's span and the exact span to remove it.
 //!
 //! # Strictness
-
-Where RFC 3261 and RFC 4475 leave a choice, the parser rejects what a repairing element would
-have to rewrite and accepts what it can pass on untouched:
-
-* rejected (400 naming the defect): extra or trailing SP in the start line, `<>` or white space
-  around the Request-URI, `?headers` in a SIP Request-URI, CSeq method differing from the
-  request method, CSeq above 2**32-1, Max-Forwards above 255, negative or non-numeric
-  Content-Length, Content-Length larger than the datagram, duplicate singleton headers
-  (Call-ID, CSeq, From, To, Max-Forwards, Content-Length), empty list elements or parameters,
-  unquoted display names with separators, white space inside `<>`, `?` in a bare addr-spec,
-  bare CR inside a line;
-* accepted: any case and compact form of header names, LWS and folds anywhere the grammar
-  allows, leading zeros (`0068`), unknown methods, schemes, transports, headers and
-  parameters (kept byte-exact), a bare LF as line end, a datagram whose last header line is not
-  followed by the empty line, octets after Content-Length in a datagram (ignored), a missing
-  Max-Forwards or Content-Length on UDP (RFC 2543 peers), a non-GMT Date (not interpreted).
-
-# Errors and stateless responses
+//!
+//! Where RFC 3261 and RFC 4475 leave a choice, the parser rejects what a repairing element would
+//! have to rewrite and accepts what it can pass on untouched:
+//!
+//! * rejected (400 naming the defect): extra or trailing SP in the start line, `<>` or white space
+//!   around the Request-URI, `?headers` in a SIP Request-URI, CSeq method differing from the
+//!   request method, CSeq above 2**32-1, Max-Forwards above 255, negative or non-numeric
+//!   Content-Length, Content-Length larger than the datagram, duplicate singleton headers
+//!   (Call-ID, CSeq, From, To, Max-Forwards, Content-Length), empty list elements or parameters,
+//!   unquoted display names with separators, white space inside `<>`, `?` in a bare addr-spec,
+//!   bare CR inside a line;
+//! * accepted: any case and compact form of header names, LWS and folds anywhere the grammar
+//!   allows, leading zeros (`0068`), unknown methods, schemes, transports, headers and
+//!   parameters (kept byte-exact), a bare LF as line end, a datagram whose last header line is not
+//!   followed by the empty line, octets after Content-Length in a datagram (ignored), a missing
+//!   Max-Forwards or Content-Length on UDP (RFC 2543 peers), a non-GMT Date (not interpreted).
+//!
+//! # Errors and stateless responses
 //!
 //! A [`ParseError`] is `Copy`: an [`ErrorKind`], the byte offset and the header. Its
 //! [`ParseError::action`] says whether to answer (400 naming the defect, 505, 513, 416), drop
