@@ -30,6 +30,7 @@ use super::backend::{Backend, BackendId};
 use super::blacklist::{Blacklist, BlockReason};
 use super::health::StatusCodes;
 use super::pool::Pool;
+use crate::sip::out::Out;
 use crate::sip::{EMPTY_HEADER, HeaderName, Limits, parse};
 
 /// Most backends one INVITE is tried on, whatever the configuration says.
@@ -505,7 +506,7 @@ pub fn write_ack(request: &[u8], response: &[u8], out: &mut [u8]) -> Result<usiz
         .headers_of(HeaderName::To)
         .next()
         .ok_or(AckError::Parse)?;
-    let mut w = Writer { out, len: 0 };
+    let mut w = Out::new(out);
     w.put(b"ACK ");
     w.put(uri_text);
     w.put(b" SIP/2.0\r\nVia: ");
@@ -523,13 +524,14 @@ pub fn write_ack(request: &[u8], response: &[u8], out: &mut [u8]) -> Result<usiz
     w.put(b"\r\nCall-ID: ");
     w.put(req.call_id());
     w.put(b"\r\nCSeq: ");
-    let mut digits = [0u8; 10];
-    w.put(decimal(req.cseq().number, &mut digits));
+    w.put_u64(u64::from(req.cseq().number));
     w.put(b" ACK\r\nContent-Length: 0\r\n\r\n");
-    if w.len > w.out.len() {
-        return Err(AckError::BufferTooSmall { required: w.len });
+    if w.overflowed() {
+        return Err(AckError::BufferTooSmall {
+            required: w.required(),
+        });
     }
-    Ok(w.len)
+    Ok(w.len())
 }
 
 /// The Request-URI as written in the request line.
@@ -538,34 +540,6 @@ fn uri_bytes<'b>(buf: &'b [u8], msg: &crate::sip::Message<'_, 'b>) -> &'b [u8] {
     let mut parts = line.splitn(3, |&b| b == b' ');
     let _method = parts.next();
     parts.next().unwrap_or(b"")
-}
-
-fn decimal(mut n: u32, buf: &mut [u8; 10]) -> &[u8] {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 || i == 0 {
-            break;
-        }
-    }
-    &buf[i..]
-}
-
-/// Copies into `out` while it fits and counts what did not, to report the size needed.
-struct Writer<'o> {
-    out: &'o mut [u8],
-    len: usize,
-}
-
-impl Writer<'_> {
-    fn put(&mut self, bytes: &[u8]) {
-        if let Some(dst) = self.out.get_mut(self.len..self.len + bytes.len()) {
-            dst.copy_from_slice(bytes);
-        }
-        self.len += bytes.len();
-    }
 }
 
 #[cfg(test)]

@@ -21,8 +21,8 @@
 //! Branches use only token characters, so they are valid Via parameters (§20.42).
 
 use super::FlowId;
-use super::out::{Out, parse_hex};
 use super::siphash::SipHasher;
+use crate::sip::out::{Out, parse_hex};
 
 /// The RFC 3261 §8.1.1.7 magic cookie.
 pub(crate) const MAGIC_COOKIE: &[u8] = b"z9hG4bK";

@@ -11,13 +11,13 @@ use sha2::{Digest, Sha256};
 
 use super::branch::{Branch, MAGIC_COOKIE, MAX_BRANCH_LEN, ReturnPath};
 use super::config::{ProxyConfig, split_host_port};
-use super::out::{Out, itoa, parse_hex};
 use super::siphash::SipHasher;
 use super::{ConfigError, Dest, DropReason, Event, FlowId, Inbound, Transmit, Verdict};
 use crate::balance::{
     AFFINITY_TOKEN_LEN, AffinityKey, Backend, BackendId, Blacklist, Pool, affinity_token,
 };
 use crate::shard::{ShardId, shard_of};
+use crate::sip::out::{Out, itoa, parse_hex};
 use crate::sip::{
     self, EMPTY_HEADER, ErrorKind, HeaderName, HostKind, Limits, Located, Message, Method,
     NameAddr, ParseError, ResponseError, ResponseOptions, Rport, Salvage, SipUri, Span, Splice,

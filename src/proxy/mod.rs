@@ -58,7 +58,6 @@
 mod branch;
 mod config;
 mod core;
-mod out;
 mod siphash;
 #[cfg(test)]
 mod tests;

@@ -85,6 +85,7 @@ mod cursor;
 mod error;
 mod frame;
 mod header;
+pub(crate) mod out;
 mod parse;
 mod response;
 mod splice;

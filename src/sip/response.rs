@@ -3,6 +3,7 @@
 
 use super::chars::{eq_ic, is_lws};
 use super::cursor::{ListIter, trim};
+use super::out::Out;
 use super::parse::{Message, line_end};
 use super::values::{Rport, parse_via};
 use super::{HeaderName, Span};
@@ -201,34 +202,6 @@ pub struct ResponseOptions<'a> {
     pub partial: bool,
 }
 
-struct Writer<'o> {
-    out: &'o mut [u8],
-    len: usize,
-}
-
-impl Writer<'_> {
-    fn put(&mut self, bytes: &[u8]) {
-        if let Some(dst) = self.out.get_mut(self.len..self.len + bytes.len()) {
-            dst.copy_from_slice(bytes);
-        }
-        self.len += bytes.len();
-    }
-
-    fn put_u64(&mut self, mut n: u64) {
-        let mut digits = [0u8; 20];
-        let mut i = digits.len();
-        loop {
-            i -= 1;
-            digits[i] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        self.put(&digits[i..]);
-    }
-}
-
 /// Writes a stateless response (RFC 3261 §8.2.6.2): status line, all Via lines in order (the
 /// top value with received/rport when asked), From, To (with a tag added when the request had
 /// none, see [`to_tag`]), Call-ID, CSeq, the extra headers, and `Content-Length: 0`.
@@ -252,7 +225,7 @@ pub fn write_response(
         return Err(ResponseError::NotAnswerable);
     };
     let buf = req.buf;
-    let mut w = Writer { out, len: 0 };
+    let mut w = Out::new(out);
     w.put(b"SIP/2.0 ");
     w.put_u64(u64::from(code.clamp(100, 699)));
     w.put(b" ");
@@ -287,16 +260,16 @@ pub fn write_response(
     w.put(b"\r\n");
     w.put(opts.extra_headers);
     w.put(b"Content-Length: 0\r\n\r\n");
-    if w.len > w.out.len() {
+    if w.overflowed() {
         return Err(ResponseError::InsufficientSize {
-            required_size: w.len,
+            required_size: w.required(),
         });
     }
-    Ok(w.len)
+    Ok(w.len())
 }
 
 /// Writes the first Via line; its first value gets received/rport.
-fn write_top_via(w: &mut Writer<'_>, buf: &[u8], line: Span, opts: &ResponseOptions<'_>) {
+fn write_top_via(w: &mut Out<'_>, buf: &[u8], line: Span, opts: &ResponseOptions<'_>) {
     let first = ListIter::new(buf, line).next().unwrap_or(line);
     let Ok(via) = parse_via(buf, first) else {
         // Unparseable: copy as is; the response still goes back to the source address.

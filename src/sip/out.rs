@@ -1,4 +1,8 @@
 //! A bounded writer over the caller's output buffer, with allocation-free number formatting.
+//!
+//! Every message sipedge writes itself (stateless responses, forwarded requests' new header
+//! lines, the ACK for an absorbed failure) goes through [`Out`], so that overflow handling and
+//! the size a too-small buffer needed are computed one way.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -8,6 +12,8 @@ pub(crate) struct Out<'a> {
     buf: &'a mut [u8],
     pos: usize,
     overflow: bool,
+    /// Bytes every write so far asked for, written or not: the size `buf` needed.
+    needed: usize,
 }
 
 impl<'a> Out<'a> {
@@ -17,12 +23,19 @@ impl<'a> Out<'a> {
             buf,
             pos: 0,
             overflow: false,
+            needed: 0,
         }
     }
 
     /// Bytes written so far.
     pub(crate) fn len(&self) -> usize {
         self.pos
+    }
+
+    /// The size the buffer needed to hold every write so far (equal to [`Out::len`] unless
+    /// something overflowed).
+    pub(crate) fn required(&self) -> usize {
+        self.needed
     }
 
     /// True when some write did not fit.
@@ -38,6 +51,7 @@ impl<'a> Out<'a> {
     /// Appends bytes.
     #[inline]
     pub(crate) fn put(&mut self, bytes: &[u8]) {
+        self.needed += bytes.len();
         let end = self.pos + bytes.len();
         match self.buf.get_mut(self.pos..end) {
             Some(dst) if !self.overflow => {
