@@ -1,8 +1,10 @@
 //! The `sipedge` command line.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use clap::Parser;
 use mimalloc::MiMalloc;
@@ -62,6 +64,46 @@ struct Cli {
     /// Seconds to keep serving dialogs after SIGTERM before exiting.
     #[arg(long, value_name = "SECS")]
     drain_grace: Option<u64>,
+
+    /// Do not watch the configuration file: reload it only on SIGHUP.
+    #[arg(long)]
+    no_config_watch: bool,
+}
+
+/// Fingerprint (FNV-1a) of the configuration file's bytes as last loaded or tried, shared by
+/// the reload path and the file watcher so that the same bytes are never loaded twice (a
+/// SIGHUP sent right after an edit must not be followed by a second reload from the watcher).
+static LAST_CONFIG_BYTES: AtomicU64 = AtomicU64::new(0);
+
+/// How often the watcher looks at the configuration file.
+const CONFIG_WATCH_INTERVAL: Duration = Duration::from_secs(1);
+
+fn config_fingerprint(path: &Path) -> Option<u64> {
+    std::fs::read(path)
+        .ok()
+        .map(|bytes| sipedge::shard::fnv1a64(&bytes))
+}
+
+/// Watches the configuration file and reloads it through the SIGHUP path when its bytes
+/// change, so a reload by file edit is validated, applied and counted exactly like one by
+/// signal (a broken file is refused and the running configuration stays). A change is acted
+/// on only when two looks a second apart agree, so a file caught half-written is not loaded.
+fn watch_config(path: PathBuf) {
+    let mut previous = config_fingerprint(&path);
+    loop {
+        std::thread::sleep(CONFIG_WATCH_INTERVAL);
+        let current = config_fingerprint(&path);
+        if let Some(bytes) = current {
+            if current == previous && bytes != LAST_CONFIG_BYTES.load(Ordering::SeqCst) {
+                LAST_CONFIG_BYTES.store(bytes, Ordering::SeqCst);
+                tracing::info!(file = %path.display(), "configuration file changed: reloading");
+                if let Err(e) = signal_hook::low_level::raise(signal_hook::consts::SIGHUP) {
+                    tracing::error!(error = %e, "cannot signal the reload");
+                }
+            }
+        }
+        previous = current;
+    }
 }
 
 fn parse_listener(s: &str) -> Result<Listener, String> {
@@ -163,7 +205,23 @@ fn main() -> ExitCode {
     };
     init_logging(&config);
     let reload_cli = cli.clone();
-    let reloader: sipedge::runtime::Reloader = Box::new(move || reload_cli.load());
+    let reloader: sipedge::runtime::Reloader = Box::new(move || {
+        if let Some(bytes) = reload_cli.config.as_deref().and_then(config_fingerprint) {
+            LAST_CONFIG_BYTES.store(bytes, Ordering::SeqCst);
+        }
+        reload_cli.load()
+    });
+    if let Some(path) = cli.config.clone().filter(|_| !cli.no_config_watch) {
+        if let Some(bytes) = config_fingerprint(&path) {
+            LAST_CONFIG_BYTES.store(bytes, Ordering::SeqCst);
+        }
+        let spawned = std::thread::Builder::new()
+            .name("config-watch".into())
+            .spawn(move || watch_config(path));
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot watch the configuration file; reload with SIGHUP");
+        }
+    }
     match sipedge::runtime::run(config, reloader) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -395,3 +395,60 @@ fn e2e_sighup_reloads_the_pool() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn e2e_config_file_edit_reloads_the_pool_without_a_signal() {
+    let dir = TempDir::new("config-watch");
+    let (port_a, port_b) = (free_port(), free_port());
+    let _uas_a = Sipp::uas(&dir, "uas-a", port_a, "udp", "uas");
+    let _uas_b = Sipp::uas(&dir, "uas-b", port_b, "udp", "uas");
+    let (sip_port, admin_port) = (free_port(), free_port());
+    let config = |backends: &str| {
+        format!(
+            "listen = [\"udp:127.0.0.1:{sip_port}\"]\nmetrics = \"127.0.0.1:{admin_port}\"\nshards = 1\nbackends = [{backends}]\n"
+        )
+    };
+    let file = write_config(
+        &dir,
+        "sipedge.toml",
+        &config(&format!("\"sip:127.0.0.1:{port_a}\"")),
+    );
+    let mut child = sipedge()
+        .arg("--config")
+        .arg(&file)
+        .stderr(std::fs::File::create(dir.path("log")).expect("log"))
+        .spawn()
+        .expect("spawn");
+    let admin = ([127, 0, 0, 1], admin_port).into();
+    let scrape = || {
+        http(admin, "GET", "/metrics")
+            .map(|r| r.1)
+            .unwrap_or_default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !scrape().contains("sipedge_config_reloads_total") {
+        assert!(Instant::now() < deadline, "admin endpoint never came up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::write(&file, config(&format!("\"sip:127.0.0.1:{port_b}\""))).expect("rewrite");
+    // The watcher looks once a second and acts when two looks agree: a few seconds at most.
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let body = loop {
+        let body = scrape();
+        if body.contains("sipedge_config_reloads_total{result=\"ok\"} 1") {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "editing the file did not reload it:\n{body}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(body.contains(&format!("backend=\"sip:127.0.0.1:{port_b}\"")));
+    assert!(!body.contains(&format!("backend=\"sip:127.0.0.1:{port_a}\"")));
+    // Unchanged bytes are not reloaded again.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(scrape().contains("sipedge_config_reloads_total{result=\"ok\"} 1"));
+    let _ = child.kill();
+    let _ = child.wait();
+}
