@@ -118,6 +118,7 @@ impl Fixture {
             transport: Transport::Udp,
             flow: None,
             handed_off: false,
+            compressed: false,
             bytes,
         };
         self.core

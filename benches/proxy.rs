@@ -60,6 +60,7 @@ fn inbound<'b>(src: SocketAddr, bytes: &'b [u8]) -> Inbound<'b> {
         transport: Transport::Udp,
         flow: None,
         handed_off: false,
+        compressed: false,
         bytes,
     }
 }

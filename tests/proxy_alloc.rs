@@ -72,6 +72,7 @@ fn run(
         transport: if tcp { Transport::Tcp } else { Transport::Udp },
         flow: tcp.then_some(FlowId(9)),
         handed_off: false,
+        compressed: false,
         bytes,
     };
     COUNT.with(|c| c.set(0));

@@ -187,6 +187,7 @@ impl Net {
             transport: p.transport,
             flow: p.flow,
             handed_off: false,
+            compressed: false,
             bytes: &p.bytes,
         };
         let verdict = self

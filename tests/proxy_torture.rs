@@ -42,6 +42,7 @@ fn inbound<'a>(bytes: &'a [u8], src: &str) -> Inbound<'a> {
         transport: Transport::Udp,
         flow: None,
         handed_off: false,
+        compressed: false,
         bytes,
     }
 }

@@ -45,6 +45,7 @@ fuzz_target!(|data: &[u8]| {
         transport: if tcp { Transport::Tcp } else { Transport::Udp },
         flow: tcp.then_some(FlowId(u64::from(selector))),
         handed_off: selector & 4 != 0,
+        compressed: selector & 8 != 0,
         bytes,
     };
     let mut out = vec![0u8; 70_000];

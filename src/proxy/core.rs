@@ -133,6 +133,8 @@ struct Target {
     backend: Option<BackendId>,
     /// RFC 3261 §18.1.1 applies: switch to TCP when large.
     may_upgrade: bool,
+    /// The URI we send to carries `comp=sigcomp` (RFC 3486 §4).
+    compress: bool,
 }
 
 /// The outcome of route preprocessing (RFC 3261 §16.4) for one request.
@@ -420,6 +422,8 @@ impl Core {
             dest,
             src: self.reply_src(input),
             len,
+            // RFC 3486 §4: the response goes to the top Via, which asks for compression.
+            compress: top.as_ref().is_some_and(|v| is_sigcomp(v.comp)),
         })
     }
 
@@ -623,6 +627,7 @@ impl Core {
                     dest: target.dest,
                     src,
                     len,
+                    compress: target.compress,
                 })
             }
             Err(Rejection::Respond(code, reason)) => reject(self, code, reason, b"", out),
@@ -731,6 +736,8 @@ impl Core {
             ip: Some(backend.addr().ip()),
             backend: Some(backend.id()),
             may_upgrade: transport == Transport::Udp,
+            // Pool members are plain SIP (a backend URI's parameters are not read).
+            compress: false,
         })
     }
 
@@ -771,6 +778,8 @@ impl Core {
             // Nothing left to route on but ourselves.
             return Err(Rejection::Respond(482, b"Loop Detected"));
         }
+        // RFC 3486 §4: a Route or Request-URI with comp=sigcomp asks for compression.
+        let compress = is_sigcomp(uri.comp);
         let transport = uri.transport.unwrap_or(if uri.is_sips() {
             Transport::Tls
         } else {
@@ -786,6 +795,7 @@ impl Core {
                 ip: None,
                 backend: None,
                 may_upgrade: false,
+                compress,
             });
         }
         if !matches!(transport, Transport::Udp | Transport::Tcp) {
@@ -812,6 +822,7 @@ impl Core {
             ip: Some(ip),
             backend: None,
             may_upgrade: false,
+            compress,
         })
     }
 
@@ -856,6 +867,11 @@ impl Core {
         w.put_u64(u64::from(l.port));
         w.put(b";branch=");
         branch.write(&self.branch_key, &mut w);
+        if target.compress {
+            // RFC 3486 §4: we send this request compressed and accept a compressed response.
+            // Toward a plain next hop our Via never asks for compression.
+            w.put(b";comp=sigcomp");
+        }
         w.put(b"\r\n");
         plan.push(Op::Insert(first_via_line), start, w.len());
 
@@ -959,11 +975,14 @@ impl Core {
                 .map(|(_, t)| t);
             let ingress_l = self.listeners.get(ingress);
             let client_flow = input.flow.filter(|_| input.transport.is_stream());
-            let double = ingress != egress || client_flow.is_some();
-            self.write_rr_uri(&mut w, &self.listeners[egress], token, None);
+            // RFC 3486 §5: a request that arrived compressed gets comp=sigcomp on the
+            // Record-Route URI its sender sees, so that side keeps compressing toward us; the
+            // URI the other side sees stays plain, hence a double Record-Route.
+            let double = ingress != egress || client_flow.is_some() || input.compressed;
+            self.write_rr_uri(&mut w, &self.listeners[egress], token, None, false);
             if double && let Some(il) = ingress_l {
                 w.put(b", ");
-                self.write_rr_uri(&mut w, il, token, client_flow);
+                self.write_rr_uri(&mut w, il, token, client_flow, input.compressed);
             }
             w.put(b"\r\n");
             plan.push(Op::Insert(first_rr), start, w.len());
@@ -1009,13 +1028,14 @@ impl Core {
         }
     }
 
-    /// `<sip:host:port;transport=tcp;lr;sea=TOKEN;sef=FLOW>`
+    /// `<sip:host:port;transport=tcp;lr;sea=TOKEN;sef=FLOW;comp=sigcomp>`
     fn write_rr_uri(
         &self,
         w: &mut Out<'_>,
         l: &Listener,
         token: Option<&[u8; AFFINITY_TOKEN_LEN]>,
         flow: Option<FlowId>,
+        sigcomp: bool,
     ) {
         w.put(b"<sip:");
         w.put(&l.host);
@@ -1037,6 +1057,9 @@ impl Core {
             w.put(FLOW_PARAM);
             w.put(b"=");
             w.put_hex_compact(flow.0);
+        }
+        if sigcomp {
+            w.put(b";comp=sigcomp");
         }
         w.put(b">");
     }
@@ -1186,7 +1209,13 @@ impl Core {
                 .map(|l| l.local),
             _ => None,
         };
-        Verdict::Forward(Transmit { dest, src, len })
+        Verdict::Forward(Transmit {
+            dest,
+            src,
+            len,
+            // RFC 3486 §4: the Via the response now goes to asks for compression.
+            compress: is_sigcomp(next.comp),
+        })
     }
 
     // ----------------------------------------------------------------------------------
@@ -1401,6 +1430,11 @@ fn top_via_of<'b>(req: &Salvage<'b>) -> Option<Via<'b>> {
     let line = *req.via_lines().first()?;
     let _ = line;
     req.top_via()
+}
+
+/// True for a `comp` parameter value naming SigComp (RFC 3486 §2: `comp=sigcomp`).
+fn is_sigcomp(comp: Option<&[u8]>) -> bool {
+    comp.is_some_and(|c| eq_ic(c, b"sigcomp"))
 }
 
 /// Parses an IP address literal (IPv6 with or without brackets).

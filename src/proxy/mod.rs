@@ -46,6 +46,9 @@
 //!   owns (a response handed off to the call's shard goes back over the caller's connection).
 //! - [`Verdict::Handoff`]: queue the unchanged bytes to that shard, which calls
 //!   `handle_inbound` with [`Inbound::handed_off`] set.
+//! - [`Inbound::compressed`]: set when the runtime decompressed the message (RFC 3320);
+//!   [`Transmit::compress`]: compress the output for its destination (RFC 3486). The core
+//!   only reads and writes the `comp=sigcomp` parameters; compartments live in the runtime.
 //! - [`Transmit::src`]: send a UDP message from that local address when given (RFC 3581 §4:
 //!   a response leaves from where its request arrived; a request from the listener whose
 //!   address is in our Via).
@@ -91,6 +94,10 @@ pub struct Inbound<'b> {
     pub flow: Option<FlowId>,
     /// True when another shard already handed this message over: never hand it off again.
     pub handed_off: bool,
+    /// True when the message arrived SigComp-compressed (RFC 3320) and the runtime
+    /// decompressed it: the core then asks the sender to keep compressing toward the proxy
+    /// (RFC 3486 §5, `comp=sigcomp` on the client-facing Record-Route).
+    pub compressed: bool,
     /// Exactly one message (a datagram, or one framed stream message).
     pub bytes: &'b [u8],
 }
@@ -116,6 +123,11 @@ pub struct Transmit {
     pub src: Option<SocketAddr>,
     /// Number of bytes at the start of the output buffer.
     pub len: usize,
+    /// The next hop asked for SigComp (RFC 3486: `comp=sigcomp` on the Via a response goes
+    /// to, or on the Route/Request-URI a request is sent to): compress the bytes in that
+    /// peer's compartment before sending, or send them plain when compression fails
+    /// (compression is a SHOULD; plain SIP is always understood).
+    pub compress: bool,
 }
 
 /// What to do with an inbound message.

@@ -67,6 +67,7 @@ impl Harness {
             transport,
             flow,
             handed_off: false,
+            compressed: false,
             bytes,
         };
         let v = self
@@ -438,7 +439,8 @@ fn requests_from_a_backend_follow_the_request_uri() {
         Verdict::Forward(Transmit {
             dest: Dest::Addr(Transport::Udp, addr(CLIENT)),
             src: Some(addr(PROXY)),
-            len: out.len()
+            len: out.len(),
+            compress: false
         })
     );
     assert_eq!(
@@ -692,6 +694,7 @@ fn other_shards_calls_are_handed_off_first() {
         transport: Transport::Udp,
         flow: None,
         handed_off: true,
+        compressed: false,
         bytes: &foreign,
     };
     assert!(matches!(
@@ -804,4 +807,121 @@ fn a_shared_pool_is_followed_and_tokens_follow_it() {
         matches!(v, Verdict::Forward(t) if t.dest == Dest::Addr(Transport::Udp, addr("192.0.2.72:5070"))),
         "{v:?}"
     );
+}
+
+/// Runs one message that arrived SigComp-compressed (already decompressed by the runtime).
+fn send_compressed(h: &mut Harness, src: &str, bytes: &[u8]) -> (Verdict, Vec<u8>) {
+    let input = Inbound {
+        now: Instant::now(),
+        src: addr(src),
+        local: addr(PROXY),
+        transport: Transport::Udp,
+        flow: None,
+        handed_off: false,
+        compressed: true,
+        bytes,
+    };
+    let v = h.core.handle_inbound(input, &h.blacklist, &mut h.out);
+    let bytes = match v {
+        Verdict::Forward(t) | Verdict::Respond(t) => h.out[..t.len].to_vec(),
+        _ => Vec::new(),
+    };
+    (v, bytes)
+}
+
+fn transmit_of(v: Verdict) -> Transmit {
+    match v {
+        Verdict::Forward(t) | Verdict::Respond(t) => t,
+        other => panic!("expected a transmit, got {other:?}"),
+    }
+}
+
+/// A SigComp UE's INVITE: its Via asks for compressed responses (RFC 3486 §4).
+fn sigcomp_invite() -> Vec<u8> {
+    String::from_utf8(invite(""))
+        .unwrap()
+        .replace(";branch=z9hG4bKc1", ";branch=z9hG4bKc1;comp=sigcomp")
+        .into_bytes()
+}
+
+#[test]
+fn compressed_request_gets_a_sigcomp_record_route_on_the_client_side_only() {
+    let mut h = Harness::new();
+    let (v, out) = send_compressed(&mut h, CLIENT, &sigcomp_invite());
+    let t = transmit_of(v);
+    assert!(is_backend(t.dest), "{}", text(&out));
+    assert!(!t.compress, "backends are plain SIP");
+    // Our Via toward the plain backend does not ask for compression.
+    with_parsed(&out, |m| {
+        assert_eq!(m.top_via().comp, None, "{}", text(&out))
+    });
+    // RFC 3486 §5: double Record-Route, comp=sigcomp only on the URI the client uses.
+    let rr = header(&out, "Record-Route").unwrap();
+    let (backend_side, client_side) = rr.split_once(", ").unwrap_or_else(|| panic!("{rr}"));
+    assert!(!backend_side.contains("comp="), "{rr}");
+    assert!(client_side.ends_with(";comp=sigcomp>"), "{rr}");
+    // A plain request keeps the single Record-Route.
+    let (v, out) = h.send(CLIENT, &invite(""));
+    assert!(!transmit_of(v).compress);
+    let rr = header(&out, "Record-Route").unwrap();
+    assert!(!rr.contains(", ") && !rr.contains("comp="), "{rr}");
+}
+
+#[test]
+fn responses_are_compressed_toward_a_via_with_comp_sigcomp() {
+    let mut h = Harness::new();
+    let (v, forwarded) = send_compressed(&mut h, CLIENT, &sigcomp_invite());
+    let Dest::Addr(_, backend) = transmit_of(v).dest else {
+        panic!("not to a backend")
+    };
+    let backend = backend.to_string();
+    let (v, out) = h.send(&backend, &backend_response(&forwarded, 200, ""));
+    let t = transmit_of(v);
+    assert_eq!(t.dest, Dest::Addr(Transport::Udp, addr(CLIENT)));
+    assert!(t.compress, "{}", text(&out));
+    // The same without comp=sigcomp on the client's Via: plain.
+    let (v, forwarded) = h.send(CLIENT, &invite(""));
+    let (v2, _) = h.send(&backend, &backend_response(&forwarded, 180, ""));
+    assert!(!transmit_of(v).compress);
+    assert!(!transmit_of(v2).compress);
+}
+
+#[test]
+fn generated_responses_follow_the_top_via_comp() {
+    let mut h = Harness::new();
+    let bad = String::from_utf8(sigcomp_invite())
+        .unwrap()
+        .replace("Max-Forwards: 70", "Max-Forwards: 0")
+        .into_bytes();
+    let (v, out) = send_compressed(&mut h, CLIENT, &bad);
+    assert_eq!(status(&out), 483);
+    assert!(transmit_of(v).compress);
+    let plain = String::from_utf8(invite(""))
+        .unwrap()
+        .replace("Max-Forwards: 70", "Max-Forwards: 0");
+    let (v, out) = h.send(CLIENT, plain.as_bytes());
+    assert_eq!(status(&out), 483);
+    assert!(!transmit_of(v).compress);
+}
+
+#[test]
+fn requests_to_a_sigcomp_uri_are_compressed_and_say_so_in_our_via() {
+    let mut h = Harness::new();
+    let bye = |ruri: &str| {
+        format!(
+            "BYE {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.70:5070;branch=z9hG4bKb1\r\n\
+             From: <sip:b@y>;tag=2\r\nTo: <sip:a@x>;tag=1\r\nCall-ID: bye1\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
+        )
+        .into_bytes()
+    };
+    let (v, out) = h.send(B1, &bye("sip:alice@198.51.100.7:5090;comp=sigcomp"));
+    let t = transmit_of(v);
+    assert_eq!(t.dest, Dest::Addr(Transport::Udp, addr(CLIENT)));
+    assert!(t.compress);
+    with_parsed(&out, |m| {
+        assert_eq!(m.top_via().comp, Some(&b"sigcomp"[..]))
+    });
+    let (v, out) = h.send(B1, &bye("sip:alice@198.51.100.7:5090"));
+    assert!(!transmit_of(v).compress);
+    with_parsed(&out, |m| assert_eq!(m.top_via().comp, None));
 }

@@ -53,6 +53,8 @@ pub(crate) struct Parcel {
     pub(crate) tcp: bool,
     /// The connection it arrived on, when it did.
     pub(crate) flow: Option<u64>,
+    /// It arrived SigComp-compressed (and was decompressed by the sending shard).
+    pub(crate) compressed: bool,
     pub(crate) len: usize,
     // INVARIANT: `data.len() == PARCEL_CAPACITY`, never reallocated.
     pub(crate) data: Box<[u8]>,
@@ -68,6 +70,7 @@ impl Parcel {
             local: unspecified,
             tcp: false,
             flow: None,
+            compressed: false,
             len: 0,
             data: vec![0u8; PARCEL_CAPACITY].into_boxed_slice(),
         }
@@ -201,6 +204,7 @@ impl PostOffice {
         };
         let mut parcel = origin.free.pop().ok_or(HandoffError::PoolEmpty)?;
         parcel.origin = from;
+        parcel.compressed = false;
         parcel.len = bytes.len();
         parcel.data[..bytes.len()].copy_from_slice(bytes);
         fill(&mut parcel);

@@ -310,6 +310,7 @@ impl Shard {
                     transport: input.transport,
                     flow: input.flow,
                     handed_off: input.handed_off,
+                    compressed: input.compressed,
                     bytes: input.bytes,
                 },
                 &mut sbuf,
@@ -349,6 +350,7 @@ impl Shard {
                         p.local = input.local;
                         p.tcp = input.transport == Transport::Tcp;
                         p.flow = input.flow.map(|f| f.0);
+                        p.compressed = input.compressed;
                     },
                     input.bytes,
                 );
@@ -401,6 +403,10 @@ impl Shard {
             dest,
             src: Some(input.local),
             len,
+            // RFC 3486 §4: the response goes to the top Via, which may ask for SigComp.
+            compress: request
+                .top_via()
+                .is_some_and(|v| v.comp.is_some_and(|c| c.eq_ignore_ascii_case(b"sigcomp"))),
         })
     }
 
@@ -707,6 +713,7 @@ async fn udp_loop(shard: Rc<Shard>, index: usize) {
                         transport: Transport::Udp,
                         flow: None,
                         handed_off: false,
+                        compressed: false,
                         bytes: &rbuf[..n.min(rbuf.len())],
                     };
                     sbuf = shard.dispatch(input, sbuf).await;
@@ -823,6 +830,7 @@ async fn run_conn(shard: Rc<Shard>, conn: Rc<Conn>, stream: TcpStream) {
                         transport: Transport::Tcp,
                         flow: Some(conn.id),
                         handed_off: false,
+                        compressed: false,
                         bytes: &buf[start..start + len],
                     };
                     sbuf = shard.dispatch(input, sbuf).await;
@@ -933,6 +941,7 @@ async fn handle_parcel(shard: &Rc<Shard>, parcel: &Parcel, sbuf: Vec<u8>) -> Vec
                 },
                 flow: parcel.flow.map(FlowId),
                 handed_off: true,
+                compressed: parcel.compressed,
                 bytes: parcel.bytes(),
             };
             shard.dispatch(input, sbuf).await
