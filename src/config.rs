@@ -91,6 +91,25 @@ successes_before_up = 2
 # Backends named by host name are resolved per RFC 3263 (NAPTR, SRV, A/AAAA) and re-resolved
 # as their TTLs expire. Name servers as "IP:PORT"; empty = the system's resolv.conf.
 nameservers = []
+
+[sigcomp]
+# Signaling compression (RFC 3320, 3486, 5049): SigComp messages from clients are
+# decompressed (UDP datagrams, and records on TCP sharing the port with plain SIP), and
+# messages toward a Via or URI carrying comp=sigcomp are compressed. false = SigComp
+# messages are dropped (counted as drops{reason="sigcomp"}) and nothing is compressed.
+enabled = true
+# UDVM memory offered to each message (RFC 3320 §3.3.1): 2048, 4096, ... 131072 bytes.
+decompression_memory_size = 16384
+# State memory offered to each compartment (one per client address or TCP connection):
+# 0 (no state), 2048, 4096, ... 131072 bytes.
+state_memory_size = 16384
+# UDVM cycles allowed per bit of a message: 16, 32, 64 or 128.
+cycles_per_bit = 64
+# Bound on the state memory of all compartments of the process (split evenly over the
+# shards); when reached, the least recently used compartments are closed first.
+total_memory = 67108864
+# A compartment unused for this long is closed.
+idle_timeout_secs = 3600
 "#;
 
 /// Which I/O driver the shards run on.
@@ -348,6 +367,23 @@ pub struct DnsConfig {
     pub nameservers: Vec<SocketAddr>,
 }
 
+/// Signaling compression (RFC 3320) settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SigcompSettings {
+    /// Decompress SigComp from clients and compress toward peers that ask (RFC 3486).
+    pub enabled: bool,
+    /// UDVM memory offered per message (RFC 3320 §3.3.1 value: 2048 << n, at most 131072).
+    pub decompression_memory_size: u32,
+    /// State memory offered per compartment (0, or 2048 << n up to 131072).
+    pub state_memory_size: usize,
+    /// UDVM cycles per bit (16, 32, 64 or 128).
+    pub cycles_per_bit: u16,
+    /// State memory of all compartments of the process together (split over shards).
+    pub total_memory: usize,
+    /// Idle compartments are closed after this long.
+    pub idle_timeout: Duration,
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -373,6 +409,8 @@ pub struct Config {
     pub health: HealthConfig,
     /// Backend name resolution.
     pub dns: DnsConfig,
+    /// Signaling compression.
+    pub sigcomp: SigcompSettings,
 }
 
 /// Why a configuration was rejected. The message names the key (and, for syntax and value
@@ -495,6 +533,17 @@ struct RawDns {
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
+struct RawSigcomp {
+    enabled: Option<bool>,
+    decompression_memory_size: Option<u32>,
+    state_memory_size: Option<usize>,
+    cycles_per_bit: Option<u16>,
+    total_memory: Option<usize>,
+    idle_timeout_secs: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 struct RawConfig {
     shards: Option<u16>,
     driver: Option<Parsed<Driver>>,
@@ -512,6 +561,8 @@ struct RawConfig {
     health: RawHealth,
     #[serde(default)]
     dns: RawDns,
+    #[serde(default)]
+    sigcomp: RawSigcomp,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -626,6 +677,26 @@ impl Config {
                     v.into_iter().map(|p| p.0.0).collect()
                 }),
             },
+            sigcomp: SigcompSettings {
+                enabled: raw.sigcomp.enabled.unwrap_or(d.sigcomp.enabled),
+                decompression_memory_size: raw
+                    .sigcomp
+                    .decompression_memory_size
+                    .unwrap_or(d.sigcomp.decompression_memory_size),
+                state_memory_size: raw
+                    .sigcomp
+                    .state_memory_size
+                    .unwrap_or(d.sigcomp.state_memory_size),
+                cycles_per_bit: raw
+                    .sigcomp
+                    .cycles_per_bit
+                    .unwrap_or(d.sigcomp.cycles_per_bit),
+                total_memory: raw.sigcomp.total_memory.unwrap_or(d.sigcomp.total_memory),
+                idle_timeout: raw
+                    .sigcomp
+                    .idle_timeout_secs
+                    .map_or(d.sigcomp.idle_timeout, Duration::from_secs),
+            },
         };
         config.validate()?;
         Ok(config)
@@ -683,6 +754,41 @@ impl Config {
         }
         if let Err(e) = self.log_filter_check() {
             return Err(invalid("log.level", e));
+        }
+        self.sigcomp_check()
+    }
+
+    /// RFC 3320 §3.3.1: the resources are advertised in a 3-bit encoding, so only the
+    /// values of its table can be offered.
+    fn sigcomp_check(&self) -> Result<(), ConfigError> {
+        let s = &self.sigcomp;
+        let table = |v: usize| (1..=7).any(|n| v == 1024 << n);
+        if !table(s.decompression_memory_size as usize) {
+            return Err(invalid(
+                "sigcomp.decompression_memory_size",
+                "must be one of 2048, 4096, 8192, 16384, 32768, 65536, 131072",
+            ));
+        }
+        if s.state_memory_size != 0 && !table(s.state_memory_size) {
+            return Err(invalid(
+                "sigcomp.state_memory_size",
+                "must be 0 or one of 2048, 4096, 8192, 16384, 32768, 65536, 131072",
+            ));
+        }
+        if ![16, 32, 64, 128].contains(&s.cycles_per_bit) {
+            return Err(invalid(
+                "sigcomp.cycles_per_bit",
+                "must be one of 16, 32, 64, 128",
+            ));
+        }
+        if s.idle_timeout.is_zero() {
+            return Err(invalid("sigcomp.idle_timeout_secs", "must be at least 1"));
+        }
+        if s.total_memory < s.state_memory_size {
+            return Err(invalid(
+                "sigcomp.total_memory",
+                "must hold at least one compartment (state_memory_size)",
+            ));
         }
         Ok(())
     }
@@ -746,6 +852,14 @@ impl Config {
                 successes_before_up: 2,
             },
             dns: DnsConfig::default(),
+            sigcomp: SigcompSettings {
+                enabled: true,
+                decompression_memory_size: 16384,
+                state_memory_size: 16384,
+                cycles_per_bit: 64,
+                total_memory: 64 << 20,
+                idle_timeout: Duration::from_secs(3600),
+            },
         }
     }
 }
@@ -823,6 +937,19 @@ probe_interval_ms = 0
             ),
             ("[proxy]\nsecret = \"short\"\n", &["proxy.secret"]),
             ("shards = -1\n", &["line 1", "shards"]),
+            (
+                "[sigcomp]\ndecompression_memory_size = 3000\n",
+                &["sigcomp.decompression_memory_size"],
+            ),
+            (
+                "[sigcomp]\ncycles_per_bit = 7\n",
+                &["sigcomp.cycles_per_bit"],
+            ),
+            (
+                "[sigcomp]\nstate_memory_size = 1\n",
+                &["sigcomp.state_memory_size"],
+            ),
+            ("[sigcomp]\nenable = true\n", &["enable", "line 2"]),
         ] {
             let err = match Config::from_toml(text) {
                 Ok(c) => panic!("accepted {text:?}: {c:?}"),

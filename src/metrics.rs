@@ -26,6 +26,7 @@
 //! | `sipedge_backend_failovers_total` | `backend` | requests that hashed to this backend but went elsewhere because it was unavailable |
 //! | `sipedge_backend_probes_total` | `backend`, `result` (`ok`, `timeout`, `error`) | OPTIONS health probes and their outcome |
 //! | `sipedge_config_reloads_total` | `result` (`ok`, `error`) | configuration reloads (SIGHUP) |
+//! | `sipedge_sigcomp_messages_total` | `shard`, `result` | SigComp messages per shard, see [`SigcompResult`] |
 //!
 //! Gauges:
 //!
@@ -33,6 +34,7 @@
 //! |---|---|---|
 //! | `sipedge_shard_queue_depth` | `shard` | messages waiting in the shard's handoff queue when it last drained it |
 //! | `sipedge_shard_tcp_connections` | `shard`, `direction` (`inbound`, `outbound`) | open TCP connections |
+//! | `sipedge_sigcomp_compartments` | `shard` | open SigComp compartments (one per compressing peer) |
 //! | `sipedge_backend_up` | `backend` | 1 when the backend takes new calls, else 0 |
 //! | `sipedge_backend_state` | `backend`, `state` (`up`, `suspect`, `down`) | 1 for the backend's current health state, 0 for the others |
 //! | `sipedge_backend_probe_rtt_seconds` | `backend` | round-trip time of the last answered OPTIONS probe |
@@ -251,6 +253,22 @@ label_enum! {
 }
 
 label_enum! {
+    /// What happened to a SigComp message (`sipedge_sigcomp_messages_total{result}`).
+    SigcompResult {
+        /// Decompressed into a SIP message that went on like any other.
+        Decompressed => "decompressed",
+        /// Failed to decompress (RFC 3320 §8.7); a NACK was sent back (RFC 4077).
+        Failed => "failed",
+        /// A NACK from a peer for one of our messages: its compressor state was reset.
+        NackReceived => "nack_received",
+        /// A message compressed toward a peer that asked for it (RFC 3486).
+        Compressed => "compressed",
+        /// Compression was impossible within the peer's resources; sent uncompressed.
+        SentPlain => "sent_plain",
+    }
+}
+
+label_enum! {
     /// TCP connection direction (`sipedge_shard_tcp_connections{direction}`).
     Direction {
         /// Accepted from a client.
@@ -288,6 +306,8 @@ pub struct ShardMetrics {
     handoffs_received: AtomicU64,
     queue_depth: AtomicU64,
     tcp_connections: [AtomicI64; Direction::COUNT],
+    sigcomp: [AtomicU64; SigcompResult::COUNT],
+    sigcomp_compartments: AtomicU64,
 }
 
 impl Default for ShardMetrics {
@@ -305,6 +325,8 @@ impl Default for ShardMetrics {
             handoffs_received: AtomicU64::new(0),
             queue_depth: AtomicU64::new(0),
             tcp_connections: std::array::from_fn(|_| AtomicI64::new(0)),
+            sigcomp: std::array::from_fn(|_| AtomicU64::new(0)),
+            sigcomp_compartments: AtomicU64::new(0),
         }
     }
 }
@@ -367,6 +389,17 @@ impl ShardMetrics {
     /// Records how many messages were waiting in the handoff queue when the shard drained it.
     pub fn set_queue_depth(&self, depth: usize) {
         self.queue_depth.store(depth as u64, Ordering::Relaxed);
+    }
+
+    /// Counts a SigComp message and what became of it.
+    pub fn sigcomp(&self, result: SigcompResult) {
+        bump(&self.sigcomp[result as usize]);
+    }
+
+    /// Records how many SigComp compartments the shard holds.
+    pub fn set_sigcomp_compartments(&self, count: usize) {
+        self.sigcomp_compartments
+            .store(count as u64, Ordering::Relaxed);
     }
 
     /// Records a TCP connection opened (`+1`) or closed (`-1`).
@@ -783,6 +816,30 @@ impl Collector for Scrape {
                     )
                 })
             }),
+        )?;
+        family(
+            e,
+            "sipedge_sigcomp_messages",
+            "SigComp messages per shard and what became of them",
+            counter,
+            m.shards.iter().enumerate().flat_map(|(i, s)| {
+                SigcompResult::ALL.iter().map(move |&r| {
+                    (
+                        l2("shard", i, "result", r.label()),
+                        load(&s.sigcomp[r as usize]),
+                    )
+                })
+            }),
+        )?;
+        family(
+            e,
+            "sipedge_sigcomp_compartments",
+            "Open SigComp compartments per shard",
+            gauge,
+            m.shards
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (l1("shard", i), load(&s.sigcomp_compartments))),
         )?;
 
         let backends = m.backends.load_full();

@@ -37,6 +37,14 @@ pub(crate) enum ParcelKind {
     Inbound,
     /// Finished bytes for a TCP connection this shard owns: write them to it.
     ToFlow(u64),
+    /// A SigComp datagram from `src` (still compressed) for the shard owning the peer's
+    /// compartment, which decompresses it.
+    SigcompDatagram,
+    /// A plain SIP message to compress in the compartment of UDP peer `src` (owned by the
+    /// receiving shard) and send from `local` (RFC 3486).
+    CompressTo,
+    /// A plain SIP message to compress in this connection's compartment and write to it.
+    CompressToFlow(u64),
 }
 
 /// One message in flight between shards.

@@ -347,6 +347,7 @@ pub fn start(config: Config) -> Result<Running, RunError> {
         passive: ArrayQueue::new(1024),
         health: health_config(&config),
         proxy,
+        sigcomp: shard::sigcomp_config(&config.sigcomp, shards),
     });
 
     {

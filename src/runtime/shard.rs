@@ -5,6 +5,7 @@
 //! - one receive loop per UDP listener socket;
 //! - one accept loop per TCP listener, then a reader and a writer task per connection;
 //! - the handoff loop, which drains the shard's inbox when its doorbell rings;
+//! - with SigComp enabled, its compartment timer (see [`sigcomp`]);
 //! - on shard 0 only, the health prober.
 //!
 //! Every loop owns its receive buffer and one send buffer, allocated once when the loop
@@ -32,6 +33,8 @@ use monoio::net::udp::UdpSocket;
 use monoio::net::unix::UnixDatagram;
 use monoio::net::{TcpListener, TcpStream};
 
+mod sigcomp;
+
 use super::engine::{Dest, Engine, FlowId, Inbound, Transmit, Transport, Verdict};
 use super::handoff::{HandoffError, Parcel, ParcelKind, PostOffice};
 use super::{DriverKind, sockopt};
@@ -41,7 +44,10 @@ use crate::metrics::{Direction, DropReason, ErrorReason, Metrics, ShardMetrics};
 use crate::proxy::MessageKind;
 use crate::proxy::{Event, ProxyConfig};
 use crate::shard::ShardId;
-use crate::sip::{Frame, Limits, ResponseOptions, frame, salvage, write_response};
+use crate::sigcomp::SigcompConfig;
+use crate::sip::{Frame, Limits, ResponseOptions, frame, is_sigcomp_byte, salvage, write_response};
+
+pub(crate) use self::sigcomp::endpoint_config as sigcomp_config;
 
 /// Size of every receive and send buffer: the largest UDP payload.
 pub(crate) const BUF_SIZE: usize = 65_535;
@@ -71,6 +77,8 @@ pub(crate) struct Shared {
     pub(crate) health: Option<HealthConfig>,
     /// The proxy core's configuration (every shard builds its core from it).
     pub(crate) proxy: ProxyConfig,
+    /// Each shard's SigComp endpoint settings; `None` = SigComp disabled.
+    pub(crate) sigcomp: Option<SigcompConfig>,
 }
 
 impl Shared {
@@ -202,6 +210,8 @@ struct Shard {
     conns: RefCell<Conns>,
     /// Messages a receive loop handles before it yields.
     yield_every: u32,
+    /// The SigComp endpoint (RFC 3320), when enabled.
+    sigcomp: Option<sigcomp::ShardSigcomp>,
 }
 
 /// Runs shard `setup.id` on the current thread until the process exits.
@@ -254,6 +264,7 @@ async fn shard_main(setup: ShardSetup, shared: Arc<Shared>) -> io::Result<()> {
     let bell = UnixDatagram::from_std(setup.bell)?;
     let engine = Engine::new(shared.proxy.clone(), setup.id, &shared)
         .map_err(|e| io::Error::other(e.to_string()))?;
+    let sigcomp = shared.sigcomp.map(sigcomp::ShardSigcomp::new);
     let shard = Rc::new(Shard {
         id: setup.id,
         engine: RefCell::new(engine),
@@ -262,12 +273,16 @@ async fn shard_main(setup: ShardSetup, shared: Arc<Shared>) -> io::Result<()> {
         tcp_locals,
         conns: RefCell::new(Conns::default()),
         yield_every: if epoll { 32 } else { 256 },
+        sigcomp,
     });
     for i in 0..shard.udp.len() {
         monoio::spawn(udp_loop(Rc::clone(&shard), i));
     }
     for (listener, local) in listeners {
         monoio::spawn(accept_loop(Rc::clone(&shard), listener, local));
+    }
+    if shard.sigcomp.is_some() {
+        monoio::spawn(sigcomp::timer_loop(Rc::clone(&shard)));
     }
     if shard.id == 0 {
         if let Some(health) = shard.shared.health {
@@ -432,6 +447,9 @@ impl Shard {
             return sbuf;
         };
         count_message(self.metrics(), bytes, false);
+        if t.compress && self.sigcomp.is_some() {
+            return self.transmit_compressed(t, arrived_on, sbuf).await;
+        }
         match t.dest {
             Dest::Addr(Transport::Udp, addr) => {
                 self.send_udp(t.src.unwrap_or(arrived_on), addr, sbuf, t.len)
@@ -566,12 +584,16 @@ impl Shard {
     }
 
     fn send_tcp(self: &Rc<Self>, addr: SocketAddr, bytes: &[u8]) {
+        self.tcp_conn(addr).enqueue(bytes, self.metrics());
+    }
+
+    /// This shard's open connection to `addr`, or a new one.
+    fn tcp_conn(self: &Rc<Self>, addr: SocketAddr) -> Rc<Conn> {
         let existing = self.conns.borrow().outbound.get(&addr).cloned();
-        let conn = match existing {
+        match existing {
             Some(c) if !c.closed.get() => c,
             _ => self.open_outbound(addr),
-        };
-        conn.enqueue(bytes, self.metrics());
+        }
     }
 
     fn send_flow(self: &Rc<Self>, flow: FlowId, bytes: &[u8]) {
@@ -626,6 +648,9 @@ impl Shard {
 
     fn forget_conn(&self, conn: &Conn) {
         conn.close();
+        if let Some(sc) = &self.sigcomp {
+            sc.close_flow(conn.id);
+        }
         let mut conns = self.conns.borrow_mut();
         if conns.by_id.remove(&conn.id).is_some() {
             let direction = if conn.outbound {
@@ -705,7 +730,13 @@ async fn udp_loop(shard: Rc<Shard>, index: usize) {
         // loop waits for readiness (io_uring PollAdd / epoll): no allocation per message.
         match sockopt::recv_from(endpoint.fd, &mut rbuf) {
             Ok((n, src)) => {
-                if n > 0 {
+                if n > 0 && is_sigcomp_byte(rbuf[0]) {
+                    // RFC 3320 §7: the first byte tells SigComp from SIP.
+                    let message = &rbuf[..n.min(rbuf.len())];
+                    sbuf = shard
+                        .receive_sigcomp_datagram(src, local, message, sbuf)
+                        .await;
+                } else if n > 0 {
                     let input = Inbound {
                         now: Instant::now(),
                         src,
@@ -845,10 +876,17 @@ async fn run_conn(shard: Rc<Shard>, conn: Rc<Conn>, stream: TcpStream) {
                 }
                 Ok(Frame::Partial) => break,
                 Ok(Frame::SigComp) => {
-                    // RFC 3320 over a stream: not spoken on this listener; the stream cannot
-                    // be resynchronised as SIP, so close it.
-                    shard.metrics().drop(DropReason::Sigcomp);
-                    break 'conn;
+                    // RFC 3320 §4.2.2 / RFC 5049: a SigComp record at a message boundary
+                    // (plain SIP and SigComp share the port, decided per message).
+                    let (outcome, s) = shard
+                        .receive_sigcomp_record(&conn, &buf[start..], sbuf)
+                        .await;
+                    sbuf = s;
+                    match outcome {
+                        sigcomp::RecordOutcome::Consumed(len) => start += len,
+                        sigcomp::RecordOutcome::Partial => break,
+                        sigcomp::RecordOutcome::Close => break 'conn,
+                    }
                 }
                 Err(_) => {
                     shard.metrics().error(ErrorReason::TcpFraming);
@@ -948,6 +986,27 @@ async fn handle_parcel(shard: &Rc<Shard>, parcel: &Parcel, sbuf: Vec<u8>) -> Vec
         }
         ParcelKind::ToFlow(flow) => {
             shard.send_flow(FlowId(flow), parcel.bytes());
+            sbuf
+        }
+        ParcelKind::SigcompDatagram => {
+            shard
+                .receive_sigcomp_datagram(parcel.src, parcel.local, parcel.bytes(), sbuf)
+                .await
+        }
+        ParcelKind::CompressTo => {
+            let mut sbuf = sbuf;
+            let plain = parcel.bytes();
+            let Some(slot) = sbuf.get_mut(..plain.len()) else {
+                shard.metrics().drop(DropReason::TooLarge);
+                return sbuf;
+            };
+            slot.copy_from_slice(plain);
+            shard
+                .send_udp_compressed(parcel.local, parcel.src, sbuf, plain.len())
+                .await
+        }
+        ParcelKind::CompressToFlow(flow) => {
+            shard.send_flow_compressed(FlowId(flow), parcel.bytes());
             sbuf
         }
     }
