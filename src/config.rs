@@ -917,6 +917,27 @@ probe_interval_ms = 0
     }
 
     #[test]
+    fn sigcomp_section() {
+        let c = Config::from_toml(
+            "[sigcomp]\nenabled = false\nstate_memory_size = 0\ncycles_per_bit = 16\n\
+             decompression_memory_size = 131072\nidle_timeout_secs = 60\n",
+        )
+        .map_err(|e| e.to_string());
+        let Ok(c) = c else {
+            panic!("{c:?}");
+        };
+        assert!(!c.sigcomp.enabled);
+        assert_eq!(c.sigcomp.state_memory_size, 0);
+        assert_eq!(c.sigcomp.cycles_per_bit, 16);
+        assert_eq!(c.sigcomp.decompression_memory_size, 131_072);
+        assert_eq!(c.sigcomp.idle_timeout, Duration::from_secs(60));
+        assert_eq!(
+            c.sigcomp.total_memory,
+            Config::default().sigcomp.total_memory
+        );
+    }
+
+    #[test]
     fn errors_name_key_and_line() {
         for (text, needles) in [
             (

@@ -144,7 +144,7 @@ label_enum! {
         NotSip => "not_sip",
         /// A CRLF keep-alive or STUN packet on UDP (RFC 5626 §3.5.1); not an error.
         KeepAlive => "keepalive",
-        /// A SigComp message (RFC 3320) where none is accepted.
+        /// A SigComp message (RFC 3320) while SigComp is disabled (`[sigcomp] enabled = false`).
         Sigcomp => "sigcomp",
         /// A response that does not parse (RFC 3261 §18.1.2: responses are never answered).
         MalformedResponse => "malformed_response",

@@ -12,9 +12,13 @@
 //!   are smaller than the first (they reference state saved earlier);
 //! - tshark (Wireshark's own UDVM) decodes a pcap of the compressed responses the UE got to
 //!   the same SIP the UE decompressed;
-//! - over TCP (RFC 3320 §4.2.2 record framing, RFC 5049) the same calls, backend still UDP;
 //! - a garbage SigComp datagram is answered with an RFC 4077 NACK naming its SHA-1, and a
-//!   call after it still completes.
+//!   call after it still completes;
+//! - more UEs make one call each, so that (with two shards) compressed datagrams and
+//!   messages to compress cross to the shard owning the UE's compartment;
+//! - over TCP (RFC 3320 §4.2.2 record framing, RFC 5049) the same calls, backend still UDP,
+//!   then a plain OPTIONS on the same connection (SigComp and SIP share it, decided per
+//!   message), answered compressed, and one more compressed call.
 //!
 //! Fails, naming the Debian package, when sipp (`sip-tester`) or tshark is missing.
 
@@ -33,6 +37,8 @@ use sipedge::sigcomp::{
 };
 
 const CALLS: usize = 4;
+/// Further UDP UEs making one call each.
+const EXTRA_UES: usize = 4;
 
 /// How the UE reaches the proxy.
 enum Link {
@@ -120,6 +126,16 @@ impl Ue {
         assert!(is_sigcomp(wire[0]));
         self.sent.push(wire.len());
         self.send_raw(&wire);
+    }
+
+    /// Sends a plain SIP message (on TCP it shares the stream with SigComp records, RFC 5049).
+    fn send_plain(&mut self, sip: &str) {
+        match &mut self.link {
+            Link::Udp(sock) => {
+                sock.send_to(sip.as_bytes(), self.proxy).unwrap();
+            }
+            Link::Tcp { stream, .. } => stream.write_all(sip.as_bytes()).unwrap(),
+        }
     }
 
     /// Sends one SigComp message as it is (framed as a record on TCP).
@@ -414,6 +430,22 @@ fn report(label: &str, sizes: &[usize]) {
     eprintln!("{label}: {sizes:?}");
 }
 
+/// Prints each compressed response against its plain size.
+fn report_ratios(label: &str, got: &[Got]) {
+    let pairs: Vec<String> = got
+        .iter()
+        .map(|g| {
+            format!(
+                "{}/{}={:.3}",
+                g.wire.len(),
+                g.sip.len(),
+                g.wire.len() as f64 / g.sip.len() as f64
+            )
+        })
+        .collect();
+    eprintln!("{label} compressed/plain bytes: {}", pairs.join(" "));
+}
+
 fn run(name: &str, driver: &'static str) {
     require("sipp", "sip-tester");
     require("tshark", "tshark");
@@ -437,6 +469,7 @@ fn run(name: &str, driver: &'static str) {
     }
     let responses: Vec<usize> = ue.got.iter().map(|g| g.wire.len()).collect();
     report("UDP compressed responses (bytes)", &responses);
+    report_ratios("UDP responses", &ue.got);
     report("UDP compressed requests (bytes)", &ue.sent);
     let first = responses[0];
     // The first call's responses: 180, 200, 200 for BYE.
@@ -476,20 +509,45 @@ fn run(name: &str, driver: &'static str) {
     eprintln!("NACK reason {:?}", parsed.reason);
     ue.call(&format!("{name}-udp-after-nack"));
 
+    // More UEs, one call each: with two shards, some land on a shard that does not own
+    // their compartment, so datagrams and responses to compress cross shards.
+    for i in 0..EXTRA_UES {
+        let mut other = Ue::udp(proxy.sip_addr());
+        other.call(&format!("{name}-udp-ue{i}"));
+    }
+
     // TCP: RFC 3320 §4.2.2 records on the SIP port, backend still UDP.
     let mut ue_tcp = Ue::tcp(proxy.sip_addr());
     for i in 0..CALLS {
         ue_tcp.call(&format!("{name}-tcp-{i}"));
     }
+    // A plain request on the same connection (RFC 5049: decided per message): OPTIONS to the
+    // proxy itself, answered by it, compressed because the Via asks for it.
+    let options = format!(
+        "OPTIONS sip:{proxy} SIP/2.0\r\n\
+         Via: SIP/2.0/TCP {local};branch=z9hG4bK-{name}-options;rport;comp=sigcomp\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:ue@example.com>;tag=ue-options\r\n\
+         To: <sip:{proxy}>\r\n\
+         Call-ID: {name}-tcp-options\r\n\
+         CSeq: 1 OPTIONS\r\n\
+         Content-Length: 0\r\n\r\n",
+        proxy = proxy.sip_addr(),
+        local = ue_tcp.local
+    );
+    ue_tcp.send_plain(&options);
+    ue_tcp.expect(&format!("{name}-tcp-options"), "OPTIONS", 200);
+    ue_tcp.call(&format!("{name}-tcp-after-plain"));
     let tcp_sizes: Vec<usize> = ue_tcp.got.iter().map(|g| g.wire.len()).collect();
     report("TCP compressed responses (bytes)", &tcp_sizes);
+    report_ratios("TCP responses", &ue_tcp.got);
     assert!(
         tcp_sizes[per_call..].iter().all(|&n| n < tcp_sizes[0]),
         "{tcp_sizes:?}"
     );
 
     // The proxy's counters agree.
-    let calls = (2 * CALLS + 1) as f64;
+    let calls = (2 * CALLS + 2 + EXTRA_UES) as f64;
     assert!(sigcomp_count(&proxy, "decompressed") >= 3.0 * calls);
     assert!(sigcomp_count(&proxy, "compressed") >= 3.0 * calls);
     assert!(sigcomp_count(&proxy, "failed") >= 1.0);
@@ -499,7 +557,7 @@ fn run(name: &str, driver: &'static str) {
     let log = std::fs::read_to_string(&uas.messages).unwrap_or_default();
     let invites = uas.count_messages("INVITE sip:");
     let byes = uas.count_messages("BYE sip:");
-    let all_calls = 2 * CALLS + 1;
+    let all_calls = 2 * CALLS + 2 + EXTRA_UES;
     assert_eq!(invites, all_calls, "{}", context(&log));
     assert_eq!(byes, all_calls, "{}", context(&log));
     let rr: Vec<&str> = log

@@ -488,9 +488,10 @@ fn reload_config(
         || next.tcp != running.tcp
         || next.proxy != running.proxy
         || next.health != running.health
+        || next.sigcomp != running.sigcomp
     {
         tracing::warn!(
-            "listeners, shards, driver, metrics address, [proxy], [tcp] and [health] change only on restart"
+            "listeners, shards, driver, metrics address, [proxy], [tcp], [health] and [sigcomp] change only on restart"
         );
     }
     tracing::info!(backends = %labels.join(","), "configuration reloaded");

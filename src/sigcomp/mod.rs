@@ -70,6 +70,20 @@
 //! changes address (NAT rebinding) simply starts a new compartment; the old one expires
 //! after the idle timeout, and RFC 4077 NACKs resynchronise the two sides.
 //!
+//! # In sipedge
+//!
+//! The runtime (`runtime/shard/sigcomp.rs`) drives one endpoint per shard exactly as above,
+//! with the placement below, and the proxy core does the RFC 3486 signalling: the shell
+//! marks a decompressed message `Inbound::compressed`, and the core sets
+//! `Transmit::compress` when the Via a response goes to, or the Route/Request-URI a request
+//! goes to, carries `comp=sigcomp`. A request that arrived compressed is double
+//! record-routed with `comp=sigcomp` on the client-side URI only (RFC 3486 §5), so the
+//! client keeps compressing toward sipedge while backends see plain URIs; the Via sipedge
+//! adds carries `comp=sigcomp` only on a request it sends compressed. Pool members are never
+//! sent compressed messages. A failed message is answered with a NACK (framed as a record on
+//! TCP); a TCP framing error closes the connection; a connection's compartment closes with
+//! it.
+//!
 //! # Decisions where the RFCs leave room
 //!
 //! - sipedge announces SigComp_version 2 (RFC 4077 NACKs) and sends a NACK for every

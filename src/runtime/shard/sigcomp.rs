@@ -467,3 +467,48 @@ pub(super) async fn timer_loop(shard: Rc<Shard>) {
             .set_sigcomp_compartments(endpoint.store().compartment_count());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn udp_owner_is_stable_and_spreads_peers() {
+        let peer: SocketAddr = "198.51.100.7:5090".parse().unwrap();
+        assert_eq!(udp_owner(peer, 4), udp_owner(peer, 4));
+        assert_eq!(udp_owner(peer, 1), 0);
+        let mut seen = [0usize; 4];
+        for port in 5000..5400u16 {
+            let owner = udp_owner(SocketAddr::new(peer.ip(), port), 4);
+            seen[usize::from(owner)] += 1;
+        }
+        assert!(seen.iter().all(|&n| n > 50), "{seen:?}");
+        let v6: SocketAddr = "[2001:db8::7]:5090".parse().unwrap();
+        assert!(udp_owner(v6, 4) < 4);
+    }
+
+    #[test]
+    fn endpoint_config_splits_the_memory_bound_over_shards() {
+        let settings = crate::config::Config::default().sigcomp;
+        let config = endpoint_config(&settings, 4).unwrap();
+        assert_eq!(config.limits.total_memory, settings.total_memory / 4);
+        assert_eq!(config.limits.state_memory_size, settings.state_memory_size);
+        assert_eq!(config.decompressor.cycles_per_bit, settings.cycles_per_bit);
+        assert_eq!(
+            config,
+            SigcompConfig {
+                limits: StoreLimits {
+                    total_memory: SigcompConfig::default().limits.total_memory / 4,
+                    ..SigcompConfig::default().limits
+                },
+                ..SigcompConfig::default()
+            },
+            "the defaults are the module's"
+        );
+        let off = SigcompSettings {
+            enabled: false,
+            ..settings
+        };
+        assert_eq!(endpoint_config(&off, 4), None);
+    }
+}
