@@ -35,14 +35,8 @@ static URI_PARAM: [bool; 256] = build(b"-_.!~*'()%[]/:&+$", true);
 /// Characters of URI headers (hnv-unreserved plus unreserved and escaped, plus `=` and `&`).
 static URI_HEADERS: [bool; 256] = build(b"-_.!~*'()%[]/?:+$=&", true);
 
-/// Characters of a host name or address (hostname, IPv4, IPv6 reference).
-static HOST: [bool; 256] = build(b"-.[]:", true);
-
 /// Characters allowed in a URI of an unknown scheme (RFC 3986 reserved + unreserved + `%`).
 static ABS_URI: [bool; 256] = build(b"-_.!~*'()%;/?:@&=+$,[]#", true);
-
-/// `word` of RFC 3261 §25.1 (Call-ID): token characters plus `( ) < > : \ " / [ ] ? { }`.
-static WORD: [bool; 256] = build(b"-.!%*_+`'~()<>:\\\"/[]?{}", true);
 
 #[inline]
 pub(crate) fn is_token(b: u8) -> bool {
@@ -70,18 +64,54 @@ pub(crate) fn is_uri_headers(b: u8) -> bool {
 }
 
 #[inline]
-pub(crate) fn is_host(b: u8) -> bool {
-    HOST[b as usize]
-}
-
-#[inline]
 pub(crate) fn is_abs_uri(b: u8) -> bool {
     ABS_URI[b as usize]
 }
 
+/// `callid = word [ "@" word ]` characters (RFC 3261 §25.1): `word` (token characters plus
+/// `( ) < > : \ " / [ ] ? { }`) and `@`.
+static CALL_ID: [bool; 256] = build(b"-.!%*_+`'~()<>:\\\"/[]?{}@", true);
+
+/// A generic-param value without quotes (RFC 3261 §25.1 `gen-value = token / host`).
+static GEN_VALUE: [bool; 256] = build(b"-.!%*_+`'~[]:", true);
+
 #[inline]
-pub(crate) fn is_word(b: u8) -> bool {
-    WORD[b as usize]
+pub(crate) fn is_call_id(b: u8) -> bool {
+    CALL_ID[b as usize]
+}
+
+#[inline]
+pub(crate) fn is_gen_value(b: u8) -> bool {
+    GEN_VALUE[b as usize]
+}
+
+/// Offset of the first CR or LF in `buf[from..]`, or `buf.len()` if there is none.
+///
+/// Eight bytes at a time: a word with no byte below 0x0E holds neither CR nor LF, and most
+/// header text is printable, so only the few control bytes are looked at one by one.
+#[inline]
+pub(crate) fn find_line_break(buf: &[u8], from: usize) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let mut i = from;
+    while i < buf.len() {
+        if let Some(word) = buf.get(i..i + 8).and_then(|w| <[u8; 8]>::try_from(w).ok()) {
+            let x = u64::from_le_bytes(word);
+            // "Has a byte below 0x0E": exact for the lowest flagged byte (borrows only run
+            // upwards), which is the only one used.
+            let below = x.wrapping_sub(ONES * 0x0E) & !x & HIGH;
+            if below == 0 {
+                i += 8;
+                continue;
+            }
+            i += (below.trailing_zeros() / 8) as usize;
+        }
+        if matches!(buf[i], b'\r' | b'\n') {
+            return i;
+        }
+        i += 1;
+    }
+    buf.len()
 }
 
 /// Linear white space inside a header value. A folded line keeps its CRLF in the value, and
@@ -115,4 +145,41 @@ pub(crate) fn parse_decimal(digits: &[u8], max: u64) -> Option<u64> {
 #[inline]
 pub(crate) fn eq_ic(a: &[u8], b: &[u8]) -> bool {
     a.eq_ignore_ascii_case(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    macro_rules! break_table {
+        ($($name:ident: $input:expr, $from:expr => $expected:expr;)*) => {
+            $(#[test] fn $name() { assert_eq!(find_line_break($input, $from), $expected); })*
+        };
+    }
+
+    break_table! {
+        empty: b"", 0 => 0;
+        none_short: b"abc", 0 => 3;
+        none_long: b"abcdefghijklmnopqrstuvwxyz", 0 => 26;
+        cr_first: b"\rabc", 0 => 0;
+        lf_in_tail: b"abcdefghij\n", 0 => 10;
+        lf_in_word: b"abc\ndefghijk", 0 => 3;
+        from_offset: b"a\nbcdefghij\r\n", 2 => 11;
+        tab_and_nul_skipped: b"a\tb\0cdefgh\x0bij\nk", 0 => 13;
+        control_then_crlf_same_word: b"ab\tc\r\nefghij", 0 => 4;
+        high_bytes_skipped: b"\xff\xfe\x80\x8d\x8a\xc3\xa9xyz\r", 0 => 10;
+        past_end: b"ab", 5 => 2;
+    }
+
+    #[test]
+    fn line_break_matches_a_plain_scan() {
+        let text = b"Via: SIP/2.0/UDP a\tb;x=\"q\\\"\"\r\n f\0oo\x0c\rbar\nbaz\x0d";
+        for from in 0..=text.len() {
+            let plain = text[from..]
+                .iter()
+                .position(|&b| b == b'\r' || b == b'\n')
+                .map_or(text.len(), |p| from + p);
+            assert_eq!(find_line_break(text, from), plain, "from {from}");
+        }
+    }
 }

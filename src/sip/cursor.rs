@@ -124,6 +124,12 @@ impl Iterator for ListIter<'_> {
             return None;
         }
         let start = self.pos;
+        // Most values hold no comma at all: then the rest is one element, found without
+        // walking quotes and brackets byte by byte.
+        if !self.buf[start..self.end].contains(&b',') {
+            self.done = true;
+            return Some(trim(self.buf, Span::new(start, self.end)));
+        }
         let mut in_quotes = false;
         let mut in_angle = false;
         let mut i = start;

@@ -1,7 +1,6 @@
 //! Header slots and the table of header names the message core understands.
 
 use super::Span;
-use super::chars::eq_ic;
 
 /// A header name the parser recognises, in long or compact form (RFC 3261 §7.3.3, §20 and the
 /// IANA compact-form registry), compared case-insensitively. Everything else is
@@ -99,10 +98,55 @@ impl HeaderName {
                 _ => Self::Other,
             };
         }
-        LONG_NAMES
+        // One candidate per (length, first letter, last letter), then one comparison: no table
+        // scan on the per-message path.
+        let (Some(&first), Some(&last)) = (name.first(), name.last()) else {
+            return Self::Other;
+        };
+        let (long, kind): (&[u8], Self) = match (name.len(), first | 0x20, last | 0x20) {
+            (2, b't', b'o') => (b"to", Self::To),
+            (3, b'v', b'a') => (b"via", Self::Via),
+            (4, b'c', b'q') => (b"cseq", Self::CSeq),
+            (4, b'f', b'm') => (b"from", Self::From),
+            (4, b'p', b'h') => (b"path", Self::Path),
+            (5, b'r', b'e') => (b"route", Self::Route),
+            (5, b'a', b'w') => (b"allow", Self::Allow),
+            (5, b'e', b't') => (b"event", Self::Event),
+            (7, b'c', b'd') => (b"call-id", Self::CallId),
+            (7, b'c', b't') => (b"contact", Self::Contact),
+            (7, b'r', b'e') => (b"require", Self::Require),
+            (7, b's', b't') => (b"subject", Self::Subject),
+            (7, b'e', b's') => (b"expires", Self::Expires),
+            (7, b'w', b'g') => (b"warning", Self::Warning),
+            (8, b'i', b'y') => (b"identity", Self::Identity),
+            (8, b'r', b'o') => (b"refer-to", Self::ReferTo),
+            (9, b's', b'd') => (b"supported", Self::Supported),
+            (10, b'f', b'r') => (b"flow-timer", Self::FlowTimer),
+            (11, b'u', b'd') => (b"unsupported", Self::Unsupported),
+            (11, b'r', b'y') => (b"referred-by", Self::ReferredBy),
+            (11, b'r', b'r') => (b"retry-after", Self::RetryAfter),
+            (12, b'r', b'e') => (b"record-route", Self::RecordRoute),
+            (12, b'm', b's') => (b"max-forwards", Self::MaxForwards),
+            (12, b'c', b'e') => (b"content-type", Self::ContentType),
+            (12, b'a', b's') => (b"allow-events", Self::AllowEvents),
+            (13, b'p', b'e') => (b"proxy-require", Self::ProxyRequire),
+            (13, b'a', b'n') => (b"authorization", Self::Authorization),
+            (14, b'c', b'h') => (b"content-length", Self::ContentLength),
+            (15, b's', b's') => (b"session-expires", Self::SessionExpires),
+            (16, b'c', b'g') => (b"content-encoding", Self::ContentEncoding),
+            (19, b'p', b'n') => (b"proxy-authorization", Self::ProxyAuthorization),
+            _ => return Self::Other,
+        };
+        // `long` is lower case, so folding one side is enough.
+        if name
             .iter()
-            .find(|(long, _)| long.len() == name.len() && eq_ic(long, name))
-            .map_or(Self::Other, |&(_, h)| h)
+            .zip(long)
+            .all(|(&a, &b)| a.to_ascii_lowercase() == b)
+        {
+            kind
+        } else {
+            Self::Other
+        }
     }
 
     /// The canonical long name, as written by this crate.

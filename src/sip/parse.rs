@@ -1,7 +1,7 @@
 //! The datagram parser: start line, header lines, typed checks of the headers a proxy uses,
 //! and the body by Content-Length.
 
-use super::chars::{eq_ic, is_token, is_word, parse_decimal};
+use super::chars::{eq_ic, find_line_break, is_call_id, is_token, parse_decimal};
 use super::cursor::{ListIter, trim};
 use super::uri::{SipUri, Uri, UriError, parse_uri};
 use super::values::{CSeq, NameAddr, Via, parse_cseq, parse_name_addr, parse_via};
@@ -177,7 +177,16 @@ fn err(kind: ErrorKind, offset: usize, header: Option<HeaderName>) -> ParseError
 /// Finds the end of the line starting at `pos`: returns (end of content, start of next line).
 /// A line ends with CRLF or a bare LF.
 pub(crate) fn line_end(buf: &[u8], pos: usize) -> Option<(usize, usize)> {
-    let nl = pos + buf.get(pos..)?.iter().position(|&b| b == b'\n')?;
+    if pos > buf.len() {
+        return None;
+    }
+    let mut nl = find_line_break(buf, pos);
+    while buf.get(nl) == Some(&b'\r') {
+        nl = find_line_break(buf, nl + 1);
+    }
+    if nl >= buf.len() {
+        return None;
+    }
     let content_end = if nl > pos && buf[nl - 1] == b'\r' {
         nl - 1
     } else {
@@ -212,7 +221,8 @@ fn parse_inner<'h, 'b>(
     let start_line_span = Span::new(start_pos, next);
     pos = next;
 
-    // Header lines.
+    // Header lines. One scan per line finds its end, its folds and any bare CR
+    // (RFC 3261 §7.3.1 folding, §25.1 no bare CR); the name is then read and classified.
     let max_headers = slots.len().min(limits.max_headers);
     let mut count = 0usize;
     let mut known = Known::default();
@@ -225,25 +235,41 @@ fn parse_inner<'h, 'b>(
             }
             break;
         }
-        let (mut content_end, mut line_next) =
-            line_end(buf, pos).ok_or(err(ErrorKind::Framing, pos, None))?;
-        if content_end == pos {
+        let line_start = pos;
+        let mut segment_start = pos;
+        let mut scan = pos;
+        let mut bare_cr = None;
+        let (content_end, line_next) = loop {
+            let at = find_line_break(buf, scan);
+            match buf.get(at) {
+                None => return Err(err(ErrorKind::Framing, segment_start, None)),
+                Some(b'\r') if buf.get(at + 1) != Some(&b'\n') => {
+                    bare_cr.get_or_insert(at);
+                    scan = at + 1;
+                    continue;
+                }
+                Some(b'\r') => scan = at + 2,
+                _ => scan = at + 1,
+            }
+            // Unfold: continuation lines start with SP or HT (RFC 3261 §7.3.1); the empty
+            // line never continues.
+            if at != line_start && matches!(buf.get(scan), Some(b' ' | b'\t')) {
+                segment_start = scan;
+                continue;
+            }
+            break (at, scan);
+        };
+        if content_end == line_start {
             pos = line_next;
             break;
-        }
-        let line_start = pos;
-        // Unfold: continuation lines start with SP or HT (RFC 3261 §7.3.1).
-        while buf.get(line_next).is_some_and(|&b| b == b' ' || b == b'\t') {
-            let (e, n) =
-                line_end(buf, line_next).ok_or(err(ErrorKind::Framing, line_next, None))?;
-            content_end = e;
-            line_next = n;
         }
         if content_end - line_start > limits.max_header_line {
             return Err(err(ErrorKind::HeaderTooLong, line_start, None));
         }
-        let line = &buf[line_start..content_end];
-        let name_len = line.iter().take_while(|&&b| is_token(b)).count();
+        let name_len = buf[line_start..content_end]
+            .iter()
+            .position(|&b| !is_token(b))
+            .unwrap_or(content_end - line_start);
         if name_len == 0 {
             return Err(err(ErrorKind::HeaderName, line_start, None));
         }
@@ -251,18 +277,15 @@ fn parse_inner<'h, 'b>(
         while colon < content_end && matches!(buf[colon], b' ' | b'\t') {
             colon += 1;
         }
-        if buf.get(colon) != Some(&b':') || colon >= content_end {
+        if colon >= content_end || buf[colon] != b':' {
             return Err(err(ErrorKind::HeaderName, line_start, None));
         }
         let name = &buf[line_start..line_start + name_len];
         let kind = HeaderName::classify(name);
-        // A bare CR inside a line is never legal (RFC 3261 §25.1 excludes it even from quoted-pair).
-        if let Some(cr) = buf[colon..content_end]
-            .iter()
-            .enumerate()
-            .position(|(i, &b)| b == b'\r' && buf.get(colon + i + 1) != Some(&b'\n'))
-        {
-            return Err(err(ErrorKind::HeaderValue, colon + cr, Some(kind)));
+        // A bare CR inside a line is never legal (RFC 3261 §25.1 excludes it even from
+        // quoted-pair). One before the colon has already failed the name check.
+        if let Some(cr) = bare_cr {
+            return Err(err(ErrorKind::HeaderValue, cr, Some(kind)));
         }
         let value_span = trim(buf, Span::new(colon + 1, content_end));
         if count >= max_headers {
@@ -352,7 +375,7 @@ fn parse_inner<'h, 'b>(
 
     let call_id = call_id_h.value;
     // RFC 3261 §25.1: callid = word [ "@" word ].
-    if call_id.is_empty() || !call_id.iter().all(|&b| is_word(b) || b == b'@') {
+    if call_id.is_empty() || !call_id.iter().all(|&b| is_call_id(b)) {
         return Err(err(
             ErrorKind::CallId,
             call_id_h.value_span.start,

@@ -56,17 +56,30 @@ pub(crate) fn parse_host(text: &[u8]) -> Option<Host<'_>> {
             kind: HostKind::Ipv6,
         });
     }
-    if !text
-        .iter()
-        .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-    {
-        return None;
+    // One pass: check the hostname characters and recognise a dotted quad on the way
+    // (four labels of one to three digits, each at most 255).
+    let mut dots = 0u32;
+    let mut octet = 0u32;
+    let mut octet_len = 0u32;
+    let mut quad = true;
+    for &b in text {
+        match b {
+            b'0'..=b'9' => {
+                octet = octet.saturating_mul(10).saturating_add(u32::from(b - b'0'));
+                octet_len += 1;
+            }
+            b'.' => {
+                quad &= (1..=3).contains(&octet_len) && octet <= 255;
+                dots += 1;
+                octet = 0;
+                octet_len = 0;
+            }
+            b'a'..=b'z' | b'A'..=b'Z' | b'-' => quad = false,
+            _ => return None,
+        }
     }
-    let dotted_quad = text.split(|&b| b == b'.').count() == 4
-        && text
-            .split(|&b| b == b'.')
-            .all(|o| parse_decimal(o, 255).is_some() && o.len() <= 3);
-    let kind = if dotted_quad {
+    quad &= dots == 3 && (1..=3).contains(&octet_len) && octet <= 255;
+    let kind = if quad {
         HostKind::Ipv4
     } else {
         HostKind::Domain
@@ -203,6 +216,15 @@ pub(crate) fn parse_uri(
     allow_headers: bool,
 ) -> Result<Uri<'_>, UriError> {
     let text = buf.get(start..end).ok_or(UriError::Malformed(start))?;
+    // The usual schemes first, without scanning for the colon.
+    if text.len() >= 4 && eq_ic(&text[..4], b"sip:") {
+        return parse_sip_rest(buf, start, start + 4, end, Scheme::Sip, allow_headers)
+            .map(Uri::Sip);
+    }
+    if text.len() >= 5 && eq_ic(&text[..5], b"sips:") {
+        return parse_sip_rest(buf, start, start + 5, end, Scheme::Sips, allow_headers)
+            .map(Uri::Sip);
+    }
     let colon = text
         .iter()
         .position(|&b| b == b':')
@@ -251,26 +273,39 @@ fn parse_sip_rest(
     let bad = |at: usize| UriError::Malformed(at);
     let text = &buf[pos..end];
     // RFC 3261 §25.1: userinfo cannot contain an unescaped '@', so the first '@' ends it.
-    let (user, password) = match text.iter().position(|&b| b == b'@') {
-        Some(at) => {
-            let userinfo = &text[..at];
-            let (user, password) = match userinfo.iter().position(|&b| b == b':') {
-                Some(c) => (&userinfo[..c], Some(&userinfo[c + 1..])),
-                None => (userinfo, None),
-            };
-            if user.is_empty() || !user.iter().all(|&b| is_user(b)) {
+    // Neither user nor password characters include '@' or ':', so one scan of each finds
+    // the userinfo; a scan that stops elsewhere means there is none, unless an '@' follows
+    // (then the userinfo holds a bad character).
+    let user_len = text.iter().position(|&b| !is_user(b)).unwrap_or(text.len());
+    let (user, password, userinfo_len) = match text.get(user_len) {
+        Some(b'@') => (Some(&text[..user_len]), None, Some(user_len + 1)),
+        Some(b':') => {
+            let after = &text[user_len + 1..];
+            let pass_len = after
+                .iter()
+                .position(|&b| !is_password(b))
+                .unwrap_or(after.len());
+            if after.get(pass_len) == Some(&b'@') {
+                (
+                    Some(&text[..user_len]),
+                    Some(&after[..pass_len]),
+                    Some(user_len + 1 + pass_len + 1),
+                )
+            } else if after[pass_len..].contains(&b'@') {
                 return Err(bad(pos));
+            } else {
+                (None, None, None)
             }
-            if let Some(p) = password {
-                if !p.iter().all(|&b| is_password(b)) {
-                    return Err(bad(pos));
-                }
-            }
-            pos += at + 1;
-            (Some(user), password)
         }
-        None => (None, None),
+        Some(_) if text[user_len..].contains(&b'@') => return Err(bad(pos)),
+        _ => (None, None, None),
     };
+    if let Some(len) = userinfo_len {
+        if user_len == 0 {
+            return Err(bad(pos));
+        }
+        pos += len;
+    }
     let rest = &buf[pos..end];
     let host_len = if rest.first() == Some(&b'[') {
         rest.iter()
@@ -403,6 +438,22 @@ mod tests {
         space: "sip:a b@c" => |u| u.is_none();
         empty_param: "sip:a@b;;lr" => |u| u.is_none();
         unterminated_v6: "sip:[2001:db8::1" => |u| u.is_none();
+        ipv4_host: "sip:a@10.0.0.255:5060" => |u| u.is_some_and(|u| u.host.kind == HostKind::Ipv4);
+        octet_over_255: "sip:a@10.0.0.256" => |u| u.is_some_and(|u| u.host.kind == HostKind::Domain);
+        four_digit_octet: "sip:a@0010.0.0.1" => |u| u.is_some_and(|u| u.host.kind == HostKind::Domain);
+        five_labels: "sip:1.2.3.4.5" => |u| u.is_some_and(|u| u.host.kind == HostKind::Domain);
+        empty_label: "sip:1..3.4" => |u| u.is_some_and(|u| u.host.kind == HostKind::Domain);
+        trailing_dot: "sip:1.2.3.4." => |u| u.is_some_and(|u| u.host.kind == HostKind::Domain);
+        letter_label: "sip:1.2.3.a4" => |u| u.is_some_and(|u| u.host.kind == HostKind::Domain);
+        long_digits: "sip:99999999999999999999.1.1.1" => |u| u.is_some_and(|u| u.host.kind == HostKind::Domain);
+        host_port_no_user: "sip:host.example.com:5060;lr" => |u| u.is_some_and(|u| u.user.is_none() && u.port == Some(5060) && u.lr);
+        empty_user: "sip:@host" => |u| u.is_none();
+        empty_password: "sip:a:@host" => |u| u.is_some_and(|u| u.password == Some(b""));
+        bad_password_before_at: "sip:a:b c@host" => |u| u.is_none();
+        port_then_at_in_params: "sip:host:5060;maddr=x@y" => |u| u.is_none();
+        user_with_semicolon: "sip:host;x=a@b" => |u| u.is_some_and(|u| u.user == Some(b"host;x=a") && u.host.text == b"b");
+        upper_scheme: "SIP:a@b" => |u| u.is_some_and(|u| u.scheme == Scheme::Sip);
+        sips_scheme: "SiPs:a@b" => |u| u.is_some_and(|u| u.scheme == Scheme::Sips);
         intmeth_user: "sip:1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*:&it+has=1,weird!*pas$wo~d_too.(doesn't-it)@example.com" => |u| u.is_some_and(|u| u.host.text == b"example.com" && u.password.is_some());
     }
 

@@ -3,7 +3,7 @@
 
 use super::Span;
 use super::Transport;
-use super::chars::{eq_ic, is_host, is_lws, is_token};
+use super::chars::{eq_ic, is_gen_value, is_lws, is_token};
 use super::cursor::Cursor;
 use super::uri::{Host, Uri, UriError, parse_host, parse_port, parse_uri};
 
@@ -19,9 +19,14 @@ pub struct Param<'b> {
 }
 
 /// Parses `*( SEMI generic-param )` from the cursor position to the end of the value
-/// (RFC 3261 §25.1). Fails on an empty parameter or a value that is neither a token, a host nor
-/// a quoted-string. Returns the region spanning all parameters.
-fn parse_params(cur: &mut Cursor<'_>) -> Result<Span, usize> {
+/// (RFC 3261 §25.1), handing each parameter to `each` as it is read (one pass: the typed
+/// parameters are picked out on the way). Fails on an empty parameter or a value that is neither
+/// a token, a host nor a quoted-string, or where `each` fails. Returns the region spanning all
+/// parameters.
+fn parse_params<'b>(
+    cur: &mut Cursor<'b>,
+    mut each: impl FnMut(Param<'b>) -> Result<(), usize>,
+) -> Result<Span, usize> {
     let start = cur.pos;
     let mut region_end = cur.pos;
     loop {
@@ -29,25 +34,37 @@ fn parse_params(cur: &mut Cursor<'_>) -> Result<Span, usize> {
         if cur.at_end() {
             return Ok(Span::new(start, region_end));
         }
+        let param_start = cur.pos;
         if !cur.eat(b';') {
             return Err(cur.pos);
         }
         cur.skip_lws();
-        cur.token().ok_or(cur.pos)?;
+        let name = cur.token().ok_or(cur.pos)?;
         region_end = cur.pos;
         let before_eq = cur.pos;
         cur.skip_lws();
+        let mut value = None;
         if cur.eat(b'=') {
             cur.skip_lws();
-            if cur.peek() == Some(b'"') {
-                cur.quoted_string().ok_or(cur.pos)?;
-            } else if cur.take_while(|b| is_token(b) || is_host(b)).is_empty() {
-                return Err(cur.pos);
-            }
+            let v = if cur.peek() == Some(b'"') {
+                cur.quoted_string().ok_or(cur.pos)?
+            } else {
+                let v = cur.take_while(is_gen_value);
+                if v.is_empty() {
+                    return Err(cur.pos);
+                }
+                v
+            };
+            value = Some(cur.slice(v));
             region_end = cur.pos;
         } else {
             cur.pos = before_eq;
         }
+        each(Param {
+            name: cur.slice(name),
+            value,
+            span: Span::new(param_start, region_end),
+        })?;
     }
 }
 
@@ -90,7 +107,7 @@ impl<'b> Iterator for Params<'b> {
             let v = if cur.peek() == Some(b'"') {
                 cur.quoted_string()?
             } else {
-                cur.take_while(|b| is_token(b) || is_host(b))
+                cur.take_while(is_gen_value)
             };
             value = Some(cur.slice(v));
             end = cur.pos;
@@ -216,7 +233,6 @@ pub(crate) fn parse_via(buf: &[u8], span: Span) -> Result<Via<'_>, usize> {
     } else {
         cur.pos = after_host;
     }
-    let params = parse_params(&mut cur)?;
     let mut via = Via {
         span,
         transport_token: transport_span.slice(buf),
@@ -224,11 +240,7 @@ pub(crate) fn parse_via(buf: &[u8], span: Span) -> Result<Via<'_>, usize> {
         host,
         port,
         sent_by: Span::new(host_start, sent_by_end),
-        params: if params.is_empty() {
-            Span::new(sent_by_end, sent_by_end)
-        } else {
-            params
-        },
+        params: Span::new(sent_by_end, sent_by_end),
         branch: None,
         received: None,
         rport: Rport::Absent,
@@ -238,26 +250,30 @@ pub(crate) fn parse_via(buf: &[u8], span: Span) -> Result<Via<'_>, usize> {
         alias: false,
         buf,
     };
-    for p in Params::new(buf, params) {
-        let value_start = p.span.end - p.value.map_or(0, <[u8]>::len);
-        if eq_ic(p.name, b"branch") {
+    let params = parse_params(&mut cur, |p| {
+        let named = |name: &[u8]| eq_ic(p.name, name);
+        if named(b"branch") {
             via.branch = Some(p.value.ok_or(p.span.start)?);
-        } else if eq_ic(p.name, b"received") {
+        } else if named(b"received") {
             p.value.ok_or(p.span.start)?;
             via.received = Some(p);
-        } else if eq_ic(p.name, b"rport") {
+        } else if named(b"rport") {
             via.rport = match p.value {
                 None => Rport::Requested,
-                Some(v) => Rport::Port(parse_port(v).ok_or(value_start)?),
+                Some(v) => Rport::Port(parse_port(v).ok_or(p.span.end - v.len())?),
             };
             via.rport_param = Some(p.span);
-        } else if eq_ic(p.name, b"maddr") {
+        } else if named(b"maddr") {
             via.maddr = Some(p.value.ok_or(p.span.start)?);
-        } else if eq_ic(p.name, b"comp") {
+        } else if named(b"comp") {
             via.comp = Some(p.value.ok_or(p.span.start)?);
-        } else if eq_ic(p.name, b"alias") {
+        } else if named(b"alias") {
             via.alias = true;
         }
+        Ok(())
+    })?;
+    if !params.is_empty() {
+        via.params = params;
     }
     Ok(via)
 }
@@ -302,65 +318,69 @@ impl<'b> NameAddr<'b> {
 pub(crate) fn parse_name_addr(buf: &[u8], span: Span) -> Result<NameAddr<'_>, usize> {
     let mut cur = Cursor::new(buf, span);
     let value = cur.slice(span);
-    let start = span.start;
+    let start = cur.pos;
     let mut display_name = None;
-    let (uri_span, bracketed);
-    if value.first() == Some(&b'"') {
+    let angle = if value.first() == Some(&b'"') {
         let q = cur.quoted_string().ok_or(start)?;
         display_name = Some(cur.slice(q));
         cur.skip_lws();
         if cur.peek() != Some(b'<') {
             return Err(cur.pos);
         }
-    }
-    if value.first() == Some(&b'"') || value.contains(&b'<') {
-        // name-addr: everything before '<' must be `*(token LWS)` (RFC 3261 §25.1 display-name).
-        if value.first() != Some(&b'"') {
-            let lt = cur.pos + value.iter().position(|&b| b == b'<').unwrap_or(0);
-            let name = Span::new(cur.pos, lt);
-            let name_bytes = cur.slice(name);
-            if let Some(bad) = name_bytes.iter().position(|&b| !is_token(b) && !is_lws(b)) {
-                return Err(name.start + bad);
-            }
-            let trimmed = super::cursor::trim(buf, name);
+        true
+    } else {
+        // name-addr: everything before '<' must be `*(token LWS)` (RFC 3261 §25.1
+        // display-name); without any '<' the value is an addr-spec.
+        let name_len = value
+            .iter()
+            .position(|&b| !is_token(b) && !is_lws(b))
+            .unwrap_or(value.len());
+        if value.get(name_len) == Some(&b'<') {
+            let trimmed = super::cursor::trim(buf, Span::new(start, start + name_len));
             display_name = (!trimmed.is_empty()).then(|| trimmed.slice(buf));
-            cur.pos = lt;
+            cur.pos = start + name_len;
+            true
+        } else if value[name_len..].contains(&b'<') {
+            return Err(start + name_len);
+        } else {
+            false
         }
-        cur.eat(b'<');
-        let uri_start = cur.pos;
-        cur.take_while(|b| b != b'>');
-        if !cur.eat(b'>') {
-            return Err(uri_start);
-        }
-        uri_span = Span::new(uri_start, cur.pos - 1);
-        bracketed = true;
+    };
+    let uri_span = if angle {
+        let uri_start = cur.pos + 1;
+        let len = buf[uri_start..cur.end]
+            .iter()
+            .position(|&b| b == b'>')
+            .ok_or(uri_start)?;
+        cur.pos = uri_start + len + 1;
+        Span::new(uri_start, uri_start + len)
     } else {
         // addr-spec form: header parameters follow the URI, so the URI ends at ';' or LWS;
         // RFC 3261 §20.10: it may then contain no ',', '?' or ';' of its own.
-        uri_span = cur.take_while(|b| b != b';' && !is_lws(b));
-        bracketed = false;
-    }
-    let uri = parse_uri(buf, uri_span.start, uri_span.end, bracketed).map_err(|e| match e {
+        cur.take_while(|b| b != b';' && !is_lws(b))
+    };
+    let uri = parse_uri(buf, uri_span.start, uri_span.end, angle).map_err(|e| match e {
         UriError::Malformed(at) | UriError::Headers(at) => at,
     })?;
-    let params = parse_params(&mut cur)?;
+    let mut tag = None;
+    let params = parse_params(&mut cur, |p| {
+        // The first `tag` counts (From/To, RFC 3261 §19.3).
+        if tag.is_none() && eq_ic(p.name, b"tag") {
+            tag = Some(p.value.ok_or(p.span.start)?);
+        }
+        Ok(())
+    })?;
     let params = if params.is_empty() {
-        Span::new(
-            uri_span.end + usize::from(bracketed),
-            uri_span.end + usize::from(bracketed),
-        )
+        let after_uri = uri_span.end + usize::from(angle);
+        Span::new(after_uri, after_uri)
     } else {
         params
-    };
-    let tag = match Params::new(buf, params).get(b"tag") {
-        Some(p) => Some(p.value.ok_or(p.span.start)?),
-        None => None,
     };
     Ok(NameAddr {
         span,
         display_name,
         uri,
-        bracketed,
+        bracketed: angle,
         params,
         tag,
         buf,
