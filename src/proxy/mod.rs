@@ -174,6 +174,9 @@ pub enum DropReason {
     UnsupportedTransport,
     /// The caller's output buffer cannot hold even the response (513 was impossible).
     BufferTooSmall,
+    /// A provisional response from a backend an INVITE already failed over from: only the
+    /// backend now in charge speaks to the caller (RFC 3261 §16.7 lets a proxy absorb it).
+    Superseded,
 }
 
 impl DropReason {
@@ -192,11 +195,12 @@ impl DropReason {
             Self::Unresolved => "unresolved",
             Self::UnsupportedTransport => "unsupported_transport",
             Self::BufferTooSmall => "buffer_too_small",
+            Self::Superseded => "superseded",
         }
     }
 
     /// Every reason, for pre-registering metrics.
-    pub const ALL: [Self; 12] = [
+    pub const ALL: [Self; 13] = [
         Self::NotSip,
         Self::KeepAlive,
         Self::SigComp,
@@ -209,6 +213,7 @@ impl DropReason {
         Self::Unresolved,
         Self::UnsupportedTransport,
         Self::BufferTooSmall,
+        Self::Superseded,
     ];
 }
 
@@ -228,6 +233,7 @@ impl From<DropReason> for crate::metrics::DropReason {
             DropReason::Unresolved => Self::Unresolved,
             DropReason::UnsupportedTransport => Self::UnsupportedTransport,
             DropReason::BufferTooSmall => Self::BufferTooSmall,
+            DropReason::Superseded => Self::Superseded,
         }
     }
 }
@@ -237,7 +243,17 @@ impl From<DropReason> for crate::metrics::DropReason {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Event {
-    /// A backend did not answer in time. Reserved for transaction-stateful failover; the
-    /// stateless core never emits it yet.
+    /// A backend did not answer in time. Reserved: INVITE failover reports silent backends
+    /// to the blacklist itself and announces the move with [`Event::Failover`].
     BackendTimeout(SocketAddr),
+    /// An INVITE left backend `from` (it refused with a retry code, stayed silent past the
+    /// failover timeout, or could not be reached) for `to`, or for nobody (`None`: the proxy
+    /// answered 503 itself). Emitted with the [`Core::poll_transmit`] output that carries it
+    /// out; count it as a failover of `from`.
+    Failover {
+        /// The backend the INVITE leaves.
+        from: crate::balance::BackendId,
+        /// The backend it goes to, if any.
+        to: Option<crate::balance::BackendId>,
+    },
 }
