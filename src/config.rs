@@ -1013,6 +1013,31 @@ mod tests {
     }
 
     #[test]
+    fn failover_section() {
+        let c = Config::from_toml(
+            "[failover]\nenabled = true\ntimeout_ms = 1500\nretry_codes = [503, 480]\n\
+             max_attempts = 2\nretry_after_secs = 9\nmax_transactions = 100\n",
+        )
+        .unwrap();
+        let f = c.failover.core_config().unwrap();
+        assert_eq!(f.timeout, Duration::from_millis(1500));
+        assert!(f.retry_codes.contains(480) && f.retry_codes.contains(503));
+        assert!(!f.retry_codes.contains(500));
+        assert_eq!((f.max_attempts, f.retry_after, f.capacity), (2, 9, 100));
+        let off = Config::from_toml("[failover]\nenabled = false\n").unwrap();
+        assert_eq!(off.failover.core_config(), None);
+        for (text, key) in [
+            ("timeout_ms = 32000", "failover.timeout_ms"),
+            ("timeout_ms = 0", "failover.timeout_ms"),
+            ("retry_codes = [200]", "failover.retry_codes"),
+            ("max_attempts = 9", "failover.max_attempts"),
+        ] {
+            let e = Config::from_toml(&format!("[failover]\n{text}\n")).unwrap_err();
+            assert!(e.to_string().contains(key), "{text}: {e}");
+        }
+    }
+
+    #[test]
     fn full_example() {
         let c = Config::from_toml(
             r#"

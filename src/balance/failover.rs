@@ -968,6 +968,56 @@ mod tests {
     }
 
     #[test]
+    fn a_backend_failure_moves_every_call_waiting_on_it() {
+        let mut r = rig(FailoverConfig::default());
+        let order = r.order();
+        let t0 = r.t0;
+        r.invite(t0);
+        let addr = r.pool.by_id(order[0]).unwrap().addr();
+        r.fo.handle_backend_failure(t0, addr, BlockReason::ConnectRefused, &r.pool, &r.bl);
+        let key = r.fo.key(CALL_ID, 314159);
+        assert_eq!(
+            r.events(),
+            [FailoverEvent::Retry {
+                key,
+                backend: order[1],
+                from: order[0]
+            }]
+        );
+        assert_eq!(r.fo.current(CALL_ID, 314159), Some((order[1], 1)));
+        // Another address failing changes nothing.
+        let other = r.pool.by_id(order[2]).unwrap().addr();
+        r.fo.handle_backend_failure(t0, other, BlockReason::SendError, &r.pool, &r.bl);
+        assert!(r.events().is_empty());
+    }
+
+    #[test]
+    fn slots_are_reused_and_oversized_requests_are_not_tracked() {
+        let mut r = rig(FailoverConfig {
+            capacity: 2,
+            slot_bytes: CALL_ID.len() + INVITE.len(),
+            ..FailoverConfig::default()
+        });
+        let t0 = r.t0;
+        r.invite(t0);
+        assert_eq!(r.fo.len(), 1);
+        // Forgotten after ringing ends, then tracked again in the freed slot.
+        let order = r.order();
+        r.respond(t0, 180, None, order[0]);
+        r.fo.handle_timeout(t0 + Duration::from_secs(201), &r.pool, &r.bl);
+        assert!(r.fo.is_empty());
+        r.invite(t0 + Duration::from_secs(202));
+        assert_eq!(r.fo.len(), 1);
+        assert_eq!(r.fo.request(r.fo.key(CALL_ID, 314159)), Some(INVITE));
+        let mut small = rig(FailoverConfig {
+            slot_bytes: 16,
+            ..FailoverConfig::default()
+        });
+        small.invite(t0);
+        assert!(small.fo.is_empty());
+    }
+
+    #[test]
     fn attempts_and_capacity_are_bounded() {
         let mut r = rig(FailoverConfig {
             max_attempts: 1,
