@@ -87,6 +87,26 @@ failures_before_down = 3
 # Consecutive answered probes before it is put back.
 successes_before_up = 2
 
+[failover]
+# INVITE failover: a new call whose backend refuses it (one of retry_codes), stays silent for
+# timeout_ms or cannot be reached, before any provisional response other than 100, is sent to
+# the next backend in hash order; the refusal is ACKed and never reaches the caller. When no
+# backend is left the caller gets 503 with Retry-After. CANCEL and the ACK of a failed call
+# follow the INVITE to the backend that has it. A 503 also blocks that backend for new calls
+# for its Retry-After (a silent one for the blacklist's back-off). false = stateless.
+enabled = true
+# How long a backend has to send any response to an INVITE (less than RFC 3261 Timer B, 32 s).
+timeout_ms = 2000
+# Final responses (300-699) that move the call to the next backend.
+retry_codes = [503]
+# Backends tried per call, the first included (1-8).
+max_attempts = 3
+# Retry-After (seconds) of the 503 sipedge answers when every backend failed.
+retry_after_secs = 5
+# INVITE transactions tracked per shard, each with up to 4 KiB of request kept (allocated at
+# start); beyond it, or for a larger INVITE, new calls are forwarded without failover.
+max_transactions = 8192
+
 [dns]
 # Backends named by host name are resolved per RFC 3263 (NAPTR, SRV, A/AAAA) and re-resolved
 # as their TTLs expire. Name servers as "IP:PORT"; empty = the system's resolv.conf.
@@ -360,6 +380,47 @@ pub struct HealthConfig {
     pub successes_before_up: u32,
 }
 
+/// INVITE failover (`[failover]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailoverSettings {
+    /// Track INVITEs and retry them on the next backend; `false` = fully stateless.
+    pub enabled: bool,
+    /// How long a backend has to send any response to an INVITE.
+    pub timeout: Duration,
+    /// Final response codes that move the call to the next backend.
+    pub retry_codes: Vec<u16>,
+    /// Backends tried per call (1-8).
+    pub max_attempts: usize,
+    /// Retry-After of the 503 answered when every backend failed.
+    pub retry_after_secs: u32,
+    /// INVITE transactions tracked per shard.
+    pub max_transactions: usize,
+}
+
+impl FailoverSettings {
+    /// The proxy core's failover parameters; `None` when disabled.
+    pub fn core_config(&self) -> Option<crate::balance::FailoverConfig> {
+        if !self.enabled {
+            return None;
+        }
+        let d = crate::balance::FailoverConfig::default();
+        let retry_codes = self
+            .retry_codes
+            .iter()
+            .fold(crate::balance::StatusCodes::none(), |codes, &c| {
+                codes.with_range(c, c)
+            });
+        Some(crate::balance::FailoverConfig {
+            timeout: self.timeout,
+            retry_codes,
+            max_attempts: self.max_attempts,
+            retry_after: self.retry_after_secs,
+            capacity: self.max_transactions,
+            ..d
+        })
+    }
+}
+
 /// DNS resolution of backend names (RFC 3263).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct DnsConfig {
@@ -411,6 +472,8 @@ pub struct Config {
     pub dns: DnsConfig,
     /// Signaling compression.
     pub sigcomp: SigcompSettings,
+    /// INVITE failover.
+    pub failover: FailoverSettings,
 }
 
 /// Why a configuration was rejected. The message names the key (and, for syntax and value
@@ -544,6 +607,17 @@ struct RawSigcomp {
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
+struct RawFailover {
+    enabled: Option<bool>,
+    timeout_ms: Option<u64>,
+    retry_codes: Option<Vec<u16>>,
+    max_attempts: Option<usize>,
+    retry_after_secs: Option<u32>,
+    max_transactions: Option<usize>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 struct RawConfig {
     shards: Option<u16>,
     driver: Option<Parsed<Driver>>,
@@ -563,6 +637,8 @@ struct RawConfig {
     dns: RawDns,
     #[serde(default)]
     sigcomp: RawSigcomp,
+    #[serde(default)]
+    failover: RawFailover,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -697,6 +773,23 @@ impl Config {
                     .idle_timeout_secs
                     .map_or(d.sigcomp.idle_timeout, Duration::from_secs),
             },
+            failover: FailoverSettings {
+                enabled: raw.failover.enabled.unwrap_or(d.failover.enabled),
+                timeout: raw
+                    .failover
+                    .timeout_ms
+                    .map_or(d.failover.timeout, Duration::from_millis),
+                retry_codes: raw.failover.retry_codes.unwrap_or(d.failover.retry_codes),
+                max_attempts: raw.failover.max_attempts.unwrap_or(d.failover.max_attempts),
+                retry_after_secs: raw
+                    .failover
+                    .retry_after_secs
+                    .unwrap_or(d.failover.retry_after_secs),
+                max_transactions: raw
+                    .failover
+                    .max_transactions
+                    .unwrap_or(d.failover.max_transactions),
+            },
         };
         config.validate()?;
         Ok(config)
@@ -755,7 +848,36 @@ impl Config {
         if let Err(e) = self.log_filter_check() {
             return Err(invalid("log.level", e));
         }
+        self.failover_check()?;
         self.sigcomp_check()
+    }
+
+    /// The failover timeout must leave the caller's INVITE transaction time for the retry
+    /// (RFC 3261 §17.1.1.2: Timer B is 64*T1 = 32 s).
+    fn failover_check(&self) -> Result<(), ConfigError> {
+        let f = &self.failover;
+        if f.timeout.is_zero() || f.timeout >= Duration::from_secs(32) {
+            return Err(invalid(
+                "failover.timeout_ms",
+                "must be between 1 and 31999 (under RFC 3261 Timer B)",
+            ));
+        }
+        if let Some(c) = f.retry_codes.iter().find(|c| !(300..=699).contains(*c)) {
+            return Err(invalid(
+                "failover.retry_codes",
+                format!("{c} is not a final non-2xx status (300-699)"),
+            ));
+        }
+        if !(1..=crate::balance::MAX_ATTEMPTS).contains(&f.max_attempts) {
+            return Err(invalid("failover.max_attempts", "must be between 1 and 8"));
+        }
+        if f.max_transactions > 1 << 20 {
+            return Err(invalid(
+                "failover.max_transactions",
+                "must be at most 1048576",
+            ));
+        }
+        Ok(())
     }
 
     /// RFC 3320 §3.3.1: the resources are advertised in a 3-bit encoding, so only the
@@ -860,6 +982,14 @@ impl Config {
                 total_memory: 64 << 20,
                 idle_timeout: Duration::from_secs(3600),
             },
+            failover: FailoverSettings {
+                enabled: true,
+                timeout: Duration::from_millis(2000),
+                retry_codes: vec![503],
+                max_attempts: 3,
+                retry_after_secs: 5,
+                max_transactions: 8192,
+            },
         }
     }
 }
@@ -880,6 +1010,31 @@ mod tests {
         let parsed = Config::from_toml(DEFAULT_TOML).map_err(|e| e.to_string());
         assert_eq!(parsed, Ok(Config::default()));
         assert_eq!(Config::from_toml("").map_err(|e| e.to_string()), parsed);
+    }
+
+    #[test]
+    fn failover_section() {
+        let c = Config::from_toml(
+            "[failover]\nenabled = true\ntimeout_ms = 1500\nretry_codes = [503, 480]\n\
+             max_attempts = 2\nretry_after_secs = 9\nmax_transactions = 100\n",
+        )
+        .unwrap();
+        let f = c.failover.core_config().unwrap();
+        assert_eq!(f.timeout, Duration::from_millis(1500));
+        assert!(f.retry_codes.contains(480) && f.retry_codes.contains(503));
+        assert!(!f.retry_codes.contains(500));
+        assert_eq!((f.max_attempts, f.retry_after, f.capacity), (2, 9, 100));
+        let off = Config::from_toml("[failover]\nenabled = false\n").unwrap();
+        assert_eq!(off.failover.core_config(), None);
+        for (text, key) in [
+            ("timeout_ms = 32000", "failover.timeout_ms"),
+            ("timeout_ms = 0", "failover.timeout_ms"),
+            ("retry_codes = [200]", "failover.retry_codes"),
+            ("max_attempts = 9", "failover.max_attempts"),
+        ] {
+            let e = Config::from_toml(&format!("[failover]\n{text}\n")).unwrap_err();
+            assert!(e.to_string().contains(key), "{text}: {e}");
+        }
     }
 
     #[test]

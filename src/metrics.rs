@@ -164,6 +164,9 @@ label_enum! {
         UnsupportedTransport => "unsupported_transport",
         /// The output buffer could not hold the message.
         BufferTooSmall => "buffer_too_small",
+        /// A response from a backend an INVITE already failed over from (RFC 3261 §16.7:
+        /// the proxy absorbs it; only the backend in charge answers the caller).
+        Superseded => "superseded",
         /// No local socket to send from (no listener of the destination's address family).
         NoRoute => "no_route",
         /// The owning shard's handoff queue was full.

@@ -3,13 +3,20 @@
 //! One UAS is killed by PID during a bounded load run: once the detection window has passed no
 //! call fails and the dead one gets nothing; restarted, it is re-admitted by probing and gets
 //! calls again. Run over UDP and over TCP.
+//!
+//! One UAS stays up (it answers the OPTIONS probes) but refuses every INVITE with 503 and
+//! Retry-After (`tests/scenarios/uas_503.xml`): sipedge's INVITE failover ACKs each refusal and
+//! retries the call on the next backend, so the caller sees no failure; the refusal, seen on
+//! one shard, blocks that backend for the other shard too (shared blacklist). Over UDP and TCP.
 
 mod common;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::{Sipedge, SipedgeOptions, Sipp, TempDir, free_port, transport_flag, wait_port};
+use common::{
+    Sipedge, SipedgeOptions, Sipp, TempDir, free_port, scenario, transport_flag, wait_port,
+};
 
 /// Probing fast enough for a short test: a dead backend is down after two missed probes.
 const HEALTH: &str = "[health]\nprobe_interval_ms = 200\nprobe_timeout_ms = 300\n\
@@ -204,4 +211,122 @@ fn killed_backend_is_avoided_and_readmitted_udp() {
 #[test]
 fn killed_backend_is_avoided_and_readmitted_tcp() {
     kill_one_backend("tcp");
+}
+
+/// A sipp UAS running `tests/scenarios/uas_503.xml` (503 to every INVITE, 200 to OPTIONS).
+fn refusing_uas(dir: &TempDir, name: &str, port: u16, transport: &str) -> Sipp {
+    let args: Vec<String> = [
+        "-sf",
+        &scenario("uas_503.xml"),
+        "-i",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-t",
+        transport_flag(transport),
+        "-aa",
+    ]
+    .map(String::from)
+    .to_vec();
+    let me = Sipp::spawn(dir, name, &args);
+    wait_port(port, transport);
+    me
+}
+
+fn refusing_backend(transport: &str) {
+    let dir = TempDir::new(&format!("balance-failover-503-{transport}"));
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let mut refusing = refusing_uas(&dir, "uas503", ports[0], transport);
+    let mut servers: Vec<Sipp> = (1..3)
+        .map(|i| uas(&dir, &format!("uas{i}"), ports[i], transport))
+        .collect();
+    let suffix = if transport == "tcp" {
+        ";transport=tcp"
+    } else {
+        ""
+    };
+    let config = dir.path("failover.toml");
+    std::fs::write(
+        &config,
+        format!("{HEALTH}[failover]\ntimeout_ms = 2000\nretry_codes = [503]\n"),
+    )
+    .expect("write config");
+    let uris: Vec<String> = ports
+        .iter()
+        .map(|p| format!("sip:127.0.0.1:{p}{suffix}"))
+        .collect();
+    let proxy = Sipedge::start(
+        &dir,
+        &SipedgeOptions {
+            backends: uris.clone(),
+            extra: vec!["--config".into(), config.display().to_string()],
+            ..SipedgeOptions::default()
+        },
+    );
+    let calls = 150;
+    let mut uac = load(&dir, "uac", &proxy, transport, calls, 50);
+    let (ok, failed) = finish(&mut uac);
+    refusing.stop();
+    for s in &mut servers {
+        s.stop();
+    }
+    assert_eq!(
+        (ok, failed),
+        (u64::from(calls), 0),
+        "calls failed although two backends answer:\n{}\n{}",
+        uac.output_text(),
+        proxy.log_text()
+    );
+    // The refusing backend got INVITEs and refused them; the caller never saw a 503.
+    let invites = refusing.count_messages("INVITE ");
+    let refusals = refusing.count_messages("SIP/2.0 503");
+    assert!(
+        invites >= 1 && refusals >= 1,
+        "{invites} INVITEs, {refusals} 503s"
+    );
+    assert_eq!(
+        uac.count_messages("SIP/2.0 503"),
+        0,
+        "a 503 reached the caller"
+    );
+    // Every call was answered by one of the two others.
+    let answered: BTreeSet<String> = servers.iter().flat_map(Sipp::call_ids).collect();
+    let missing = uac.call_ids().difference(&answered).count();
+    assert_eq!(missing, 0, "{missing} calls reached no answering backend");
+    // About a third of the calls hash to the refusing backend. Its 503 (Retry-After: 30),
+    // seen on whichever shard owns that call, blocks it on both shards: it is offered only
+    // the few calls in flight before the first refusal, not a third of each shard's share.
+    assert!(
+        invites <= 10,
+        "the refusing backend got {invites} INVITEs: its Retry-After was not honoured by every shard"
+    );
+    let per_shard: Vec<f64> = (0..2)
+        .map(|s| proxy.metric(&format!("sipedge_shard_messages_total{{shard=\"{s}\"}}")))
+        .collect();
+    assert!(
+        per_shard.iter().all(|&m| m >= 100.0),
+        "both shards must carry calls for this to test anything: {per_shard:?}"
+    );
+    let failovers = proxy.metric(&format!(
+        "sipedge_backend_failovers_total{{backend=\"{}\"}}",
+        uris[0]
+    ));
+    assert!(
+        failovers >= 20.0,
+        "only {failovers} failovers counted for the refusing backend"
+    );
+    eprintln!(
+        "{transport}: {ok} of {calls} calls answered, refusing backend got {invites} INVITEs \
+         ({refusals} 503s), {failovers} failovers counted, shard messages {per_shard:?}"
+    );
+}
+
+#[test]
+fn refusing_backend_is_failed_over_on_503_udp() {
+    refusing_backend("udp");
+}
+
+#[test]
+fn refusing_backend_is_failed_over_on_503_tcp() {
+    refusing_backend("tcp");
 }

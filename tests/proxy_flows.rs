@@ -733,3 +733,296 @@ fn every_realistic_request_is_forwarded_and_answered() {
     }
     assert!(requests >= 8, "{requests} requests");
 }
+
+// ------------------------------------------------------------------------------------------
+// INVITE failover (issue #6): the core retries a refused or silent INVITE on the next backend
+// in hash order, under a fake clock, with every output drained through `poll_transmit`.
+// ------------------------------------------------------------------------------------------
+
+const FO_BACKENDS: [&str; 3] = ["192.0.2.70:5070", "192.0.2.71:5070", "192.0.2.72:5070"];
+
+/// The proxy core with three UDP backends and a fake clock.
+struct Failover {
+    core: Core,
+    bl: Blacklist,
+    now: Instant,
+    out: Vec<u8>,
+}
+
+impl Failover {
+    fn new() -> Self {
+        let specs: Vec<BackendSpec> = FO_BACKENDS
+            .iter()
+            .map(|a| BackendSpec::from_uri(&format!("sip:{a}")).unwrap())
+            .collect();
+        let mut config = ProxyConfig::default();
+        for l in &mut config.listeners {
+            l.local = addr(PROXY);
+        }
+        Self {
+            core: Core::new(config, 0, 1, Arc::new(Pool::new(&specs).unwrap())).unwrap(),
+            bl: Blacklist::default(),
+            now: Instant::now(),
+            out: vec![0; 65_536],
+        }
+    }
+
+    /// Everything the core sends on its own now.
+    fn drain(&mut self, sent: &mut Vec<(SocketAddr, Vec<u8>)>) {
+        while let Some(t) = self.core.poll_transmit(self.now, &mut self.out) {
+            let Dest::Addr(_, to) = t.dest else {
+                panic!("UDP only here")
+            };
+            sent.push((to, self.out[..t.len].to_vec()));
+        }
+    }
+
+    /// Delivers `bytes` from `from`; returns what the proxy sent, in order.
+    fn deliver(&mut self, from: SocketAddr, bytes: &[u8]) -> Vec<(SocketAddr, Vec<u8>)> {
+        self.now += Duration::from_millis(1);
+        let input = Inbound {
+            now: self.now,
+            src: from,
+            local: addr(PROXY),
+            transport: Transport::Udp,
+            flow: None,
+            handed_off: false,
+            compressed: false,
+            bytes,
+        };
+        let mut sent = Vec::new();
+        match self.core.handle_inbound(input, &self.bl, &mut self.out) {
+            Verdict::Forward(t) | Verdict::Respond(t) => {
+                let Dest::Addr(_, to) = t.dest else {
+                    panic!("UDP only here")
+                };
+                sent.push((to, self.out[..t.len].to_vec()));
+            }
+            Verdict::Drop(_) | Verdict::Handoff(_) => {}
+        }
+        self.drain(&mut sent);
+        sent
+    }
+
+    /// Advances the clock, runs the due timers; returns what the proxy sent.
+    fn advance(&mut self, by: Duration) -> Vec<(SocketAddr, Vec<u8>)> {
+        self.now += by;
+        if self.core.poll_timeout().is_some_and(|t| t <= self.now) {
+            self.core.handle_timeout(self.now, &self.bl);
+        }
+        let mut sent = Vec::new();
+        self.drain(&mut sent);
+        sent
+    }
+
+    fn events(&mut self) -> Vec<sipedge::proxy::Event> {
+        std::iter::from_fn(|| self.core.poll_event()).collect()
+    }
+}
+
+fn fo_invite(call: &str) -> Vec<u8> {
+    format!(
+        "INVITE sip:bob@example.com SIP/2.0\r\n\
+         Via: SIP/2.0/UDP {UAC};branch=z9hG4bK-{call}-1\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:alice@example.com>;tag=a1\r\n\
+         To: <sip:bob@example.com>\r\n\
+         Call-ID: {call}@example.com\r\n\
+         CSeq: 7 INVITE\r\n\
+         Contact: <sip:alice@{UAC}>\r\n\
+         Content-Length: 0\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// The UAC's CANCEL or non-2xx ACK for `invite` (same Via branch, RFC 3261 §9.1, §17.1.1.3).
+fn fo_in_transaction(invite: &[u8], method: &str, to_tag: Option<&str>) -> Vec<u8> {
+    let t = text(invite)
+        .replace("INVITE sip:", &format!("{method} sip:"))
+        .replace("CSeq: 7 INVITE", &format!("CSeq: 7 {method}"));
+    match to_tag {
+        Some(tag) => t.replace(
+            "To: <sip:bob@example.com>",
+            &format!("To: <sip:bob@example.com>;tag={tag}"),
+        ),
+        None => t,
+    }
+    .into_bytes()
+}
+
+/// A backend's response to `req` (RFC 3261 §8.2.6.2), with a To tag and extra headers.
+fn fo_answer(req: &[u8], code: u16, extra: &str) -> Vec<u8> {
+    parsed(req, |r| {
+        let mut out = format!("SIP/2.0 {code} Whatever\r\n");
+        for h in r.headers_of(HeaderName::Via) {
+            out.push_str(&format!("Via: {}\r\n", text(h.value)));
+        }
+        let one = |kind| text(r.headers()[r.header_index(kind).unwrap()].value);
+        if (101..300).contains(&code) {
+            for h in r.headers_of(HeaderName::RecordRoute) {
+                out.push_str(&format!("Record-Route: {}\r\n", text(h.value)));
+            }
+        }
+        out.push_str(&format!(
+            "From: {}\r\nTo: {};tag=uas{code}\r\nCall-ID: {}\r\nCSeq: {}\r\n{extra}Content-Length: 0\r\n\r\n",
+            one(HeaderName::From),
+            one(HeaderName::To),
+            text(r.call_id()),
+            one(HeaderName::CSeq)
+        ));
+        out.into_bytes()
+    })
+}
+
+fn start_line(bytes: &[u8]) -> String {
+    text(bytes).lines().next().unwrap_or("").to_owned()
+}
+
+#[test]
+fn failover_a_503_is_acked_and_the_invite_retried_on_the_next_backend() {
+    let mut net = Failover::new();
+    let invite = fo_invite("fo503");
+    let sent = net.deliver(addr(UAC), &invite);
+    assert_eq!(sent.len(), 1);
+    let (first, to_first) = (sent[0].0, sent[0].1.clone());
+    assert!(FO_BACKENDS.iter().any(|b| addr(b) == first));
+
+    // The first backend refuses: the proxy ACKs it there and sends the INVITE on.
+    let refusal = fo_answer(&to_first, 503, "Retry-After: 30\r\n");
+    let sent = net.deliver(first, &refusal);
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    let (ack_to, ack) = &sent[0];
+    assert_eq!(*ack_to, first);
+    assert_eq!(start_line(ack), "ACK sip:bob@example.com SIP/2.0");
+    // RFC 3261 §17.1.1.3: the ACK carries the branch of the INVITE it acknowledges.
+    assert_eq!(branches(ack)[0], branches(&to_first)[0]);
+    assert_eq!(values(ack, HeaderName::CSeq), ["7 ACK"]);
+    let (second, to_second) = (sent[1].0, sent[1].1.clone());
+    assert_ne!(second, first);
+    assert_eq!(start_line(&to_second), start_line(&to_first));
+    // §16.6 step 8: a new client transaction, so a new branch; the caller's Via is kept.
+    assert_ne!(branches(&to_second)[0], branches(&to_first)[0]);
+    assert_eq!(branches(&to_second)[1], branches(&to_first)[1]);
+    assert!(matches!(
+        net.events()[..],
+        [sipedge::proxy::Event::Failover { to: Some(_), .. }]
+    ));
+    // A 503 with Retry-After blocks that backend for new calls (RFC 3261 §21.5.4).
+    assert!(net.bl.is_blocked(first, net.now + Duration::from_secs(29)));
+
+    // A retransmitted INVITE goes where the transaction is now, with that branch.
+    let sent = net.deliver(addr(UAC), &invite);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].0, second);
+    assert_eq!(branches(&sent[0].1)[0], branches(&to_second)[0]);
+
+    // The second backend answers: ringing and 200 reach the caller, the 503 never did.
+    for code in [180, 200] {
+        let sent = net.deliver(second, &fo_answer(&to_second, code, ""));
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].0, addr(UAC));
+        assert!(start_line(&sent[0].1).starts_with(&format!("SIP/2.0 {code}")));
+    }
+    // A late retransmission of the refusal is ACKed again, never relayed.
+    let sent = net.deliver(first, &refusal);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].0, first);
+    assert!(start_line(&sent[0].1).starts_with("ACK "));
+}
+
+#[test]
+fn failover_a_silent_backend_is_left_after_the_timeout() {
+    let mut net = Failover::new();
+    let invite = fo_invite("fosilent");
+    let first = net.deliver(addr(UAC), &invite)[0].0;
+    assert!(net.advance(Duration::from_millis(1900)).is_empty());
+    let sent = net.advance(Duration::from_millis(150));
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_ne!(sent[0].0, first);
+    assert_eq!(start_line(&sent[0].1), start_line(&invite));
+    assert!(net.bl.is_blocked(first, net.now));
+    // 100 Trying from the new backend stops the silence timer.
+    let second = sent[0].0;
+    let trying = fo_answer(&sent[0].1, 100, "");
+    assert_eq!(net.deliver(second, &trying).len(), 1);
+    assert!(net.advance(Duration::from_secs(5)).is_empty());
+}
+
+#[test]
+fn failover_when_every_backend_refuses_the_caller_gets_503_with_retry_after() {
+    let mut net = Failover::new();
+    let invite = fo_invite("foall");
+    let mut sent = net.deliver(addr(UAC), &invite);
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let (backend, req) = sent.pop().unwrap();
+        assert!(!seen.contains(&backend), "{backend} tried twice");
+        seen.push(backend);
+        sent = net.deliver(backend, &fo_answer(&req, 503, ""));
+        assert!(start_line(&sent[0].1).starts_with("ACK "));
+        sent.remove(0);
+    }
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    let (to, answer) = &sent[0];
+    assert_eq!(*to, addr(UAC));
+    assert!(start_line(answer).starts_with("SIP/2.0 503"));
+    assert_eq!(values(answer, HeaderName::RetryAfter), ["5"]);
+    // A retransmission gets the same answer without bothering any backend.
+    let again = net.deliver(addr(UAC), &invite);
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].0, addr(UAC));
+    assert!(start_line(&again[0].1).starts_with("SIP/2.0 503"));
+}
+
+#[test]
+fn failover_cancel_and_the_non_2xx_ack_follow_the_invite() {
+    let mut net = Failover::new();
+    let invite = fo_invite("focancel");
+    let sent = net.deliver(addr(UAC), &invite);
+    let (first, to_first) = sent[0].clone();
+    let sent = net.deliver(first, &fo_answer(&to_first, 503, ""));
+    let (second, to_second) = sent[1].clone();
+
+    // RFC 3261 §9.1: the CANCEL goes to the backend that has the INVITE, same branch.
+    let cancel = fo_in_transaction(&invite, "CANCEL", None);
+    let sent = net.deliver(addr(UAC), &cancel);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].0, second);
+    assert_eq!(branches(&sent[0].1)[0], branches(&to_second)[0]);
+
+    // The backend ends the INVITE with 487; it reaches the caller, whose ACK follows it.
+    let sent = net.deliver(second, &fo_answer(&to_second, 487, ""));
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].0, addr(UAC));
+    let ack = fo_in_transaction(&invite, "ACK", Some("uas487"));
+    let sent = net.deliver(addr(UAC), &ack);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].0, second);
+    assert_eq!(branches(&sent[0].1)[0], branches(&to_second)[0]);
+}
+
+#[test]
+fn failover_the_2xx_ack_is_end_to_end_on_the_dialog_route() {
+    let mut net = Failover::new();
+    let invite = fo_invite("fo2xx");
+    let sent = net.deliver(addr(UAC), &invite);
+    let (first, to_first) = sent[0].clone();
+    let sent = net.deliver(first, &fo_answer(&to_first, 503, ""));
+    let (second, to_second) = sent[1].clone();
+    let ok = net.deliver(second, &fo_answer(&to_second, 200, ""));
+    assert_eq!(ok[0].0, addr(UAC));
+    // The UAC's ACK for the 2xx is a new transaction on the Record-Route set (RFC 3261
+    // §13.2.2.4): our affinity token sends it to the backend that answered.
+    let route = values(&ok[0].1, HeaderName::RecordRoute).join(", ");
+    let ack = text(&fo_in_transaction(&invite, "ACK", Some("uas200")))
+        .replace("branch=z9hG4bK-fo2xx-1", "branch=z9hG4bK-fo2xx-ack")
+        .replace(
+            "Max-Forwards: 70\r\n",
+            &format!("Max-Forwards: 70\r\nRoute: {route}\r\n"),
+        )
+        .into_bytes();
+    let sent = net.deliver(addr(UAC), &ack);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].0, second);
+    assert_ne!(branches(&sent[0].1)[0], branches(&to_second)[0]);
+}

@@ -3,7 +3,7 @@
 //!
 //! The shard owning a Call-ID owns all of its INVITE transactions, so this table is per shard
 //! and needs no lock. For each INVITE forwarded to the pool it remembers the original request,
-//! the backends tried and the current one, until the transaction is over:
+//! where it came from, the backends tried and the current one, until the transaction is over:
 //!
 //! - a retryable final response (503 by default; configurable) or a transport error before any
 //!   provisional response other than 100 moves the call to the next backend; the response is
@@ -13,15 +13,21 @@
 //! - retransmissions of the INVITE, its CANCEL and the ACK of a non-2xx final response follow
 //!   the INVITE to the backend that has it now ([`InviteFailover::route_in_transaction`]).
 //!
+//! Storage is allocated once, when the table is built: `capacity` entries, each with a slot of
+//! `slot_bytes` for the Call-ID and the request, an index sized so that it never grows, and
+//! one intrusive deadline list per timer length (every deadline in a list is `now` plus the
+//! same duration, so appending keeps each list sorted). Tracking, retrying and forgetting a
+//! transaction therefore allocate nothing. An INVITE that does not fit (table full, request
+//! larger than a slot) is forwarded without failover.
+//!
 //! Driving loop (sans-IO): call [`InviteFailover::route_invite`] for each INVITE from outside,
 //! [`InviteFailover::handle_response`] for each response to one,
-//! [`InviteFailover::handle_transport_error`] when sending it failed, and
-//! [`InviteFailover::handle_timeout`] at [`InviteFailover::poll_timeout`]; then drain
-//! [`InviteFailover::poll_event`] and act on it.
+//! [`InviteFailover::handle_transport_error`] / [`InviteFailover::handle_backend_failure`]
+//! when sending failed, and [`InviteFailover::handle_timeout`] at
+//! [`InviteFailover::poll_timeout`]; then drain [`InviteFailover::poll_event`] and act on it.
 
-use std::cmp::Reverse;
 use std::collections::hash_map::RandomState;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -31,7 +37,7 @@ use super::blacklist::{Blacklist, BlockReason};
 use super::health::StatusCodes;
 use super::pool::Pool;
 use crate::sip::out::Out;
-use crate::sip::{EMPTY_HEADER, HeaderName, Limits, parse};
+use crate::sip::{EMPTY_HEADER, HeaderName, Limits, Transport, parse};
 
 /// Most backends one INVITE is tried on, whatever the configuration says.
 pub const MAX_ATTEMPTS: usize = 8;
@@ -56,11 +62,14 @@ pub struct FailoverConfig {
     pub linger: Duration,
     /// Most transactions tracked per shard; beyond it INVITEs are forwarded without failover.
     pub capacity: usize,
+    /// Bytes kept per transaction for its Call-ID and original request; a larger INVITE is
+    /// forwarded without failover.
+    pub slot_bytes: usize,
 }
 
 impl Default for FailoverConfig {
     /// 2 s timeout, retry on 503 only, 3 attempts, Retry-After 5, 200 s ringing, 32 s linger,
-    /// 65 536 entries.
+    /// 8192 entries of 4 KiB.
     fn default() -> Self {
         Self {
             timeout: Duration::from_secs(2),
@@ -69,9 +78,26 @@ impl Default for FailoverConfig {
             retry_after: 5,
             ringing: Duration::from_secs(200),
             linger: Duration::from_secs(32),
-            capacity: 65_536,
+            capacity: 8192,
+            slot_bytes: 4096,
         }
     }
+}
+
+/// Where a tracked INVITE came from: what the proxy needs to forward it again, or to answer
+/// it, long after the message itself is gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    /// The caller's address (the RFC 3581 source).
+    pub src: SocketAddr,
+    /// The local address it arrived on.
+    pub local: SocketAddr,
+    /// The transport it arrived over.
+    pub transport: Transport,
+    /// The connection it arrived on (the runtime's flow number), for stream transports.
+    pub flow: Option<u64>,
+    /// It arrived SigComp-compressed.
+    pub compressed: bool,
 }
 
 /// Where an INVITE from outside goes.
@@ -125,6 +151,8 @@ pub enum FailoverEvent {
     GiveUp {
         /// Transaction.
         key: TxKey,
+        /// The backend tried last.
+        from: BackendId,
         /// Seconds for the Retry-After header.
         retry_after: u32,
     },
@@ -133,7 +161,7 @@ pub enum FailoverEvent {
 /// Identity of an INVITE transaction for one table ([`InviteFailover::key`]): Call-ID and CSeq
 /// number (a CANCEL and the ACK of a non-2xx response carry the same pair, RFC 3261 §9.1,
 /// §17.1.1.3). The Call-ID is hashed with a per-table random key, so a caller cannot craft
-/// Call-IDs that collide with another call's entry.
+/// Call-IDs that collide with another call's entry (the stored Call-ID is compared too).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TxKey {
     call_id: u64,
@@ -152,19 +180,31 @@ enum Phase {
     Completed { gave_up: bool },
 }
 
-#[derive(Debug)]
+/// The deadline lists, one per timer length.
+const CALLING: usize = 0;
+const RINGING: usize = 1;
+const LINGER: usize = 2;
+/// No slot (end of a list).
+const NIL: u32 = u32::MAX;
+
+#[derive(Debug, Clone, Copy)]
 struct Entry {
-    call_id: Box<[u8]>,
-    request: Box<[u8]>,
+    key: TxKey,
+    // INVARIANT: the slot holds call_id_len bytes of Call-ID, then request_len of request.
+    call_id_len: usize,
+    request_len: usize,
+    origin: Origin,
     // INVARIANT: tried[..attempts] are the backends tried, the last one is current.
     tried: [BackendId; MAX_ATTEMPTS],
     attempts: usize,
     current_addr: SocketAddr,
     phase: Phase,
     deadline: Instant,
-    /// Bumped at each deadline change; heap items with another generation are stale.
-    generation: u32,
     retry_after: Option<u32>,
+    /// The deadline list this entry is on, and its neighbours there.
+    list: usize,
+    prev: u32,
+    next: u32,
 }
 
 impl Entry {
@@ -181,28 +221,46 @@ impl Entry {
 #[derive(Debug)]
 pub struct InviteFailover {
     config: FailoverConfig,
-    entries: HashMap<TxKey, Entry>,
-    timers: BinaryHeap<Reverse<(Instant, TxKey, u32)>>,
+    /// Slot of each tracked transaction. Sized at twice `capacity`, so that it never grows.
+    index: HashMap<TxKey, u32>,
+    /// `entries[i]` is slot `i` (its bytes: `bytes[i * slot_bytes..]`).
+    entries: Vec<Entry>,
+    free: Vec<u32>,
+    bytes: Vec<u8>,
+    /// Head and tail of each deadline list.
+    lists: [(u32, u32); 3],
     events: VecDeque<FailoverEvent>,
     hasher: RandomState,
 }
 
 impl InviteFailover {
-    /// An empty table.
+    /// An empty table, with all of its storage allocated.
     pub fn new(config: FailoverConfig) -> Self {
+        let config = FailoverConfig {
+            max_attempts: config.max_attempts.clamp(1, MAX_ATTEMPTS),
+            timeout: config.timeout.min(Duration::from_secs(3600)),
+            linger: config.linger.min(Duration::from_secs(3600)),
+            ringing: config.ringing.min(Duration::from_secs(3600)),
+            capacity: config.capacity.min(1 << 20),
+            slot_bytes: config.slot_bytes.min(1 << 16),
+            ..config
+        };
         Self {
-            config: FailoverConfig {
-                max_attempts: config.max_attempts.clamp(1, MAX_ATTEMPTS),
-                timeout: config.timeout.min(Duration::from_secs(3600)),
-                linger: config.linger.min(Duration::from_secs(3600)),
-                ringing: config.ringing.min(Duration::from_secs(3600)),
-                ..config
-            },
-            entries: HashMap::new(),
-            timers: BinaryHeap::new(),
-            events: VecDeque::new(),
+            config,
+            index: HashMap::with_capacity(config.capacity.saturating_mul(2)),
+            entries: Vec::with_capacity(config.capacity),
+            free: Vec::with_capacity(config.capacity),
+            // Zeroed pages are mapped lazily: unused slots cost address space, not memory.
+            bytes: vec![0; config.capacity * config.slot_bytes],
+            lists: [(NIL, NIL); 3],
+            events: VecDeque::with_capacity(config.capacity.saturating_add(1)),
             hasher: RandomState::new(),
         }
+    }
+
+    /// The configuration in force (after clamping).
+    pub fn config(&self) -> &FailoverConfig {
+        &self.config
     }
 
     /// The key of the INVITE transaction with this Call-ID and CSeq number in this table.
@@ -215,28 +273,47 @@ impl InviteFailover {
 
     /// Transactions tracked.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.index.len()
     }
 
     /// Whether nothing is tracked.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.index.is_empty()
     }
 
-    /// Routes an INVITE from outside. A new transaction gets the pool's choice and is tracked;
-    /// a retransmission goes where the transaction is now (or is rejected again if it was
-    /// given up).
+    fn slot_range(&self, slot: u32) -> std::ops::Range<usize> {
+        let start = slot as usize * self.config.slot_bytes;
+        start..start + self.config.slot_bytes
+    }
+
+    fn call_id_of(&self, slot: u32) -> &[u8] {
+        let range = self.slot_range(slot);
+        let len = self.entries[slot as usize].call_id_len;
+        &self.bytes[range.start..range.start + len]
+    }
+
+    /// The slot of the transaction with this key, checking the stored Call-ID.
+    fn find(&self, call_id: &[u8], cseq: u32) -> Option<u32> {
+        let slot = *self.index.get(&self.key(call_id, cseq))?;
+        (self.call_id_of(slot) == call_id).then_some(slot)
+    }
+
+    /// Routes an INVITE from outside. A new transaction gets the pool's choice and is tracked
+    /// (when it fits); a retransmission goes where the transaction is now (or is rejected
+    /// again if it was given up).
+    #[allow(clippy::too_many_arguments)] // each input is one fact about the request
     pub fn route_invite<'p>(
         &mut self,
         now: Instant,
         call_id: &[u8],
         cseq: u32,
         request: &[u8],
+        origin: Origin,
         pool: &'p Pool,
         blacklist: &Blacklist,
     ) -> InviteRoute<'p> {
-        let key = self.key(call_id, cseq);
-        if let Some(e) = self.entries.get(&key).filter(|e| *e.call_id == *call_id) {
+        if let Some(slot) = self.find(call_id, cseq) {
+            let e = &self.entries[slot as usize];
             if let Phase::Completed { gave_up: true } = e.phase {
                 return InviteRoute::Reject {
                     retry_after: e.retry_after.unwrap_or(self.config.retry_after),
@@ -251,25 +328,45 @@ impl InviteFailover {
                 retry_after: self.config.retry_after,
             };
         };
-        if self.entries.len() < self.config.capacity {
+        let fits = call_id.len() + request.len() <= self.config.slot_bytes;
+        if fits && self.index.len() < self.config.capacity {
+            let slot = match self.free.pop() {
+                Some(s) => s,
+                None => self.entries.len() as u32,
+            };
+            let range = self.slot_range(slot);
+            let (cid, rest) = self.bytes[range].split_at_mut(call_id.len());
+            cid.copy_from_slice(call_id);
+            rest[..request.len()].copy_from_slice(request);
             let mut tried = [BackendId(0); MAX_ATTEMPTS];
             tried[0] = backend.id();
-            let deadline = now + self.config.timeout;
-            self.entries.insert(
+            let key = self.key(call_id, cseq);
+            let entry = Entry {
                 key,
-                Entry {
-                    call_id: call_id.into(),
-                    request: request.into(),
-                    tried,
-                    attempts: 1,
-                    current_addr: backend.addr(),
-                    phase: Phase::Calling,
-                    deadline,
-                    generation: 0,
-                    retry_after: None,
-                },
-            );
-            self.timers.push(Reverse((deadline, key, 0)));
+                call_id_len: call_id.len(),
+                request_len: request.len(),
+                origin,
+                tried,
+                attempts: 1,
+                current_addr: backend.addr(),
+                phase: Phase::Calling,
+                deadline: now,
+                retry_after: None,
+                list: CALLING,
+                prev: NIL,
+                next: NIL,
+            };
+            if slot as usize == self.entries.len() {
+                self.entries.push(entry);
+            } else {
+                self.entries[slot as usize] = entry;
+            }
+            // A stale entry under the same key (Call-ID hash collision) is replaced.
+            if let Some(old) = self.index.insert(key, slot) {
+                self.unlink(old);
+                self.free.push(old);
+            }
+            self.link(slot, CALLING, now + self.config.timeout);
         }
         InviteRoute::Forward(backend)
     }
@@ -277,15 +374,36 @@ impl InviteFailover {
     /// The backend a CANCEL or an ACK (of a non-2xx response) with this Call-ID and CSeq
     /// number must follow, if the INVITE is tracked.
     pub fn route_in_transaction(&self, call_id: &[u8], cseq: u32) -> Option<BackendId> {
-        self.entries
-            .get(&self.key(call_id, cseq))
-            .filter(|e| *e.call_id == *call_id)
-            .map(Entry::current)
+        self.current(call_id, cseq).map(|(b, _)| b)
     }
 
-    /// The original request of a tracked transaction (for a retry or the final 503).
+    /// The backend that has the tracked transaction now and its attempt number (0 for the
+    /// first backend tried): requests of the transaction sent there carry the branch of that
+    /// attempt.
+    pub fn current(&self, call_id: &[u8], cseq: u32) -> Option<(BackendId, usize)> {
+        let e = &self.entries[self.find(call_id, cseq)? as usize];
+        Some((e.current(), e.attempts.saturating_sub(1)))
+    }
+
+    /// The original request of a tracked transaction (for a retry, the final 503 or an ACK).
     pub fn request(&self, key: TxKey) -> Option<&[u8]> {
-        self.entries.get(&key).map(|e| &*e.request)
+        let slot = *self.index.get(&key)?;
+        let e = &self.entries[slot as usize];
+        let start = self.slot_range(slot).start + e.call_id_len;
+        self.bytes.get(start..start + e.request_len)
+    }
+
+    /// Where the original request of a tracked transaction came from.
+    pub fn origin(&self, key: TxKey) -> Option<Origin> {
+        let slot = *self.index.get(&key)?;
+        Some(self.entries[slot as usize].origin)
+    }
+
+    /// The current backend and attempt number of a tracked transaction, by key.
+    pub fn attempt(&self, key: TxKey) -> Option<(BackendId, usize)> {
+        let slot = *self.index.get(&key)?;
+        let e = &self.entries[slot as usize];
+        Some((e.current(), e.attempts.saturating_sub(1)))
     }
 
     /// A response to an INVITE, received from `from`. `retry_after` is its Retry-After
@@ -302,14 +420,10 @@ impl InviteFailover {
         pool: &Pool,
         blacklist: &Blacklist,
     ) -> ResponseAction {
-        let key = self.key(call_id, cseq);
-        let Some(e) = self
-            .entries
-            .get_mut(&key)
-            .filter(|e| *e.call_id == *call_id)
-        else {
+        let Some(slot) = self.find(call_id, cseq) else {
             return ResponseAction::Forward;
         };
+        let e = &mut self.entries[slot as usize];
         if from != e.current_addr {
             // A backend we already left: ACK its final responses (it retransmits them until
             // then), drop the rest. Its 2xx would establish a dialog we do not want, but it
@@ -324,31 +438,33 @@ impl InviteFailover {
             (Phase::Calling, 100) => {
                 // Alive: no more silence timeout; a refusal may still follow.
                 e.phase = Phase::Trying;
-                Self::rearm(&mut self.timers, key, e, now + self.config.ringing);
+                self.relink(slot, RINGING, now + self.config.ringing);
                 ResponseAction::Forward
             }
             (Phase::Calling | Phase::Trying, 101..=199) => {
                 e.phase = Phase::Proceeding;
-                Self::rearm(&mut self.timers, key, e, now + self.config.ringing);
+                self.relink(slot, RINGING, now + self.config.ringing);
                 ResponseAction::Forward
             }
             (Phase::Calling | Phase::Trying, _) if self.config.retry_codes.contains(code) => {
+                if let Some(r) = retry_after {
+                    e.retry_after = Some(e.retry_after.map_or(r, |old| old.min(r)));
+                }
+                // RFC 3261 §21.5.4: a 503 (with its Retry-After) marks the backend
+                // unavailable for other calls too; other retry codes count as a timeout.
                 let reason = if code == 503 {
                     BlockReason::Status503 { retry_after }
                 } else {
                     BlockReason::Timeout
                 };
                 blacklist.report(from, reason, now);
-                if let Some(r) = retry_after {
-                    e.retry_after = Some(e.retry_after.map_or(r, |old| old.min(r)));
-                }
-                self.fail_over(key, now, pool, blacklist);
+                self.fail_over(slot, now, pool, blacklist);
                 ResponseAction::AckAndAbsorb
             }
             (Phase::Completed { .. }, _) | (_, 0..=99) => ResponseAction::Forward,
             (_, 100..=199) => ResponseAction::Forward,
             (_, _) => {
-                self.complete(key, now, false);
+                self.complete(slot, now, false);
                 ResponseAction::Forward
             }
         }
@@ -365,42 +481,81 @@ impl InviteFailover {
         pool: &Pool,
         blacklist: &Blacklist,
     ) {
-        let key = self.key(call_id, cseq);
-        let Some(e) = self.entries.get(&key).filter(|e| *e.call_id == *call_id) else {
+        let Some(slot) = self.find(call_id, cseq) else {
             return;
         };
+        let e = &self.entries[slot as usize];
         if !matches!(e.phase, Phase::Calling | Phase::Trying) {
             return;
         }
         blacklist.report(e.current_addr, reason, now);
-        self.fail_over(key, now, pool, blacklist);
+        self.fail_over(slot, now, pool, blacklist);
+    }
+
+    /// The runtime could not reach `addr` (connection refused or timed out, ICMP unreachable,
+    /// send error) and does not know which messages were lost: every transaction still
+    /// waiting on that backend (no provisional response beyond 100) moves to the next one.
+    /// The failure is reported to the blacklist once. A cold path: it walks the waiting
+    /// transactions.
+    pub fn handle_backend_failure(
+        &mut self,
+        now: Instant,
+        addr: SocketAddr,
+        reason: BlockReason,
+        pool: &Pool,
+        blacklist: &Blacklist,
+    ) {
+        let mut reported = false;
+        for list in [CALLING, RINGING] {
+            let mut at = self.lists[list].0;
+            // Entries moved by fail_over go to the tail of CALLING with another address, so
+            // the walk sees each at most twice and ends.
+            while at != NIL {
+                let e = self.entries[at as usize];
+                let next = e.next;
+                if e.current_addr == addr && matches!(e.phase, Phase::Calling | Phase::Trying) {
+                    if !reported {
+                        blacklist.report(addr, reason, now);
+                        reported = true;
+                    }
+                    self.fail_over(at, now, pool, blacklist);
+                }
+                at = next;
+            }
+        }
     }
 
     /// The next instant [`InviteFailover::handle_timeout`] is needed.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.peek().map(|Reverse((t, _, _))| *t)
+        self.lists
+            .iter()
+            .filter(|(head, _)| *head != NIL)
+            .map(|(head, _)| self.entries[*head as usize].deadline)
+            .min()
     }
 
     /// Fails over transactions whose backend stayed silent, forgets finished ones.
     pub fn handle_timeout(&mut self, now: Instant, pool: &Pool, blacklist: &Blacklist) {
-        while let Some(&Reverse((at, key, generation))) = self.timers.peek() {
-            if at > now {
-                break;
-            }
-            self.timers.pop();
-            let Some(e) = self.entries.get(&key) else {
-                continue;
-            };
-            if e.generation != generation {
-                continue;
-            }
-            match e.phase {
-                Phase::Calling => {
-                    blacklist.report(e.current_addr, BlockReason::Timeout, now);
-                    self.fail_over(key, now, pool, blacklist);
+        for list in [CALLING, RINGING, LINGER] {
+            // Each pass either removes the head or moves it to another list or the tail
+            // with a later deadline, so the loop ends.
+            loop {
+                let head = self.lists[list].0;
+                if head == NIL {
+                    break;
                 }
-                Phase::Trying | Phase::Proceeding | Phase::Completed { .. } => {
-                    self.entries.remove(&key);
+                let e = self.entries[head as usize];
+                if e.deadline > now {
+                    break;
+                }
+                match e.phase {
+                    Phase::Calling => {
+                        blacklist.report(e.current_addr, BlockReason::Timeout, now);
+                        self.fail_over(head, now, pool, blacklist);
+                    }
+                    Phase::Trying | Phase::Proceeding | Phase::Completed { .. } => {
+                        self.remove(head);
+                    }
                 }
             }
         }
@@ -411,24 +566,25 @@ impl InviteFailover {
         self.events.pop_front()
     }
 
-    fn fail_over(&mut self, key: TxKey, now: Instant, pool: &Pool, blacklist: &Blacklist) {
+    fn fail_over(&mut self, slot: u32, now: Instant, pool: &Pool, blacklist: &Blacklist) {
         let max_attempts = self.config.max_attempts;
-        let Some(e) = self.entries.get_mut(&key) else {
-            return;
-        };
+        let range = self.slot_range(slot);
+        let e = &mut self.entries[slot as usize];
+        let call_id = &self.bytes[range.start..range.start + e.call_id_len];
         let from = e.current();
         let next = if e.attempts < max_attempts {
-            pool.select_excluding(&e.call_id, now, blacklist, e.tried())
+            pool.select_excluding(call_id, now, blacklist, e.tried())
         } else {
             None
         };
+        let key = e.key;
         match next {
             Some(b) if e.attempts < MAX_ATTEMPTS => {
                 e.tried[e.attempts] = b.id();
                 e.attempts += 1;
                 e.current_addr = b.addr();
                 e.phase = Phase::Calling;
-                Self::rearm(&mut self.timers, key, e, now + self.config.timeout);
+                self.relink(slot, CALLING, now + self.config.timeout);
                 self.events.push_back(FailoverEvent::Retry {
                     key,
                     backend: b.id(),
@@ -437,31 +593,72 @@ impl InviteFailover {
             }
             _ => {
                 let retry_after = e.retry_after.unwrap_or(self.config.retry_after);
-                self.events
-                    .push_back(FailoverEvent::GiveUp { key, retry_after });
-                self.complete(key, now, true);
+                self.events.push_back(FailoverEvent::GiveUp {
+                    key,
+                    from,
+                    retry_after,
+                });
+                self.complete(slot, now, true);
             }
         }
     }
 
-    fn complete(&mut self, key: TxKey, now: Instant, gave_up: bool) {
-        let linger = self.config.linger;
-        if let Some(e) = self.entries.get_mut(&key) {
-            e.phase = Phase::Completed { gave_up };
-            Self::rearm(&mut self.timers, key, e, now + linger);
-        }
+    fn complete(&mut self, slot: u32, now: Instant, gave_up: bool) {
+        self.entries[slot as usize].phase = Phase::Completed { gave_up };
+        self.relink(slot, LINGER, now + self.config.linger);
     }
 
-    /// Moves the entry's single timer to `deadline` (older heap items become stale).
-    fn rearm(
-        timers: &mut BinaryHeap<Reverse<(Instant, TxKey, u32)>>,
-        key: TxKey,
-        e: &mut Entry,
-        deadline: Instant,
-    ) {
+    fn remove(&mut self, slot: u32) {
+        self.unlink(slot);
+        let key = self.entries[slot as usize].key;
+        if self.index.get(&key) == Some(&slot) {
+            self.index.remove(&key);
+        }
+        self.free.push(slot);
+    }
+
+    /// Moves the entry to the tail of `list` with this deadline.
+    fn relink(&mut self, slot: u32, list: usize, deadline: Instant) {
+        self.unlink(slot);
+        self.link(slot, list, deadline);
+    }
+
+    fn link(&mut self, slot: u32, list: usize, deadline: Instant) {
+        let tail = self.lists[list].1;
+        let e = &mut self.entries[slot as usize];
+        e.list = list;
         e.deadline = deadline;
-        e.generation = e.generation.wrapping_add(1);
-        timers.push(Reverse((deadline, key, e.generation)));
+        e.prev = tail;
+        e.next = NIL;
+        if tail == NIL {
+            self.lists[list].0 = slot;
+        } else {
+            self.entries[tail as usize].next = slot;
+        }
+        self.lists[list].1 = slot;
+    }
+
+    fn unlink(&mut self, slot: u32) {
+        let Entry {
+            list, prev, next, ..
+        } = self.entries[slot as usize];
+        if prev == NIL {
+            if self.lists[list].0 == slot {
+                self.lists[list].0 = next;
+            }
+        } else {
+            self.entries[prev as usize].next = next;
+        }
+        if next == NIL {
+            if self.lists[list].1 == slot {
+                self.lists[list].1 = prev;
+            }
+        } else {
+            self.entries[next as usize].prev = prev;
+        }
+        let e = &mut self.entries[slot as usize];
+        e.prev = NIL;
+        e.next = NIL;
     }
 }
 
@@ -580,8 +777,15 @@ mod tests {
 
     impl Rig {
         fn invite(&mut self, now: Instant) -> InviteRoute<'_> {
+            let origin = Origin {
+                src: "192.0.2.10:5060".parse().unwrap(),
+                local: "127.0.0.1:5060".parse().unwrap(),
+                transport: Transport::Udp,
+                flow: None,
+                compressed: false,
+            };
             self.fo
-                .route_invite(now, CALL_ID, 314159, INVITE, &self.pool, &self.bl)
+                .route_invite(now, CALL_ID, 314159, INVITE, origin, &self.pool, &self.bl)
         }
 
         fn respond(
@@ -666,6 +870,7 @@ mod tests {
             r.events(),
             [FailoverEvent::GiveUp {
                 key,
+                from: order[2],
                 retry_after: 10
             }]
         );
@@ -763,6 +968,56 @@ mod tests {
     }
 
     #[test]
+    fn a_backend_failure_moves_every_call_waiting_on_it() {
+        let mut r = rig(FailoverConfig::default());
+        let order = r.order();
+        let t0 = r.t0;
+        r.invite(t0);
+        let addr = r.pool.by_id(order[0]).unwrap().addr();
+        r.fo.handle_backend_failure(t0, addr, BlockReason::ConnectRefused, &r.pool, &r.bl);
+        let key = r.fo.key(CALL_ID, 314159);
+        assert_eq!(
+            r.events(),
+            [FailoverEvent::Retry {
+                key,
+                backend: order[1],
+                from: order[0]
+            }]
+        );
+        assert_eq!(r.fo.current(CALL_ID, 314159), Some((order[1], 1)));
+        // Another address failing changes nothing.
+        let other = r.pool.by_id(order[2]).unwrap().addr();
+        r.fo.handle_backend_failure(t0, other, BlockReason::SendError, &r.pool, &r.bl);
+        assert!(r.events().is_empty());
+    }
+
+    #[test]
+    fn slots_are_reused_and_oversized_requests_are_not_tracked() {
+        let mut r = rig(FailoverConfig {
+            capacity: 2,
+            slot_bytes: CALL_ID.len() + INVITE.len(),
+            ..FailoverConfig::default()
+        });
+        let t0 = r.t0;
+        r.invite(t0);
+        assert_eq!(r.fo.len(), 1);
+        // Forgotten after ringing ends, then tracked again in the freed slot.
+        let order = r.order();
+        r.respond(t0, 180, None, order[0]);
+        r.fo.handle_timeout(t0 + Duration::from_secs(201), &r.pool, &r.bl);
+        assert!(r.fo.is_empty());
+        r.invite(t0 + Duration::from_secs(202));
+        assert_eq!(r.fo.len(), 1);
+        assert_eq!(r.fo.request(r.fo.key(CALL_ID, 314159)), Some(INVITE));
+        let mut small = rig(FailoverConfig {
+            slot_bytes: 16,
+            ..FailoverConfig::default()
+        });
+        small.invite(t0);
+        assert!(small.fo.is_empty());
+    }
+
+    #[test]
     fn attempts_and_capacity_are_bounded() {
         let mut r = rig(FailoverConfig {
             max_attempts: 1,
@@ -777,6 +1032,7 @@ mod tests {
             r.events(),
             [FailoverEvent::GiveUp {
                 key,
+                from: order[0],
                 retry_after: 5
             }]
         );

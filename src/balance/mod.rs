@@ -56,7 +56,7 @@ pub use backend::{
 };
 pub use blacklist::{Blacklist, BlacklistConfig, BlacklistEntry, BlacklistView, BlockReason};
 pub use failover::{
-    AckError, FailoverConfig, FailoverEvent, InviteFailover, InviteRoute, MAX_ATTEMPTS,
+    AckError, FailoverConfig, FailoverEvent, InviteFailover, InviteRoute, MAX_ATTEMPTS, Origin,
     ResponseAction, TxKey, write_ack,
 };
 pub use health::{AliveCodes, Health, HealthConfig, HealthEvent, MemberHealth, StatusCodes};

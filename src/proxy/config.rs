@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 
+use crate::balance::FailoverConfig;
 use crate::sip::Transport;
 
 /// One socket the runtime listens on, as the core needs to know it.
@@ -59,6 +60,9 @@ pub struct ProxyConfig {
     pub proxy_require_supported: Vec<String>,
     /// Value of the `Server` header in responses the proxy generates (`None`: no header).
     pub server_name: Option<String>,
+    /// INVITE failover (a refused, silent or unreachable backend is replaced by the next in
+    /// hash order before the caller sees anything); `None` keeps the core fully stateless.
+    pub failover: Option<FailoverConfig>,
 }
 
 impl Default for ProxyConfig {
@@ -77,6 +81,7 @@ impl Default for ProxyConfig {
             udp_size_limit: Some(1300),
             proxy_require_supported: Vec::new(),
             server_name: Some("sipedge".to_owned()),
+            failover: Some(FailoverConfig::default()),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! choice (§16.5, balance pool), stateless forwarding (§16.6, §16.11) and response relay
 //! (§16.7, §18.2.2, RFC 3581).
 
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,7 +15,8 @@ use super::config::{ProxyConfig, split_host_port};
 use super::siphash::SipHasher;
 use super::{ConfigError, Dest, DropReason, Event, FlowId, Inbound, Transmit, Verdict};
 use crate::balance::{
-    AFFINITY_TOKEN_LEN, AffinityKey, Backend, BackendId, Blacklist, Pool, affinity_token,
+    AFFINITY_TOKEN_LEN, AffinityKey, Backend, BackendId, Blacklist, BlockReason, FailoverEvent,
+    InviteFailover, InviteRoute, Origin, Pool, ResponseAction, affinity_token, write_ack,
 };
 use crate::shard::{ShardId, shard_of};
 use crate::sip::out::{Out, itoa, parse_hex};
@@ -109,7 +111,14 @@ pub struct Core {
     names: Vec<OwnName>,
     limits: Limits,
     last: MessageInfo,
+    /// INVITE failover state (this shard owns its Call-IDs, so no lock), when enabled.
+    failover: Option<InviteFailover>,
+    /// Events for the runtime; bounded by [`EVENT_QUEUE`] so pushing never allocates.
+    events: VecDeque<Event>,
 }
+
+/// Events held for the runtime between two [`Core::poll_event`] drains.
+const EVENT_QUEUE: usize = 64;
 
 impl std::fmt::Debug for Core {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -229,7 +238,10 @@ impl Core {
             names,
             limits: Limits::default(),
             last: MessageInfo::NONE,
+            failover: None,
+            events: VecDeque::with_capacity(EVENT_QUEUE),
         };
+        core.failover = core.config.failover.map(InviteFailover::new);
         core.set_pool(pool);
         Ok(core)
     }
@@ -276,20 +288,166 @@ impl Core {
         self.last
     }
 
-    /// The next time [`Self::handle_timeout`] must be called. The stateless core has no timers
-    /// yet, so this is always `None`; transaction-stateful failover will add them.
+    /// The next time [`Self::handle_timeout`] must be called: the earliest INVITE failover
+    /// deadline (a backend's silence, or forgetting a finished transaction). It moves when
+    /// [`Self::handle_inbound`] tracks an INVITE or sees a response to one, but never earlier
+    /// than `now` plus the shortest failover duration, so a runtime that sleeps at most that
+    /// long between two looks misses nothing.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        None
+        self.failover
+            .as_ref()
+            .and_then(InviteFailover::poll_timeout)
     }
 
-    /// Runs the timers due at `now`. Nothing to do for the stateless core.
-    pub fn handle_timeout(&mut self, now: Instant) {
-        let _ = now;
+    /// Runs the timers due at `now`: an INVITE whose backend stayed silent past the failover
+    /// timeout is reported to `blacklist` and moves to the next backend. Then drain
+    /// [`Self::poll_transmit`] and [`Self::poll_event`].
+    pub fn handle_timeout(&mut self, now: Instant, blacklist: &Blacklist) {
+        self.refresh_pool();
+        if let Some(fo) = &mut self.failover {
+            fo.handle_timeout(now, &self.pool, blacklist);
+        }
     }
 
-    /// The next event for the runtime, if any. Drain after every `handle_*` call.
+    /// Sending to `addr` failed (TCP connection refused or timed out, UDP send error, ICMP
+    /// unreachable): every INVITE still waiting on that backend moves to the next one, and the
+    /// failure is reported to `blacklist`. Then drain [`Self::poll_transmit`].
+    pub fn handle_transport_error(
+        &mut self,
+        now: Instant,
+        addr: SocketAddr,
+        reason: BlockReason,
+        blacklist: &Blacklist,
+    ) {
+        self.refresh_pool();
+        if let Some(fo) = &mut self.failover {
+            fo.handle_backend_failure(now, addr, reason, &self.pool, blacklist);
+        }
+    }
+
+    /// The next message the core sends on its own, written into `out`: an INVITE retried on
+    /// the next backend (with a fresh branch, RFC 3261 §16.6 step 8), or the 503 with
+    /// Retry-After (§21.5.4) that answers the caller when no backend is left. Call it until
+    /// it returns `None` after every `handle_*` call, and send each as a [`Verdict`] is
+    /// sent; [`Self::last_message`] then describes it, and [`Self::poll_event`] holds the
+    /// [`Event::Failover`] it carries out. `now` is the current time.
+    pub fn poll_transmit(&mut self, now: Instant, out: &mut [u8]) -> Option<Transmit> {
+        // Taken out for the duration, so the stored request can be read while the core
+        // writes (a move, not a copy).
+        let fo = self.failover.take()?;
+        let mut result = None;
+        let mut fo = fo;
+        while let Some(event) = fo.poll_event() {
+            self.last = MessageInfo::NONE;
+            self.last.kind = MessageKind::Request(Method::Invite);
+            let sent = match event {
+                FailoverEvent::Retry { key, backend, from } => {
+                    let sent = self.retry_invite(now, &fo, key, backend, out);
+                    if sent.is_some() {
+                        self.last.backend = Some(backend);
+                        self.push_event(Event::Failover {
+                            from,
+                            to: Some(backend),
+                        });
+                    }
+                    sent
+                }
+                FailoverEvent::GiveUp {
+                    key,
+                    from,
+                    retry_after,
+                } => {
+                    let sent = self.give_up(now, &fo, key, retry_after, out);
+                    self.push_event(Event::Failover { from, to: None });
+                    sent
+                }
+            };
+            if sent.is_some() {
+                result = sent;
+                break;
+            }
+        }
+        self.failover = Some(fo);
+        result
+    }
+
+    /// The next event for the runtime, if any. Drain after every `handle_*` and
+    /// `poll_transmit` call.
     pub fn poll_event(&mut self) -> Option<Event> {
-        None
+        self.events.pop_front()
+    }
+
+    fn push_event(&mut self, event: Event) {
+        // Bounded: an undrained queue loses events rather than growing on the hot path.
+        if self.events.len() < EVENT_QUEUE {
+            self.events.push_back(event);
+        }
+    }
+
+    /// Transactions the INVITE failover table tracks now (0 when disabled).
+    pub fn failover_transactions(&self) -> usize {
+        self.failover.as_ref().map_or(0, InviteFailover::len)
+    }
+
+    /// Re-forwards a tracked INVITE to `backend` as attempt `attempt`.
+    fn retry_invite(
+        &self,
+        now: Instant,
+        fo: &InviteFailover,
+        key: crate::balance::TxKey,
+        backend: BackendId,
+        out: &mut [u8],
+    ) -> Option<Transmit> {
+        let request = fo.request(key)?;
+        let origin = fo.origin(key)?;
+        let (_, attempt) = fo.attempt(key)?;
+        let input = origin_inbound(now, &origin, request);
+        let mut slots = [EMPTY_HEADER; HEADER_SLOTS];
+        let msg = sip::parse(request, &mut slots, &self.limits).ok()?;
+        let ruri_sip = msg.request_uri().and_then(|u| u.as_sip().copied());
+        let routing = self.preprocess_routes(&msg, ruri_sip.as_ref());
+        let loop_hash = self.loop_hash(&msg, &routing, false);
+        let target = self.target_for(self.pool.by_id(backend)?)?;
+        self.forward_to(
+            &input,
+            &msg,
+            &routing,
+            loop_hash,
+            target,
+            target.backend,
+            attempt,
+            out,
+        )
+        .ok()
+    }
+
+    /// Answers a tracked INVITE with 503 and Retry-After: no backend took it.
+    fn give_up(
+        &mut self,
+        now: Instant,
+        fo: &InviteFailover,
+        key: crate::balance::TxKey,
+        retry_after: u32,
+        out: &mut [u8],
+    ) -> Option<Transmit> {
+        let request = fo.request(key)?;
+        let origin = fo.origin(key)?;
+        let input = origin_inbound(now, &origin, request);
+        let mut slots = [EMPTY_HEADER; HEADER_SLOTS];
+        let msg = sip::parse(request, &mut slots, &self.limits).ok()?;
+        let mut extra = [0u8; 40];
+        let len = retry_after_header(retry_after, &mut extra);
+        match self.respond(
+            &input,
+            &Salvage::from_message(&msg),
+            503,
+            b"Service Unavailable",
+            &extra[..len],
+            out,
+        ) {
+            Verdict::Respond(t) => Some(t),
+            _ => None,
+        }
     }
 
     /// Handles one inbound message; any bytes to send are written to `out`, which should hold
@@ -326,7 +484,7 @@ impl Core {
         };
         match parsed {
             Ok(msg) if msg.is_request() => self.handle_request(&input, &msg, blacklist, out),
-            Ok(msg) => self.handle_response(&input, &msg, out),
+            Ok(msg) => self.handle_response(&input, &msg, blacklist, out),
             Err(e) => self.handle_unparseable(&input, e, out),
         }
     }
@@ -557,8 +715,28 @@ impl Core {
             return reject(self, 420, b"Bad Extension", &unsupported[..len], out);
         }
 
-        // §16.5: the target.
-        let target = if from_backend {
+        // §16.5: the target. A new INVITE from outside, its CANCEL and the ACK of its non-2xx
+        // answer go through the failover table; everything else is stateless.
+        let mut attempt = 0;
+        let failover = if from_backend {
+            None
+        } else {
+            self.failover_target(input, msg, &routing, blacklist)
+        };
+        let target = if let Some(route) = failover {
+            match route {
+                FailoverRoute::Target(t, a) => {
+                    attempt = a;
+                    t
+                }
+                FailoverRoute::Reject(_) if is_ack => return Verdict::Drop(DropReason::NoBackend),
+                FailoverRoute::Reject(retry_after) => {
+                    let mut extra = [0u8; 40];
+                    let len = retry_after_header(retry_after, &mut extra);
+                    return reject(self, 503, b"Service Unavailable", &extra[..len], out);
+                }
+            }
+        } else if from_backend {
             match self.outside_target(msg, &routing) {
                 Ok(t) => t,
                 Err(Rejection::Respond(code, reason)) => {
@@ -589,8 +767,96 @@ impl Core {
         } else {
             target.backend
         };
+        match self.forward_to(
+            input,
+            msg,
+            &routing,
+            loop_hash,
+            target,
+            record_route_for,
+            attempt,
+            out,
+        ) {
+            Ok(t) => Verdict::Forward(t),
+            Err(Rejection::Respond(code, reason)) => reject(self, code, reason, b"", out),
+            Err(Rejection::Drop(reason)) => Verdict::Drop(reason),
+        }
+    }
+
+    /// The failover table's say on a request from outside: a new INVITE is tracked and goes
+    /// to the pool's choice (or, retransmitted, where its transaction is now); a CANCEL or an
+    /// ACK without our affinity token follows its INVITE to the backend that has it, with
+    /// that attempt's branch (RFC 3261 §9.1: a CANCEL must reach the server that got the
+    /// INVITE). `None`: route it statelessly.
+    fn failover_target(
+        &mut self,
+        input: &Inbound<'_>,
+        msg: &Message<'_, '_>,
+        routing: &Routing,
+        blacklist: &Blacklist,
+    ) -> Option<FailoverRoute> {
+        if routing.affinity.is_some() {
+            return None; // in a dialog: its backend is fixed
+        }
+        let fo = self.failover.as_mut()?;
+        let call_id = msg.call_id();
+        let cseq = msg.cseq().number;
+        let (backend, attempt) = match msg.method() {
+            Method::Invite if msg.to().tag.is_none() && msg.cseq().method == b"INVITE" => {
+                let origin = Origin {
+                    src: input.src,
+                    local: input.local,
+                    transport: input.transport,
+                    flow: input.flow.map(|f| f.0),
+                    compressed: input.compressed,
+                };
+                let route = fo.route_invite(
+                    input.now,
+                    call_id,
+                    cseq,
+                    msg.as_bytes(),
+                    origin,
+                    &self.pool,
+                    blacklist,
+                );
+                match route {
+                    InviteRoute::Forward(b) => {
+                        let attempt = fo.current(call_id, cseq).map_or(0, |(_, a)| a);
+                        (b, attempt)
+                    }
+                    InviteRoute::Reject { retry_after } => {
+                        return Some(FailoverRoute::Reject(retry_after));
+                    }
+                }
+            }
+            Method::Cancel | Method::Ack => {
+                let (id, attempt) = fo.current(call_id, cseq)?;
+                (self.pool.by_id(id)?, attempt)
+            }
+            _ => return None,
+        };
+        Some(FailoverRoute::Target(self.target_for(backend)?, attempt))
+    }
+
+    /// Writes the forwarded request with our branch (attempt `attempt` of its transaction)
+    /// and says where it goes.
+    #[allow(clippy::too_many_arguments)]
+    fn forward_to(
+        &self,
+        input: &Inbound<'_>,
+        msg: &Message<'_, '_>,
+        routing: &Routing,
+        loop_hash: u32,
+        target: Target,
+        record_route_for: Option<BackendId>,
+        attempt: usize,
+        out: &mut [u8],
+    ) -> Result<Transmit, Rejection> {
         let branch = Branch {
-            tx: self.tx_hash(msg),
+            // RFC 3261 §16.6 step 8: each backend tried gets its own client transaction, so
+            // its own branch. Attempt 0 keeps the stateless value (CANCEL and non-2xx ACK
+            // recompute it); later attempts mix the attempt number in.
+            tx: self.tx_hash(msg) ^ (attempt as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
             loop_hash,
             ret: ReturnPath {
                 listener: self.ingress_listener(input),
@@ -600,7 +866,7 @@ impl Core {
 
         let mut target = target;
         let mut len =
-            self.forward_request(input, msg, &routing, &target, branch, record_route_for, out);
+            self.forward_request(input, msg, routing, &target, branch, record_route_for, out);
         if let (Ok(n), true, Some(limit)) = (len, target.may_upgrade, self.config.udp_size_limit)
             && n > limit
             && target.transport == Transport::Udp
@@ -612,27 +878,21 @@ impl Core {
             // RFC 3261 §18.1.1: larger than 1300 bytes with an unknown path MTU → TCP.
             target.transport = Transport::Tcp;
             target.dest = Dest::Addr(Transport::Tcp, addr);
-            len =
-                self.forward_request(input, msg, &routing, &target, branch, record_route_for, out);
+            len = self.forward_request(input, msg, routing, &target, branch, record_route_for, out);
         }
-        match len {
-            Ok(len) => {
-                let src = match target.dest {
-                    Dest::Addr(t, addr) if !t.is_stream() => self
-                        .egress_listener(t, Some(addr.ip()))
-                        .map(|i| self.listeners[i].local),
-                    _ => None,
-                };
-                Verdict::Forward(Transmit {
-                    dest: target.dest,
-                    src,
-                    len,
-                    compress: target.compress,
-                })
-            }
-            Err(Rejection::Respond(code, reason)) => reject(self, code, reason, b"", out),
-            Err(Rejection::Drop(reason)) => Verdict::Drop(reason),
-        }
+        let len = len?;
+        let src = match target.dest {
+            Dest::Addr(t, addr) if !t.is_stream() => self
+                .egress_listener(t, Some(addr.ip()))
+                .map(|i| self.listeners[i].local),
+            _ => None,
+        };
+        Ok(Transmit {
+            dest: target.dest,
+            src,
+            len,
+            compress: target.compress,
+        })
     }
 
     /// True when the request comes from a pool member (route it on, not back into the pool).
@@ -724,6 +984,11 @@ impl Core {
             Some(b) => b,
             None => self.pool.select(call_id, now, blacklist)?,
         };
+        self.target_for(backend)
+    }
+
+    /// Where a request for this pool member goes.
+    fn target_for(&self, backend: &Backend) -> Option<Target> {
         let transport = match backend.transport() {
             crate::balance::Transport::Udp => Transport::Udp,
             crate::balance::Transport::Tcp => Transport::Tcp,
@@ -1163,6 +1428,7 @@ impl Core {
         &mut self,
         input: &Inbound<'_>,
         msg: &Message<'_, '_>,
+        blacklist: &Blacklist,
         out: &mut [u8],
     ) -> Verdict {
         let code = msg.status_code().unwrap_or(0);
@@ -1179,6 +1445,11 @@ impl Core {
         let Some(next) = vias.next() else {
             return Verdict::Drop(DropReason::NoNextVia);
         };
+        if msg.cseq().method == b"INVITE"
+            && let Some(verdict) = self.failover_response(input, msg, code, blacklist, out)
+        {
+            return verdict;
+        }
         let next = next.value;
         let listener = self.listeners.get(usize::from(branch.ret.listener));
         let dest = match branch.ret.flow {
@@ -1216,6 +1487,62 @@ impl Core {
             // RFC 3486 §4: the Via the response now goes to asks for compression.
             compress: is_sigcomp(next.comp),
         })
+    }
+
+    /// A response to an INVITE the failover table may track. `None`: relay it as usual.
+    /// A retryable refusal (or any final answer from a backend the call already left) is
+    /// absorbed and ACKed here (RFC 3261 §17.1.1.3, on the backend's transaction: the ACK
+    /// carries the response's top Via, ours); the retry or 503 follows from
+    /// [`Self::poll_transmit`].
+    fn failover_response(
+        &mut self,
+        input: &Inbound<'_>,
+        msg: &Message<'_, '_>,
+        code: u16,
+        blacklist: &Blacklist,
+        out: &mut [u8],
+    ) -> Option<Verdict> {
+        let fo = self.failover.as_mut()?;
+        // RFC 3261 §20.33: Retry-After = delta-seconds [comment] *(;params).
+        let retry_after = msg
+            .headers_of(HeaderName::RetryAfter)
+            .next()
+            .and_then(|h| leading_u32(h.value));
+        let (call_id, cseq) = (msg.call_id(), msg.cseq().number);
+        let action = fo.handle_response(
+            input.now,
+            call_id,
+            cseq,
+            code,
+            retry_after,
+            input.src,
+            &self.pool,
+            blacklist,
+        );
+        match action {
+            ResponseAction::Forward => None,
+            ResponseAction::Absorb => Some(Verdict::Drop(DropReason::Superseded)),
+            ResponseAction::AckAndAbsorb => {
+                let key = fo.key(call_id, cseq);
+                let written = fo
+                    .request(key)
+                    .and_then(|request| write_ack(request, msg.as_bytes(), out).ok());
+                let Some(len) = written else {
+                    return Some(Verdict::Drop(DropReason::Superseded));
+                };
+                let stream = input.transport.is_stream();
+                let dest = match input.flow {
+                    Some(flow) if stream => Dest::Flow(flow),
+                    _ => Dest::Addr(input.transport, input.src),
+                };
+                Some(Verdict::Forward(Transmit {
+                    dest,
+                    src: (!stream).then_some(input.local),
+                    len,
+                    compress: false,
+                }))
+            }
+        }
     }
 
     // ----------------------------------------------------------------------------------
@@ -1270,6 +1597,45 @@ impl Core {
             .iter()
             .position(|l| l.transport == transport && same_family(l))
     }
+}
+
+/// What the failover table decided for a request from outside.
+#[derive(Debug, Clone, Copy)]
+enum FailoverRoute {
+    /// Forward to this target, as this attempt of the INVITE transaction.
+    Target(Target, usize),
+    /// Answer 503 with this Retry-After.
+    Reject(u32),
+}
+
+/// The message a tracked INVITE was, as if it had just arrived (for a retry or the 503).
+fn origin_inbound<'b>(now: Instant, origin: &Origin, bytes: &'b [u8]) -> Inbound<'b> {
+    Inbound {
+        now,
+        src: origin.src,
+        local: origin.local,
+        transport: origin.transport,
+        flow: origin.flow.map(FlowId),
+        handed_off: true,
+        compressed: origin.compressed,
+        bytes,
+    }
+}
+
+/// Writes `Retry-After: N\r\n` (RFC 3261 §20.33) into `out` and returns its length.
+fn retry_after_header(secs: u32, out: &mut [u8]) -> usize {
+    let mut w = Out::new(out);
+    w.put(b"Retry-After: ");
+    w.put_u64(u64::from(secs));
+    w.put(b"\r\n");
+    if w.overflowed() { 0 } else { w.len() }
+}
+
+/// The decimal number at the start of `value` (after blanks), if any.
+fn leading_u32(value: &[u8]) -> Option<u32> {
+    let value = value.trim_ascii_start();
+    let digits = value.iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(value.get(..digits)?).ok()?.parse().ok()
 }
 
 /// Why a request is not forwarded.

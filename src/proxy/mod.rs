@@ -1,5 +1,7 @@
-//! The stateless proxy core (RFC 3261 §16.11): one [`Core`] per shard turns each inbound
-//! message into one [`Verdict`], writing any bytes to send into the caller's buffer.
+//! The proxy core (RFC 3261 §16.11): one [`Core`] per shard turns each inbound message into
+//! one [`Verdict`], writing any bytes to send into the caller's buffer. It is stateless except
+//! for INVITE failover: the minimal state of each new INVITE from outside, kept by the shard
+//! that owns its Call-ID ([`crate::balance::InviteFailover`], storage allocated up front).
 //!
 //! It is sans-IO: the runtime passes the bytes, the time and the addresses in, and moves the
 //! result; the core owns no socket, no clock and no thread, allocates nothing per message and
@@ -14,7 +16,15 @@
 //! - a request that fails validation (§16.3) → the error response, sent where §18.2.2 and
 //!   RFC 3581 say;
 //! - a response → stripped of our Via and sent to the next Via (§16.7, §18.2.2), or dropped
-//!   when the top Via is not ours.
+//!   when the top Via is not ours;
+//! - INVITE failover (`ProxyConfig::failover`): a new INVITE from outside is tracked; a
+//!   retryable refusal (503 by default) or silence past the failover timeout from its backend,
+//!   before a provisional response other than 100, is ACKed (§17.1.1.3) and absorbed, and the
+//!   INVITE leaves again through [`Core::poll_transmit`] toward the next backend in hash order
+//!   with a fresh branch (§16.6 step 8), or the caller gets 503 with Retry-After when none is
+//!   left (§21.5.4). Retransmissions, the CANCEL (§9.1) and the ACK of a non-2xx answer follow
+//!   the INVITE to the backend that has it, with that attempt's branch; the 2xx ACK and other
+//!   in-dialog requests follow the Record-Route affinity as before.
 //!
 //! # Driving loop
 //!
@@ -28,12 +38,23 @@
 //!                 Verdict::Drop(reason) => count(reason),
 //!             }
 //!         }
-//!         timer fired => core.handle_timeout(now),
+//!         timer fired => core.handle_timeout(now, &blacklist),
+//!         sending to a backend failed (connect refused, ICMP, send error) =>
+//!             core.handle_transport_error(now, addr, reason, &blacklist),
+//!     }
+//!     // Messages the core sends on its own: failover retries and 503s.
+//!     while let Some(t) = core.poll_transmit(now, &mut out) {
+//!         send(t.dest, t.src, &out[..t.len]);
+//!         while let Some(event) = core.poll_event() { act(event) }  // Event::Failover
 //!     }
 //!     while let Some(event) = core.poll_event() { act(event) }
 //!     sleep_until(core.poll_timeout());
 //! }
 //! ```
+//!
+//! [`Core::poll_timeout`] only ever moves to at least the shortest failover duration after
+//! the call that set it, so a runtime that wakes at least that often (the shard's timer task
+//! does) needs no wake-up from the message path.
 //!
 //! # What the runtime provides and honours
 //!
@@ -174,6 +195,9 @@ pub enum DropReason {
     UnsupportedTransport,
     /// The caller's output buffer cannot hold even the response (513 was impossible).
     BufferTooSmall,
+    /// A provisional response from a backend an INVITE already failed over from: only the
+    /// backend now in charge speaks to the caller (RFC 3261 §16.7 lets a proxy absorb it).
+    Superseded,
 }
 
 impl DropReason {
@@ -192,11 +216,12 @@ impl DropReason {
             Self::Unresolved => "unresolved",
             Self::UnsupportedTransport => "unsupported_transport",
             Self::BufferTooSmall => "buffer_too_small",
+            Self::Superseded => "superseded",
         }
     }
 
     /// Every reason, for pre-registering metrics.
-    pub const ALL: [Self; 12] = [
+    pub const ALL: [Self; 13] = [
         Self::NotSip,
         Self::KeepAlive,
         Self::SigComp,
@@ -209,6 +234,7 @@ impl DropReason {
         Self::Unresolved,
         Self::UnsupportedTransport,
         Self::BufferTooSmall,
+        Self::Superseded,
     ];
 }
 
@@ -228,6 +254,7 @@ impl From<DropReason> for crate::metrics::DropReason {
             DropReason::Unresolved => Self::Unresolved,
             DropReason::UnsupportedTransport => Self::UnsupportedTransport,
             DropReason::BufferTooSmall => Self::BufferTooSmall,
+            DropReason::Superseded => Self::Superseded,
         }
     }
 }
@@ -237,7 +264,17 @@ impl From<DropReason> for crate::metrics::DropReason {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Event {
-    /// A backend did not answer in time. Reserved for transaction-stateful failover; the
-    /// stateless core never emits it yet.
+    /// A backend did not answer in time. Reserved: INVITE failover reports silent backends
+    /// to the blacklist itself and announces the move with [`Event::Failover`].
     BackendTimeout(SocketAddr),
+    /// An INVITE left backend `from` (it refused with a retry code, stayed silent past the
+    /// failover timeout, or could not be reached) for `to`, or for nobody (`None`: the proxy
+    /// answered 503 itself). Emitted with the [`Core::poll_transmit`] output that carries it
+    /// out; count it as a failover of `from`.
+    Failover {
+        /// The backend the INVITE leaves.
+        from: crate::balance::BackendId,
+        /// The backend it goes to, if any.
+        to: Option<crate::balance::BackendId>,
+    },
 }

@@ -565,6 +565,7 @@ fn proxy_config(
         udp_size_limit: config.proxy.udp_size_limit,
         proxy_require_supported: config.proxy.proxy_require_supported.clone(),
         server_name: config.proxy.server_name.clone(),
+        failover: config.failover.core_config(),
     })
 }
 

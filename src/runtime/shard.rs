@@ -38,7 +38,7 @@ mod sigcomp;
 use super::engine::{Dest, Engine, FlowId, Inbound, Transmit, Transport, Verdict};
 use super::handoff::{HandoffError, Parcel, ParcelKind, PostOffice};
 use super::{DriverKind, sockopt};
-use crate::balance::{BackendId, Blacklist, BlockReason, HealthConfig, Pool};
+use crate::balance::{BackendId, Blacklist, BlockReason, FailoverConfig, HealthConfig, Pool};
 use crate::config::TcpConfig;
 use crate::metrics::{Direction, DropReason, ErrorReason, Metrics, ShardMetrics};
 use crate::proxy::MessageKind;
@@ -51,6 +51,9 @@ pub(crate) use self::sigcomp::endpoint_config as sigcomp_config;
 
 /// Size of every receive and send buffer: the largest UDP payload.
 pub(crate) const BUF_SIZE: usize = 65_535;
+
+/// Messages of its own (failover retries, 503s) the core may send per drain.
+const CORE_TRANSMITS_PER_DRAIN: usize = 1024;
 
 /// Bytes queued for one TCP connection beyond which it is considered stuck and closed.
 const MAX_PENDING: usize = 4 << 20;
@@ -284,6 +287,9 @@ async fn shard_main(setup: ShardSetup, shared: Arc<Shared>) -> io::Result<()> {
     if shard.sigcomp.is_some() {
         monoio::spawn(sigcomp::timer_loop(Rc::clone(&shard)));
     }
+    if let Some(failover) = shard.shared.proxy.failover {
+        monoio::spawn(core_timer_loop(Rc::clone(&shard), failover));
+    }
     if shard.id == 0 {
         if let Some(health) = shard.shared.health {
             let ips = shard.udp.iter().map(|e| e.local.ip()).collect();
@@ -331,15 +337,11 @@ impl Shard {
                 &mut sbuf,
             );
             while let Some(event) = engine.poll_event() {
-                match event {
-                    Event::BackendTimeout(addr) => {
-                        self.shared.report_failure(addr, BlockReason::Timeout);
-                    }
-                }
+                self.handle_event(event);
             }
             (verdict, engine.last_message())
         };
-        match verdict {
+        let sbuf = match verdict {
             Verdict::Forward(t) => {
                 if let (Some(backend), MessageKind::Request(_)) = (info.backend, info.kind) {
                     self.count_backend(backend);
@@ -376,6 +378,57 @@ impl Shard {
                 metrics.drop(reason.into());
                 sbuf
             }
+        };
+        self.drain_core(sbuf).await
+    }
+
+    /// Acts on an event of the core.
+    fn handle_event(&self, event: Event) {
+        match event {
+            Event::BackendTimeout(addr) => {
+                self.shared.report_failure(addr, BlockReason::Timeout);
+            }
+            Event::Failover { from, .. } => self.count_failover_of(from),
+        }
+    }
+
+    /// Sends what the core queued on its own (INVITE failover: retries and 503s), after a
+    /// message, a timer or a transport error. Bounded per call; the timer loop sends the rest.
+    async fn drain_core(self: &Rc<Self>, sbuf: Vec<u8>) -> Vec<u8> {
+        let mut sbuf = sbuf;
+        for _ in 0..CORE_TRANSMITS_PER_DRAIN {
+            let (t, info) = {
+                let mut engine = self.engine.borrow_mut();
+                let Some(t) = engine.poll_transmit(&mut sbuf) else {
+                    break;
+                };
+                while let Some(event) = engine.poll_event() {
+                    self.handle_event(event);
+                }
+                (t, engine.last_message())
+            };
+            if let Some(status) = info.responded {
+                self.metrics().local_response(status);
+            } else if let Some(backend) = info.backend {
+                self.count_backend(backend);
+            }
+            let from = t
+                .src
+                .or_else(|| self.udp.first().map(|e| e.local))
+                .or_else(|| self.tcp_locals.first().copied());
+            let Some(from) = from else {
+                continue;
+            };
+            sbuf = self.transmit(t, from, sbuf).await;
+        }
+        sbuf
+    }
+
+    /// Tells the core that `addr` could not be reached, so INVITEs waiting on it move on
+    /// (the caller drains [`Shard::drain_core`] afterwards).
+    fn core_transport_error(&self, addr: SocketAddr, reason: BlockReason) {
+        if let Ok(mut engine) = self.engine.try_borrow_mut() {
+            engine.handle_transport_error(&self.shared, addr, reason);
         }
     }
 
@@ -467,6 +520,16 @@ impl Shard {
                 // TLS, SCTP, WebSocket: no listener of ours speaks them.
                 self.metrics().drop(DropReason::NoRoute);
                 sbuf
+            }
+        }
+    }
+
+    /// Counts one INVITE failover away from `backend` (`sipedge_backend_failovers_total`).
+    fn count_failover_of(&self, backend: BackendId) {
+        let pool = self.shared.pool.load();
+        if let Some(i) = pool.backends().iter().position(|b| b.id() == backend) {
+            if let Some(m) = self.shared.metrics.backends().get(i) {
+                m.failover(usize::from(self.id));
             }
         }
     }
@@ -570,6 +633,7 @@ impl Shard {
             self.shared
                 .blacklist
                 .report(addr, BlockReason::IcmpUnreachable, now);
+            self.core_transport_error(addr, BlockReason::IcmpUnreachable);
         });
         if reported == 0 {
             metrics.error(ErrorReason::UdpSend);
@@ -579,6 +643,7 @@ impl Shard {
                 self.shared
                     .blacklist
                     .report(to, BlockReason::SendError, now);
+                self.core_transport_error(to, BlockReason::SendError);
             }
         }
     }
@@ -759,6 +824,7 @@ async fn udp_loop(shard: Rc<Shard>, index: usize) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 shard.udp_error(endpoint, None, &e);
+                sbuf = shard.drain_core(sbuf).await;
                 if !matches!(
                     e.raw_os_error(),
                     Some(libc::ECONNREFUSED | libc::EHOSTUNREACH | libc::ENETUNREACH)
@@ -772,6 +838,33 @@ async fn udp_loop(shard: Rc<Shard>, index: usize) {
             since_yield = 0;
             YieldNow(false).await;
         }
+    }
+}
+
+/// Runs the core's timers (INVITE failover): sleeps until [`Engine::poll_timeout`], calls
+/// `handle_timeout`, sends what it produced. Every deadline the core sets lies at least the
+/// shortest failover duration ahead, so waking at least that often misses none without the
+/// message path having to wake this task.
+async fn core_timer_loop(shard: Rc<Shard>, failover: FailoverConfig) {
+    let mut sbuf: Vec<u8> = vec![0u8; BUF_SIZE];
+    let longest = failover
+        .timeout
+        .min(failover.ringing)
+        .min(failover.linger)
+        .clamp(Duration::from_millis(10), Duration::from_secs(60));
+    loop {
+        let now = Instant::now();
+        let due = shard.engine.borrow().poll_timeout();
+        let wake = due.map_or(now + longest, |d| d.min(now + longest));
+        monoio::time::sleep(wake.saturating_duration_since(now)).await;
+        let now = Instant::now();
+        {
+            let mut engine = shard.engine.borrow_mut();
+            if engine.poll_timeout().is_some_and(|d| d <= now) {
+                engine.handle_timeout(&shard.shared, now);
+            }
+        }
+        sbuf = shard.drain_core(sbuf).await;
     }
 }
 
@@ -806,6 +899,10 @@ async fn outbound_conn(shard: Rc<Shard>, conn: Rc<Conn>) {
             .shared
             .report_failure(conn.peer, BlockReason::ConnectRefused);
         shard.forget_conn(&conn);
+        // INVITEs queued on this connection are lost: the core retries them elsewhere
+        // (a cold path, so a buffer of its own is fine).
+        shard.core_transport_error(conn.peer, BlockReason::ConnectRefused);
+        let _ = shard.drain_core(vec![0u8; BUF_SIZE]).await;
         return;
     };
     if conn.closed.get() {
