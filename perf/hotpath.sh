@@ -64,7 +64,12 @@ import os, sys
 section = open(sys.argv[1]).read()
 path = "perf/RESULTS.md"
 text = open(path).read() if os.path.exists(path) else "# sipedge performance results\n\n"
-start = text.find("## Hot path")
+# The heading at the start of a line: the text elsewhere mentions "`## Hot path`" in passing.
+start = text.find("\n## Hot path\n") + 1
+if start == 0 and text.startswith("## Hot path\n"):
+    start = 0
+elif start == 0:
+    start = -1
 if start < 0:
     text = text.rstrip("\n") + "\n\n" + section
 else:

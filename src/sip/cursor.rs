@@ -37,11 +37,17 @@ impl<'b> Cursor<'b> {
 
     /// Skips linear white space (folds included); returns whether any was skipped.
     pub(crate) fn skip_lws(&mut self) -> bool {
-        let start = self.pos;
-        while self.peek().is_some_and(is_lws) {
-            self.pos += 1;
-        }
-        self.pos > start
+        let n = self.count_while(is_lws);
+        self.pos += n;
+        n > 0
+    }
+
+    /// How many bytes from the position on satisfy `pred`: one bounds check for the region,
+    /// then a plain slice scan (this runs for every token, host and parameter of a message).
+    #[inline]
+    fn count_while(&self, pred: impl Fn(u8) -> bool) -> usize {
+        let rest = self.buf.get(self.pos..self.end).unwrap_or(&[]);
+        rest.iter().position(|&b| !pred(b)).unwrap_or(rest.len())
     }
 
     pub(crate) fn eat(&mut self, byte: u8) -> bool {
@@ -56,9 +62,7 @@ impl<'b> Cursor<'b> {
     /// Consumes bytes while `pred` holds and returns their span (possibly empty).
     pub(crate) fn take_while(&mut self, pred: impl Fn(u8) -> bool) -> Span {
         let start = self.pos;
-        while self.peek().is_some_and(&pred) {
-            self.pos += 1;
-        }
+        self.pos += self.count_while(pred);
         Span::new(start, self.pos)
     }
 

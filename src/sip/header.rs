@@ -137,12 +137,7 @@ impl HeaderName {
             (19, b'p', b'n') => (b"proxy-authorization", Self::ProxyAuthorization),
             _ => return Self::Other,
         };
-        // `long` is lower case, so folding one side is enough.
-        if name
-            .iter()
-            .zip(long)
-            .all(|(&a, &b)| a.to_ascii_lowercase() == b)
-        {
+        if eq_folded(name, long) {
             kind
         } else {
             Self::Other
@@ -189,6 +184,44 @@ impl HeaderName {
                 | Self::ContentLength
         )
     }
+}
+
+/// `name` equals the lower-case `long` (same length) ignoring ASCII case, eight bytes at a time.
+///
+/// `long` holds only lower-case letters and `-`. Letters are the bytes with bit 0x40 set, so
+/// `(long & 0x40..) >> 1` puts 0x20 exactly where `long` has a letter: setting that bit in
+/// `name` folds `A`-`Z` onto `a`-`z` there, while a `-` must match as it is. Exact for any input.
+#[inline]
+fn eq_folded(name: &[u8], long: &[u8]) -> bool {
+    const LETTER: u64 = 0x4040_4040_4040_4040;
+    let n = name.len();
+    if n != long.len() {
+        return false;
+    }
+    let word = |b: &[u8], at: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&b[at..at + 8]);
+        u64::from_le_bytes(w)
+    };
+    if n < 8 {
+        return name
+            .iter()
+            .zip(long)
+            .all(|(&a, &b)| a.to_ascii_lowercase() == b);
+    }
+    // Whole words, then one last word overlapping the previous one (compares some bytes twice).
+    let same = |at: usize| {
+        let l = word(long, at);
+        word(name, at) | ((l & LETTER) >> 1) == l
+    };
+    let mut at = 0;
+    while at + 8 <= n {
+        if !same(at) {
+            return false;
+        }
+        at += 8;
+    }
+    at == n || same(n - 8)
 }
 
 const LONG_NAMES: [(&[u8], HeaderName); 31] = [
@@ -278,6 +311,11 @@ mod tests {
         unknown_single: b"z" => HeaderName::Other,
         unknown_long: b"NewFangledHeader" => HeaderName::Other,
         prefix_is_not_match: b"Vias" => HeaderName::Other,
+        cr_is_not_a_hyphen: b"max\rforwards" => HeaderName::Other,
+        underscore_is_not_a_hyphen: b"content_length" => HeaderName::Other,
+        long_upper: b"PROXY-AUTHORIZATION" => HeaderName::ProxyAuthorization,
+        last_word_differs: b"proxy-authorizatioN" => HeaderName::ProxyAuthorization,
+        last_byte_wrong: b"proxy-authorizaxion" => HeaderName::Other,
     }
 
     #[test]

@@ -759,7 +759,12 @@ impl<'h, 'b> Message<'h, 'b> {
 
     /// All Via values in order, across header lines and commas.
     pub fn vias(&self) -> Values<'h, 'b, Via<'b>> {
-        Values::new(self.buf, self.headers, HeaderName::Via, parse_via)
+        // INVARIANT: a parsed message's first Via value is `top_via` (every Via value parsed,
+        // none empty), so the iterator starts from it instead of parsing it again.
+        Values {
+            first: Some(self.top_via),
+            ..Values::new(self.buf, self.headers, HeaderName::Via, parse_via)
+        }
     }
 
     /// All Route values in order (RFC 3261 §16.4 removes the first when it names this proxy).
@@ -838,6 +843,9 @@ pub struct Values<'h, 'b, T> {
     current: Option<(ListIter<'b>, usize)>,
     pending: Option<Span>,
     previous_end: Option<usize>,
+    /// The first value, when the parser already has it (the top Via): returned instead of
+    /// parsing the first span again.
+    first: Option<T>,
 }
 
 impl<'h, 'b, T> Values<'h, 'b, T> {
@@ -856,6 +864,7 @@ impl<'h, 'b, T> Values<'h, 'b, T> {
             current: None,
             pending: None,
             previous_end: None,
+            first: None,
         }
     }
 
@@ -905,7 +914,10 @@ impl<'b, T> Iterator for Values<'_, 'b, T> {
             (_, None) => Span::new(self.previous_end.unwrap_or(span.start), span.end),
         };
         self.previous_end = Some(span.end);
-        let value = (self.parse)(self.buf, span).ok()?;
+        let value = match self.first.take() {
+            Some(value) => value,
+            None => (self.parse)(self.buf, span).ok()?,
+        };
         Some(Located {
             value,
             span,

@@ -149,11 +149,14 @@ impl<'e, const N: usize> Splice<'e, N> {
     /// Writes `src` with the edits applied into `out`; returns the bytes written. Fails with
     /// [`SpliceError::InsufficientSize`] (and writes nothing useful) when `out` is too small.
     pub fn apply(&mut self, src: &[u8], out: &mut [u8]) -> Result<usize, SpliceError> {
-        let required_size = self.output_len(src.len())?;
+        // One sort and check serves both the size and the copy.
+        let edits = self.sorted(src.len())?;
+        let required_size = edits
+            .iter()
+            .fold(src.len(), |n, e| n - e.range().len() + e.new_bytes().len());
         if out.len() < required_size {
             return Err(SpliceError::InsufficientSize { required_size });
         }
-        let edits = self.sorted(src.len())?;
         let mut read = 0usize;
         let mut written = 0usize;
         let mut copy = |bytes: &[u8], written: &mut usize| {
