@@ -58,6 +58,9 @@ record_route = true
 # Secret (16+ bytes) keying Via branches and Record-Route affinity tokens. Every node behind
 # one name must share it. Unset: a random one per start (dialogs do not survive a restart).
 # secret = "change-me-to-32-random-characters"
+# Or read it from a file (its trailing line break ignored), e.g. a mounted Kubernetes Secret;
+# set one of secret and secret_file.
+# secret_file = "/etc/sipedge/secret"
 # Other names (host or host:port) that mean this proxy in a Request-URI or Route.
 aliases = []
 # Max-Forwards written on forwarded requests at most (RFC 3261 §16.6 step 3).
@@ -564,6 +567,7 @@ struct RawLog {
 struct RawProxy {
     record_route: Option<bool>,
     secret: Option<String>,
+    secret_file: Option<String>,
     aliases: Option<Vec<String>>,
     max_forwards: Option<u8>,
     udp_size_limit: Option<usize>,
@@ -653,6 +657,19 @@ impl FromStr for AdminAddr {
     }
 }
 
+/// Reads `proxy.secret_file`: the whole file, without the trailing line break an editor or
+/// `kubectl create secret --from-file` leaves, so a Kubernetes Secret or a root-only file can
+/// hold the key instead of the configuration itself.
+fn read_secret_file(path: &str) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| invalid("proxy.secret_file", format!("cannot read {path}: {e}")))?;
+    let secret = text.trim_end_matches(['\r', '\n']);
+    if secret.is_empty() {
+        return Err(invalid("proxy.secret_file", format!("{path} is empty")));
+    }
+    Ok(secret.to_owned())
+}
+
 fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key,
@@ -697,7 +714,17 @@ impl Config {
             },
             proxy: ProxyConfig {
                 record_route: raw.proxy.record_route.unwrap_or(d.proxy.record_route),
-                secret: raw.proxy.secret.or(d.proxy.secret),
+                secret: match (raw.proxy.secret, raw.proxy.secret_file) {
+                    (Some(_), Some(_)) => {
+                        return Err(invalid(
+                            "proxy.secret_file",
+                            "set either proxy.secret or proxy.secret_file, not both",
+                        ));
+                    }
+                    (Some(secret), None) => Some(secret),
+                    (None, Some(path)) => Some(read_secret_file(&path)?),
+                    (None, None) => d.proxy.secret,
+                },
                 aliases: raw.proxy.aliases.unwrap_or(d.proxy.aliases),
                 max_forwards: raw.proxy.max_forwards.unwrap_or(d.proxy.max_forwards),
                 udp_size_limit: match raw.proxy.udp_size_limit {
@@ -1090,6 +1117,51 @@ probe_interval_ms = 0
             c.sigcomp.total_memory,
             Config::default().sigcomp.total_memory
         );
+    }
+
+    #[test]
+    fn secret_from_file() {
+        let dir = std::env::temp_dir().join(format!("sipedge-secret-{}", std::process::id()));
+        let made = std::fs::create_dir_all(&dir);
+        assert!(made.is_ok(), "{made:?}");
+        let path = dir.join("secret");
+        let written = std::fs::write(&path, "0123456789abcdef0123\n");
+        assert!(written.is_ok(), "{written:?}");
+        let path = path.display().to_string();
+
+        let c = Config::from_toml(&format!("[proxy]\nsecret_file = \"{path}\"\n"))
+            .map_err(|e| e.to_string());
+        assert_eq!(
+            c.map(|c| c.proxy.secret),
+            Ok(Some("0123456789abcdef0123".to_owned())),
+            "the trailing line break is not part of the secret"
+        );
+
+        let both = Config::from_toml(&format!(
+            "[proxy]\nsecret = \"0123456789abcdef\"\nsecret_file = \"{path}\"\n"
+        ));
+        assert!(
+            both.is_err_and(|e| e.to_string().contains("not both")),
+            "secret and secret_file together are refused"
+        );
+
+        let short = std::fs::write(dir.join("short"), "short\n");
+        assert!(short.is_ok(), "{short:?}");
+        let short = Config::from_toml(&format!(
+            "[proxy]\nsecret_file = \"{}\"\n",
+            dir.join("short").display()
+        ));
+        assert!(
+            short.is_err_and(|e| e.to_string().contains("at least 16 bytes")),
+            "a short secret from a file is refused like an inline one"
+        );
+
+        let missing = Config::from_toml("[proxy]\nsecret_file = \"/nonexistent/sipedge\"\n");
+        assert!(
+            missing.is_err_and(|e| e.to_string().contains("proxy.secret_file")),
+            "an unreadable file names the key"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
