@@ -39,6 +39,7 @@
 //! | `sipedge_backend_state` | `backend`, `state` (`up`, `suspect`, `down`) | 1 for the backend's current health state, 0 for the others |
 //! | `sipedge_backend_probe_rtt_seconds` | `backend` | round-trip time of the last answered OPTIONS probe |
 //! | `sipedge_blacklist_entries` | `reason` | destinations currently blacklisted, see [`BlacklistReason`] |
+//! | `sipedge_backend_blacklisted` | `backend`, `reason` | 1 for the reason the backend's address is blacklisted now (all 0 when it is not) |
 //! | `sipedge_ready` | | 1 when listeners are bound, at least one backend is up and not draining |
 //! | `sipedge_draining` | | 1 after SIGTERM or `POST /drain` |
 //! | `sipedge_shards` | | number of shards (cores) |
@@ -427,6 +428,8 @@ pub struct BackendMetrics {
     state: AtomicU8,
     probe_rtt_micros: AtomicU64,
     probes: [AtomicU64; ProbeResult::COUNT],
+    /// 0 when the address is not blacklisted, else 1 + the [`BlacklistReason`] index.
+    blacklisted: AtomicU8,
 }
 
 #[derive(Debug, Default)]
@@ -443,7 +446,21 @@ impl BackendMetrics {
             state: AtomicU8::new(BackendState::Up as u8),
             probe_rtt_micros: AtomicU64::new(0),
             probes: std::array::from_fn(|_| AtomicU64::new(0)),
+            blacklisted: AtomicU8::new(0),
         }
+    }
+
+    /// Records whether the backend's address is blacklisted now, and why (written on scrape).
+    pub fn set_blacklisted(&self, reason: Option<BlacklistReason>) {
+        let raw = reason.map_or(0, |r| r as u8 + 1);
+        self.blacklisted.store(raw, Ordering::Relaxed);
+    }
+
+    /// Why the backend's address is blacklisted, as last recorded.
+    pub fn blacklisted(&self) -> Option<BlacklistReason> {
+        let raw = usize::from(self.blacklisted.load(Ordering::Relaxed));
+        raw.checked_sub(1)
+            .and_then(|i| BlacklistReason::ALL.get(i).copied())
     }
 
     /// The backend's label value.
@@ -913,6 +930,21 @@ impl Collector for Scrape {
             backends.iter().map(|b| {
                 let micros = load(&b.probe_rtt_micros) as f64;
                 (l1("backend", &b.name), micros / 1e6)
+            }),
+        )?;
+        family(
+            e,
+            "sipedge_backend_blacklisted",
+            "1 for the reason the backend's address is blacklisted now",
+            gauge,
+            backends.iter().flat_map(|b| {
+                let current = b.blacklisted();
+                BlacklistReason::ALL.iter().map(move |&r| {
+                    (
+                        l2("backend", &b.name, "reason", r.label()),
+                        u64::from(current == Some(r)),
+                    )
+                })
             }),
         )?;
         family(

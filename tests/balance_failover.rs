@@ -266,6 +266,14 @@ fn refusing_backend(transport: &str) {
     let calls = 150;
     let mut uac = load(&dir, "uac", &proxy, transport, calls, 50);
     let (ok, failed) = finish(&mut uac);
+    // The scrape shows why the refusing backend is out (Retry-After: 30 outlasts the
+    // test), and that the answering ones are not: scraped while every UAS still runs.
+    let blacklisted = |backend: &str, reason: &str| {
+        proxy.metric(&format!(
+            "sipedge_backend_blacklisted{{backend=\"{backend}\",reason=\"{reason}\"}}"
+        ))
+    };
+    let blocked: Vec<f64> = uris.iter().map(|u| blacklisted(u, "status_503")).collect();
     refusing.stop();
     for s in &mut servers {
         s.stop();
@@ -299,6 +307,11 @@ fn refusing_backend(transport: &str) {
     assert!(
         invites <= 10,
         "the refusing backend got {invites} INVITEs: its Retry-After was not honoured by every shard"
+    );
+    assert_eq!(
+        blocked,
+        [1.0, 0.0, 0.0],
+        "sipedge_backend_blacklisted{{reason=\"status_503\"}} of the refusing and the answering backends"
     );
     let per_shard: Vec<f64> = (0..2)
         .map(|s| proxy.metric(&format!("sipedge_shard_messages_total{{shard=\"{s}\"}}")))

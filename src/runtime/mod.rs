@@ -516,12 +516,23 @@ fn health_config(config: &Config) -> Option<HealthConfig> {
     })
 }
 
-/// Counts the active blacklist entries by reason into the metrics (one writer: the admin
-/// thread, on scrape).
+/// Counts the active blacklist entries by reason into the metrics, and marks each backend
+/// whose address is blocked with its reason (one writer: the admin thread, on scrape).
 pub(crate) fn publish_blacklist(shared: &Shared) {
-    let counts = shared.blacklist.active_by_reason(Instant::now());
+    let now = Instant::now();
+    let counts = shared.blacklist.active_by_reason(now);
     for (&reason, &count) in BlacklistReason::ALL.iter().zip(counts.iter()) {
         shared.metrics.set_blacklist_entries(reason, count);
+    }
+    // The metrics list the pool's members in the pool's order (see `Shard::count_backend`).
+    let pool = shared.pool.load();
+    let view = shared.blacklist.view();
+    for (backend, metrics) in pool.backends().iter().zip(shared.metrics.backends().iter()) {
+        let reason = view
+            .entry(backend.addr())
+            .filter(|e| e.is_active(now))
+            .map(|e| e.reason.metric_reason());
+        metrics.set_blacklisted(reason);
     }
 }
 
