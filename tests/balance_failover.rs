@@ -115,8 +115,12 @@ fn kill_one_backend(transport: &str) {
     } else {
         ""
     };
+    // A killed UDP backend is detected by ICMP and a killed TCP one by the refused connect,
+    // not by silence: a long INVITE timeout keeps a slow machine's late answers from counting
+    // as failovers while every backend is healthy.
     let config = dir.path("health.toml");
-    std::fs::write(&config, HEALTH).expect("write config");
+    std::fs::write(&config, format!("{HEALTH}[failover]\ntimeout_ms = 8000\n"))
+        .expect("write config");
     let uris: Vec<String> = ports
         .iter()
         .map(|p| format!("sip:127.0.0.1:{p}{suffix}"))

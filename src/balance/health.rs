@@ -429,13 +429,18 @@ impl Health {
                 if let Some(b) = backend {
                     b.set_up(true);
                 }
-                // Only the probe's own verdict is lifted: a 503 Retry-After or a fresh
-                // transport failure seen by a shard keeps its own expiry.
-                if blacklist
-                    .view()
-                    .entry(s.addr)
-                    .is_some_and(|e| e.reason == BlockReason::ProbeFailed)
-                {
+                // Answered probes prove the address reachable again, which outweighs the
+                // evidence of an earlier silence or transport failure (ICMP unreachable,
+                // refused or reset connection, send error, timeout): lift those, or a
+                // recovered backend would wait out a back-off its probes already disproved.
+                // What a backend or an operator asked for stays: a 503's Retry-After
+                // (RFC 3261 §21.5.4) and an administrative block keep their own expiry.
+                if blacklist.view().entry(s.addr).is_some_and(|e| {
+                    !matches!(
+                        e.reason,
+                        BlockReason::Status503 { .. } | BlockReason::Administrative
+                    )
+                }) {
                     blacklist.clear(s.addr);
                 }
                 self.events
@@ -636,6 +641,55 @@ mod tests {
             let chosen = r.pool.select(c.as_bytes(), r.t0 + ms(3), &r.bl).unwrap();
             assert_ne!(chosen.id(), a);
         }
+    }
+
+    #[test]
+    fn readmission_lifts_transport_blocks_but_not_retry_after() {
+        let mut r = rig(HealthConfig {
+            down_after: 1,
+            up_after: 1,
+            ..HealthConfig::default()
+        });
+        let [a, b] = [r.pool.backends()[0].id(), r.pool.backends()[1].id()];
+        let addr_of = |r: &Rig, id| r.pool.by_id(id).map(|m| m.addr());
+        let (Some(addr_a), Some(addr_b)) = (addr_of(&r, a), addr_of(&r, b)) else {
+            panic!("rig has two members");
+        };
+        // Both go down on a failed probe; then shards see more failures: a stream of ICMP
+        // unreachables for a (a long back-off), a 503 with Retry-After for b.
+        let ev = r.tick(r.t0);
+        r.answer(&ev, a, 500, r.t0 + ms(1));
+        r.answer(&ev, b, 500, r.t0 + ms(1));
+        for _ in 0..6 {
+            r.bl.report(addr_a, BlockReason::IcmpUnreachable, r.t0 + ms(2));
+        }
+        r.bl.report(
+            addr_b,
+            BlockReason::Status503 {
+                retry_after: Some(120),
+            },
+            r.t0 + ms(2),
+        );
+        // Both answer the next probe again and are re-admitted.
+        let mut now = r.t0;
+        while !(r.pool.by_id(a).is_some_and(|m| m.is_up())
+            && r.pool.by_id(b).is_some_and(|m| m.is_up()))
+        {
+            assert!(now < r.t0 + Duration::from_secs(60), "never re-admitted");
+            now = r.health.poll_timeout().unwrap_or(now).max(now + ms(1));
+            let ev = r.tick(now);
+            r.answer(&ev, a, 200, now + ms(1));
+            r.answer(&ev, b, 200, now + ms(1));
+        }
+        let now = now + ms(2);
+        assert!(
+            !r.bl.is_blocked(addr_a, now),
+            "the probes disproved the transport failures"
+        );
+        assert!(
+            r.bl.is_blocked(addr_b, now),
+            "the backend's own Retry-After still holds"
+        );
     }
 
     #[test]
