@@ -89,6 +89,9 @@ probe_timeout_ms = 2000
 failures_before_down = 3
 # Consecutive answered probes before it is put back.
 successes_before_up = 2
+# Probe answers that count as alive, as codes ("404") or inclusive ranges ("200-299"): any
+# final answer that shows a working SIP stack, 2xx-4xx except 408. Anything else is a failure.
+alive_codes = ["200-407", "409-499"]
 
 [failover]
 # INVITE failover: a new call whose backend refuses it (one of retry_codes), stays silent for
@@ -381,6 +384,44 @@ pub struct HealthConfig {
     pub failures_before_down: u32,
     /// Answered probes in a row before it is up again.
     pub successes_before_up: u32,
+    /// Probe reply codes that count as alive, as inclusive ranges.
+    pub alive_codes: Vec<CodeRange>,
+}
+
+/// An inclusive range of SIP final response codes, written `"404"` or `"200-299"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CodeRange {
+    /// The lowest code in the range.
+    pub low: u16,
+    /// The highest code in the range.
+    pub high: u16,
+}
+
+impl FromStr for CodeRange {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let code = |t: &str| {
+            t.trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|c| (200..=699).contains(c))
+                .ok_or_else(|| {
+                    format!("`{text}`: a final response code is a number from 200 to 699")
+                })
+        };
+        let (low, high) = match text.split_once('-') {
+            Some((low, high)) => (code(low)?, code(high)?),
+            None => {
+                let c = code(text)?;
+                (c, c)
+            }
+        };
+        if low > high {
+            return Err(format!("`{text}`: the range is empty"));
+        }
+        Ok(Self { low, high })
+    }
 }
 
 /// INVITE failover (`[failover]`).
@@ -590,6 +631,7 @@ struct RawHealth {
     probe_timeout_ms: Option<u64>,
     failures_before_down: Option<u32>,
     successes_before_up: Option<u32>,
+    alive_codes: Option<Vec<Parsed<CodeRange>>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -774,6 +816,9 @@ impl Config {
                     .health
                     .successes_before_up
                     .unwrap_or(d.health.successes_before_up),
+                alive_codes: raw.health.alive_codes.map_or(d.health.alive_codes, |v| {
+                    v.into_iter().map(|p| p.0).collect()
+                }),
             },
             dns: DnsConfig {
                 nameservers: raw.dns.nameservers.map_or(d.dns.nameservers, |v| {
@@ -865,6 +910,12 @@ impl Config {
         }
         if self.health.probe_timeout.is_zero() {
             return Err(invalid("health.probe_timeout_ms", "must be at least 1"));
+        }
+        if self.health.alive_codes.is_empty() {
+            return Err(invalid(
+                "health.alive_codes",
+                "at least one code must count as alive",
+            ));
         }
         if self.health.failures_before_down == 0 || self.health.successes_before_up == 0 {
             return Err(invalid(
@@ -999,6 +1050,16 @@ impl Config {
                 probe_timeout: Duration::from_millis(2000),
                 failures_before_down: 3,
                 successes_before_up: 2,
+                alive_codes: vec![
+                    CodeRange {
+                        low: 200,
+                        high: 407,
+                    },
+                    CodeRange {
+                        low: 409,
+                        high: 499,
+                    },
+                ],
             },
             dns: DnsConfig::default(),
             sigcomp: SigcompSettings {
@@ -1117,6 +1178,32 @@ probe_interval_ms = 0
             c.sigcomp.total_memory,
             Config::default().sigcomp.total_memory
         );
+    }
+
+    #[test]
+    fn health_alive_codes() {
+        let c = Config::from_toml("[health]\nalive_codes = [\"200\", \"300-399\"]\n")
+            .map_err(|e| e.to_string());
+        assert_eq!(
+            c.map(|c| c.health.alive_codes),
+            Ok(vec![
+                CodeRange {
+                    low: 200,
+                    high: 200
+                },
+                CodeRange {
+                    low: 300,
+                    high: 399
+                }
+            ])
+        );
+        for bad in ["[\"99\"]", "[\"500-400\"]", "[\"2xx\"]", "[]"] {
+            let e = Config::from_toml(&format!("[health]\nalive_codes = {bad}\n"));
+            assert!(
+                e.is_err_and(|e| e.to_string().contains("alive_codes")),
+                "{bad} is refused, naming the key"
+            );
+        }
     }
 
     #[test]

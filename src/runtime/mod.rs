@@ -37,7 +37,8 @@ use crossbeam::queue::ArrayQueue;
 use self::handoff::{Mailbox, PostOffice};
 use self::shard::{ShardSetup, Shared};
 use crate::balance::{
-    BackendEntry, BackendSpec, Blacklist, BlacklistConfig, HealthConfig, Pool, SpecError,
+    AliveCodes, BackendEntry, BackendSpec, Blacklist, BlacklistConfig, HealthConfig, Pool,
+    SpecError,
 };
 use crate::config::{Config, Driver, ListenTransport, Listener};
 use crate::metrics::{BlacklistReason, Metrics};
@@ -512,6 +513,13 @@ fn health_config(config: &Config) -> Option<HealthConfig> {
         timeout: config.health.probe_timeout,
         down_after: config.health.failures_before_down,
         up_after: config.health.successes_before_up,
+        alive_codes: config
+            .health
+            .alive_codes
+            .iter()
+            .fold(AliveCodes::none(), |codes, r| {
+                codes.with_range(r.low, r.high)
+            }),
         ..HealthConfig::default()
     })
 }
