@@ -520,7 +520,6 @@ fn health_config(config: &Config) -> Option<HealthConfig> {
             .fold(AliveCodes::none(), |codes, r| {
                 codes.with_range(r.low, r.high)
             }),
-        ..HealthConfig::default()
     })
 }
 
