@@ -92,7 +92,11 @@ fn e2e_second_proxy_probes_are_answered_by_a_call_id_sticky_uas() {
     while probe_counts(&first).0 < 3 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(probe_counts(&first).0 >= 3, "first proxy: {:?}", probe_counts(&first));
+    assert!(
+        probe_counts(&first).0 >= 3,
+        "first proxy: {:?}",
+        probe_counts(&first)
+    );
     // The second proxy probes the same UAS from another port, as a restarted one would.
     let second = start(backend, Driver::Epoll);
     let deadline = Instant::now() + Duration::from_secs(5);

@@ -77,6 +77,8 @@ struct Listener {
     /// The advertised host as written in URIs (IPv6 bracketed).
     host: Vec<u8>,
     port: u16,
+    /// See [`super::ListenerConfig::via_for`].
+    via_for: Option<usize>,
 }
 
 /// One name that means "this proxy" in a URI (RFC 3261 §16.4).
@@ -209,6 +211,7 @@ impl Core {
                 local: l.local,
                 host,
                 port,
+                via_for: l.via_for,
             });
         }
         for alias in &config.aliases {
@@ -620,7 +623,7 @@ impl Core {
                 let src = match target.dest {
                     Dest::Addr(t, addr) if !t.is_stream() => self
                         .egress_listener(t, Some(addr.ip()))
-                        .map(|i| self.listeners[i].local),
+                        .map(|i| self.listeners[self.via_listener(i)].local),
                     _ => None,
                 };
                 Verdict::Forward(Transmit {
@@ -858,7 +861,7 @@ impl Core {
 
         // Item 8: our Via on top, with the §16.11 branch.
         let start = w.len();
-        let l = &self.listeners[egress];
+        let l = &self.listeners[self.via_listener(egress)];
         w.put(b"Via: SIP/2.0/");
         w.put_str(l.transport.as_via_str().unwrap_or("UDP"));
         w.put(b" ");
@@ -1259,7 +1262,19 @@ impl Core {
             })
             .or_else(|| by(&|l| l.transport == input.transport))
             .unwrap_or(0);
+        // A shard's private Via socket stands for its shared listener (Record-Route and the
+        // responses' source name the shared one).
+        let i = self.listeners.get(i).and_then(|l| l.via_for).unwrap_or(i);
         u8::try_from(i).unwrap_or(0)
+    }
+
+    /// The listener written into our Via for a request leaving through `egress`: this shard's
+    /// private socket standing in for it, if there is one, else `egress` itself.
+    fn via_listener(&self, egress: usize) -> usize {
+        self.listeners
+            .iter()
+            .position(|l| l.via_for == Some(egress))
+            .unwrap_or(egress)
     }
 
     /// The listener a message to `ip` over `transport` leaves through: the first of that
@@ -1268,7 +1283,7 @@ impl Core {
         let same_family = |l: &Listener| ip.is_none_or(|ip| ip.is_ipv4() == l.local.is_ipv4());
         self.listeners
             .iter()
-            .position(|l| l.transport == transport && same_family(l))
+            .position(|l| l.transport == transport && l.via_for.is_none() && same_family(l))
     }
 }
 
