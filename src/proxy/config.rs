@@ -19,7 +19,7 @@ pub struct ListenerConfig {
     /// The port written next to `advertised_host`; defaults to the port of `local`.
     pub advertised_port: Option<u16>,
     /// `Some(i)`: a socket private to this shard that stands in for listener `i` in our Via
-    /// sent-by, and is the source of UDP requests forwarded through `i`. Responses follow the
+    /// sent-by, and the source of UDP requests it forwards through `i` to pool members. Responses follow the
     /// Via (RFC 3261 §18.2.2), so they come back to the shard that forwarded the request, the
     /// one owning the call, with no cross-shard handoff. It is never chosen to send through on
     /// its own and never written into Record-Route: dialogs keep naming the shared listener.

@@ -621,9 +621,18 @@ impl Core {
         match len {
             Ok(len) => {
                 let src = match target.dest {
-                    Dest::Addr(t, addr) if !t.is_stream() => self
-                        .egress_listener(t, Some(addr.ip()))
-                        .map(|i| self.listeners[self.via_listener(i)].local),
+                    Dest::Addr(t, addr) if !t.is_stream() => {
+                        self.egress_listener(t, Some(addr.ip())).map(|i| {
+                            // Toward a pool member, leave from the port our Via names (for
+                            // servers that answer the source). Toward anyone else, from the
+                            // shared port: a client behind NAT is reachable only from the
+                            // address it sent to; its response still follows our Via.
+                            let backend =
+                                target.backend.is_some() || self.pool.by_addr(addr).is_some();
+                            let i = if backend { self.via_listener(i) } else { i };
+                            self.listeners[i].local
+                        })
+                    }
                     _ => None,
                 };
                 Verdict::Forward(Transmit {

@@ -953,4 +953,18 @@ fn shard_via_port_names_the_shard_in_via_only() {
         "{rr}"
     );
     assert!(!rr.contains(','), "no double Record-Route: {rr}");
+    // A request toward a client leaves from the shared port (the only one its NAT lets in);
+    // the client's response still comes to the shard's port named in the Via.
+    let bye = b"BYE sip:alice@198.51.100.7:5090 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.70:5070;branch=z9hG4bKsb\r\n\
+From: <sip:b@y>;tag=2\r\nTo: <sip:a@x>;tag=1\r\nCall-ID: sb\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n";
+    let (v, out) = h.send(B1, bye);
+    assert!(
+        matches!(v, Verdict::Forward(t) if t.src == Some(addr(PROXY))),
+        "{v:?}"
+    );
+    let via = header(&out, "Via").unwrap();
+    assert!(
+        via.starts_with("SIP/2.0/UDP 192.0.2.10:40001;branch="),
+        "{via}"
+    );
 }
