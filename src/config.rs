@@ -32,6 +32,12 @@ driver = "auto"
 # name, add ";advertise=HOST[:PORT]": "udp:0.0.0.0:5060;advertise=sip.example.net:5060".
 # A wildcard address without it advertises the host's primary address (logged at start).
 listen = ["udp:127.0.0.1:5060", "tcp:127.0.0.1:5060"]
+# With 2+ shards, each shard also binds a UDP port of its own (same IP, port chosen by the
+# kernel) and names it in the Via of the requests it forwards, so responses come straight back
+# to the shard owning the call instead of being handed over between shards. Record-Route keeps
+# the shared port. Only for UDP listeners without ";advertise"; false = the shared port only
+# (e.g. when a firewall opens just that one).
+shard_ports = true
 # Admin HTTP (GET /metrics, /health, /ready; POST /drain).
 metrics = "127.0.0.1:9090"
 # After SIGTERM or POST /drain: refuse new calls with 503 for this long, then exit.
@@ -502,6 +508,8 @@ pub struct Config {
     pub metrics: SocketAddr,
     /// How long to keep serving in-dialog traffic after a drain starts.
     pub drain_grace: Duration,
+    /// Each shard names a UDP port of its own in the Via of forwarded requests (2+ shards).
+    pub shard_ports: bool,
     /// The backend pool (at least one).
     pub backends: Vec<BackendConfig>,
     /// Logging.
@@ -670,6 +678,7 @@ struct RawConfig {
     listen: Option<Vec<Parsed<Listener>>>,
     metrics: Option<Parsed<AdminAddr>>,
     drain_grace_secs: Option<u64>,
+    shard_ports: Option<bool>,
     backends: Option<Vec<RawBackend>>,
     #[serde(default)]
     log: RawLog,
@@ -738,6 +747,7 @@ impl Config {
             drain_grace: raw
                 .drain_grace_secs
                 .map_or(d.drain_grace, Duration::from_secs),
+            shard_ports: raw.shard_ports.unwrap_or(d.shard_ports),
             backends: raw.backends.map_or(d.backends, |v| {
                 v.into_iter()
                     .map(|b| match b {
@@ -1019,6 +1029,7 @@ impl Config {
             ],
             metrics: SocketAddr::new(loopback, 9090),
             drain_grace: Duration::from_secs(30),
+            shard_ports: true,
             backends: ["sip:127.0.0.1:5070", "sip:127.0.0.1:5071"]
                 .into_iter()
                 .map(|uri| BackendConfig {

@@ -96,3 +96,92 @@ fn e2e_handoff_wakes_idle_owner_without_stall() {
     measure(Driver::IoUring);
     measure(Driver::Epoll);
 }
+
+/// Sustained load through 2 shards: `sipedge-loadgen` at a fixed rate → sipedge → two
+/// `sipedge-responder`s (two source ports, so the kernel's SO_REUSEPORT hash may put them on
+/// either shard). Every call must finish within 500 ms: a shard that sleeps while datagrams or
+/// parcels wait for it shows up as calls delayed by seconds (sipp saw 200s to BYE arrive more
+/// than 3 s late), which a loss count alone would miss at the end of a run.
+fn sustained(driver: Driver) {
+    let port = |s: &UdpSocket| s.local_addr().expect("addr").port();
+    // Reserve two ports for the responders (released just before they bind).
+    let (r1, r2) = (
+        UdpSocket::bind("127.0.0.1:0").expect("port"),
+        UdpSocket::bind("127.0.0.1:0").expect("port"),
+    );
+    let (p1, p2) = (port(&r1), port(&r2));
+    drop((r1, r2));
+    let mut config = Config::from_toml(&format!(
+        "shards = 2\nmetrics = \"127.0.0.1:0\"\n\
+         backends = [\"sip:127.0.0.1:{p1}\", \"sip:127.0.0.1:{p2}\"]\n\
+         [health]\nprobe_interval_ms = 0\n[log]\nlevel = \"warn\"\n"
+    ))
+    .expect("config");
+    config.driver = driver;
+    config.listen = vec!["udp:127.0.0.1:0".parse::<Listener>().expect("listener")];
+    let mut responders: Vec<std::process::Child> = [p1, p2]
+        .iter()
+        .map(|p| {
+            std::process::Command::new(env!("CARGO_BIN_EXE_sipedge-responder"))
+                .args(["--listen", &format!("127.0.0.1:{p}")])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("sipedge-responder")
+        })
+        .collect();
+    let running = sipedge::runtime::start(config).expect("start");
+    let proxy = running.listeners()[0].addr;
+    std::thread::sleep(Duration::from_millis(200));
+    // 1,500 calls/s for 4 s, each call given 500 ms (loadgen counts the slower ones as timed
+    // out); the whole run is bounded by the loadgen's own --duration and --timeout-ms.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sipedge-loadgen"))
+        .args([
+            "--target",
+            &proxy.to_string(),
+            "--rate",
+            "1500",
+            "--calls",
+            "6000",
+            "--duration",
+            "4",
+            "--timeout-ms",
+            "500",
+            "--json",
+        ])
+        .output()
+        .expect("sipedge-loadgen");
+    for r in &mut responders {
+        let _ = r.kill();
+        let _ = r.wait();
+    }
+    let report = String::from_utf8_lossy(&out.stdout);
+    let field = |name: &str| -> u64 {
+        report
+            .split(&format!("\"{name}\":"))
+            .nth(1)
+            .and_then(|rest| rest.split([',', '}']).next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(u64::MAX)
+    };
+    let handoffs: u64 = running
+        .metrics()
+        .encode_prometheus()
+        .lines()
+        .filter(|l| l.starts_with("sipedge_shard_handoffs_sent_total"))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
+        .sum();
+    println!("{driver}: sustained 1500 calls/s: {report} handoffs={handoffs}");
+    assert!(out.status.success(), "loadgen failed: {report}");
+    assert_eq!(field("started"), 6000, "{driver}: {report}");
+    assert_eq!(
+        field("completed"),
+        field("started"),
+        "{driver}: calls delayed beyond 500 ms or lost: {report}"
+    );
+}
+
+#[test]
+fn e2e_two_shards_sustained_rate_delays_nothing() {
+    sustained(Driver::IoUring);
+    sustained(Driver::Epoll);
+}

@@ -571,12 +571,22 @@ fn run(name: &str, driver: &'static str) {
                 .all(|l| l.matches("comp=sigcomp").count() == 1 && l.ends_with(";comp=sigcomp>")),
         "client-side Record-Route URI carries comp=sigcomp: {rr:?}"
     );
+    // The proxy's Via names the shared port, or with 2+ shards the forwarding shard's own
+    // port (`shard_ports`); either way its branch is the proxy's: the RFC 3261 magic cookie,
+    // 16 hex digits, a dot.
     let proxy_via = format!("127.0.0.1:{};", proxy.sip_port);
+    let proxy_branch = |v: &str| {
+        v.split(";branch=z9hG4bK").nth(1).is_some_and(|b| {
+            b.len() > 16
+                && b.as_bytes()[..16].iter().all(u8::is_ascii_hexdigit)
+                && b.as_bytes()[16] == b'.'
+        })
+    };
     let proxy_vias: Vec<&str> = log
         .lines()
         .filter_map(|l| l.strip_prefix("Via:"))
         .flat_map(|v| v.split(','))
-        .filter(|v| v.contains(&proxy_via))
+        .filter(|v| v.contains(&proxy_via) || proxy_branch(v))
         .collect();
     assert!(proxy_vias.len() >= all_calls);
     let bad: Vec<&&str> = proxy_vias.iter().filter(|v| v.contains("comp=")).collect();

@@ -19,6 +19,12 @@ pub struct ListenerConfig {
     pub advertised_host: Option<String>,
     /// The port written next to `advertised_host`; defaults to the port of `local`.
     pub advertised_port: Option<u16>,
+    /// `Some(i)`: a socket private to this shard that stands in for listener `i` in our Via
+    /// sent-by, and the source of UDP requests it forwards through `i` to pool members. Responses follow the
+    /// Via (RFC 3261 §18.2.2), so they come back to the shard that forwarded the request, the
+    /// one owning the call, with no cross-shard handoff. It is never chosen to send through on
+    /// its own and never written into Record-Route: dialogs keep naming the shared listener.
+    pub via_for: Option<usize>,
 }
 
 impl ListenerConfig {
@@ -29,6 +35,7 @@ impl ListenerConfig {
             local,
             advertised_host: None,
             advertised_port: None,
+            via_for: None,
         }
     }
 }

@@ -79,6 +79,8 @@ struct Listener {
     /// The advertised host as written in URIs (IPv6 bracketed).
     host: Vec<u8>,
     port: u16,
+    /// See [`super::ListenerConfig::via_for`].
+    via_for: Option<usize>,
 }
 
 /// One name that means "this proxy" in a URI (RFC 3261 §16.4).
@@ -218,6 +220,7 @@ impl Core {
                 local: l.local,
                 host,
                 port,
+                via_for: l.via_for,
             });
         }
         for alias in &config.aliases {
@@ -882,9 +885,17 @@ impl Core {
         }
         let len = len?;
         let src = match target.dest {
-            Dest::Addr(t, addr) if !t.is_stream() => self
-                .egress_listener(t, Some(addr.ip()))
-                .map(|i| self.listeners[i].local),
+            Dest::Addr(t, addr) if !t.is_stream() => {
+                self.egress_listener(t, Some(addr.ip())).map(|i| {
+                    // Toward a pool member, leave from the port our Via names (for servers
+                    // that answer the source). Toward anyone else, from the shared port: a
+                    // client behind NAT is reachable only from the address it sent to; its
+                    // response still follows our Via.
+                    let backend = target.backend.is_some() || self.pool.by_addr(addr).is_some();
+                    let i = if backend { self.via_listener(i) } else { i };
+                    self.listeners[i].local
+                })
+            }
             _ => None,
         };
         Ok(Transmit {
@@ -1123,7 +1134,7 @@ impl Core {
 
         // Item 8: our Via on top, with the §16.11 branch.
         let start = w.len();
-        let l = &self.listeners[egress];
+        let l = &self.listeners[self.via_listener(egress)];
         w.put(b"Via: SIP/2.0/");
         w.put_str(l.transport.as_via_str().unwrap_or("UDP"));
         w.put(b" ");
@@ -1586,7 +1597,19 @@ impl Core {
             })
             .or_else(|| by(&|l| l.transport == input.transport))
             .unwrap_or(0);
+        // A shard's private Via socket stands for its shared listener (Record-Route and the
+        // responses' source name the shared one).
+        let i = self.listeners.get(i).and_then(|l| l.via_for).unwrap_or(i);
         u8::try_from(i).unwrap_or(0)
+    }
+
+    /// The listener written into our Via for a request leaving through `egress`: this shard's
+    /// private socket standing in for it, if there is one, else `egress` itself.
+    fn via_listener(&self, egress: usize) -> usize {
+        self.listeners
+            .iter()
+            .position(|l| l.via_for == Some(egress))
+            .unwrap_or(egress)
     }
 
     /// The listener a message to `ip` over `transport` leaves through: the first of that
@@ -1595,7 +1618,7 @@ impl Core {
         let same_family = |l: &Listener| ip.is_none_or(|ip| ip.is_ipv4() == l.local.is_ipv4());
         self.listeners
             .iter()
-            .position(|l| l.transport == transport && same_family(l))
+            .position(|l| l.transport == transport && l.via_for.is_none() && same_family(l))
     }
 }
 

@@ -925,3 +925,46 @@ fn requests_to_a_sigcomp_uri_are_compressed_and_say_so_in_our_via() {
     assert!(!transmit_of(v).compress);
     with_parsed(&out, |m| assert_eq!(m.top_via().comp, None));
 }
+
+#[test]
+fn shard_via_port_names_the_shard_in_via_only() {
+    // Listener 0 is the shared UDP listener; the shard's own socket stands in for it.
+    let mut config = config();
+    let mut private = ListenerConfig::new(Transport::Udp, addr("192.0.2.10:40001"));
+    private.via_for = Some(0);
+    config.listeners.push(private);
+    let mut h = Harness::with(config, 0, 1);
+    let (v, out) = h.send(CLIENT, &invite(""));
+    // RFC 3261 §18.2.2: the response follows our Via, to the shard's own port; the request
+    // leaves from that port too (for UASes that answer the source address).
+    assert!(
+        matches!(v, Verdict::Forward(t) if t.src == Some(addr("192.0.2.10:40001"))),
+        "{v:?}"
+    );
+    let via = header(&out, "Via").unwrap();
+    assert!(
+        via.starts_with("SIP/2.0/UDP 192.0.2.10:40001;branch="),
+        "{via}"
+    );
+    // The dialog keeps naming the shared listener.
+    let rr = header(&out, "Record-Route").unwrap();
+    assert!(
+        rr.contains("192.0.2.10:5060") && !rr.contains("40001"),
+        "{rr}"
+    );
+    assert!(!rr.contains(','), "no double Record-Route: {rr}");
+    // A request toward a client leaves from the shared port (the only one its NAT lets in);
+    // the client's response still comes to the shard's port named in the Via.
+    let bye = b"BYE sip:alice@198.51.100.7:5090 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.70:5070;branch=z9hG4bKsb\r\n\
+From: <sip:b@y>;tag=2\r\nTo: <sip:a@x>;tag=1\r\nCall-ID: sb\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n";
+    let (v, out) = h.send(B1, bye);
+    assert!(
+        matches!(v, Verdict::Forward(t) if t.src == Some(addr(PROXY))),
+        "{v:?}"
+    );
+    let via = header(&out, "Via").unwrap();
+    assert!(
+        via.starts_with("SIP/2.0/UDP 192.0.2.10:40001;branch="),
+        "{via}"
+    );
+}

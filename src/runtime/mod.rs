@@ -298,6 +298,7 @@ pub fn start(config: Config) -> Result<Running, RunError> {
             id,
             udp: Vec::new(),
             tcp: Vec::new(),
+            via_udp: Vec::new(),
             bell,
         };
         for listener in &mut listeners {
@@ -319,6 +320,25 @@ pub fn start(config: Config) -> Result<Running, RunError> {
             }
         }
         setups.push(setup);
+    }
+    // Each shard's own UDP port for the Via of the requests it forwards (see
+    // `ListenerConfig::via_for`): responses then arrive at the shard owning the call. Not with
+    // one shard (nothing to steer) nor behind an advertised address (the port would not be
+    // reachable through the NAT or name it stands for).
+    if shards > 1 && config.shard_ports {
+        for setup in &mut setups {
+            for (index, listener) in listeners.iter().enumerate() {
+                if listener.transport != ListenTransport::Udp || listener.advertise.is_some() {
+                    continue;
+                }
+                let private = SocketAddr::new(listener.addr.ip(), 0);
+                let sock = sockopt::bind_udp_private(private).map_err(|source| RunError::Bind {
+                    listener: format!("udp:{private} (shard {} Via port)", setup.id),
+                    source,
+                })?;
+                setup.via_udp.push((sock, index));
+            }
+        }
     }
 
     let proxy = proxy_config(&config, &listeners)?;
@@ -574,6 +594,7 @@ fn proxy_config(
                     .map(|(h, _)| h.clone())
                     .or_else(|| primary_address(l)),
                 advertised_port: l.advertise.as_ref().and_then(|(_, p)| *p),
+                via_for: None,
             })
             .collect(),
         aliases: config.proxy.aliases.clone(),

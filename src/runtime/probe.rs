@@ -38,6 +38,28 @@ struct Prober {
     udp6: Option<(UdpSocket, SocketAddr)>,
     timeout: Duration,
     alive: AliveCodes,
+    /// Added to the health machine's sequence number on the wire (Call-ID, branch, CSeq) and
+    /// taken off again when an answer comes back. Random per process: the health machine
+    /// numbers probes from 1 at every start, and RFC 3261 §8.1.1.4 / §8.1.1.7 want the
+    /// Call-ID and branch unique across time. A restarted proxy that reused its predecessor's
+    /// Call-IDs was answered at the predecessor's (closed) probe port by a UAS that keeps
+    /// per-Call-ID state (sipp sends the response to the address it first saw for the
+    /// Call-ID), so every probe timed out and the healthy backends were marked down.
+    wire_base: u64,
+}
+
+/// A random probe sequence base for this process (see [`Prober::wire_base`]); std's hasher
+/// keys are random per process, mixed with the time and the pid for good measure.
+fn random_wire_base() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    if let Ok(t) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        h.write_u128(t.as_nanos());
+    }
+    // 40 random bits above the low 20: room for a million probes before the base's bits
+    // change, and the CSeq (`seq mod 2^31`, RFC 3261 §8.1.1.5) still varies per probe.
+    (h.finish() & ((1 << 40) - 1)) << 20
 }
 
 /// Runs the prober until the process exits. `listen_ips` are the IPs of the UDP listeners,
@@ -72,6 +94,7 @@ pub(crate) async fn run(shared: Arc<Shared>, config: HealthConfig, listen_ips: V
         udp6: bind(true),
         timeout: config.timeout,
         alive: config.alive_codes,
+        wire_base: random_wire_base(),
         shared,
     });
     for v6 in [false, true] {
@@ -184,7 +207,7 @@ impl Prober {
             addr,
             transport: Transport::Udp,
             local: *local,
-            seq,
+            seq: seq.wrapping_add(self.wire_base),
         };
         let mut buf = vec![0u8; 2048];
         let len = write_probe(&target, &mut buf).ok()?;
@@ -216,7 +239,7 @@ impl Prober {
             addr,
             transport: Transport::Tcp,
             local,
-            seq,
+            seq: seq.wrapping_add(self.wire_base),
         };
         let mut buf = vec![0u8; 2048];
         let len = write_probe(&target, &mut buf).ok()?;
@@ -248,7 +271,8 @@ impl Prober {
         if r.code < 200 {
             return;
         }
-        let sent = self.outstanding.borrow_mut().remove(&(r.backend, r.seq));
+        let seq = r.seq.wrapping_sub(self.wire_base);
+        let sent = self.outstanding.borrow_mut().remove(&(r.backend, seq));
         let Some(sent) = sent else {
             return; // a late answer to a probe already counted as timed out
         };
@@ -262,7 +286,7 @@ impl Prober {
         let pool = self.shared.pool.load_full();
         self.health.borrow_mut().handle_probe_response(
             r.backend,
-            r.seq,
+            seq,
             r.code,
             now,
             &pool,

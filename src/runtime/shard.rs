@@ -100,6 +100,9 @@ pub(crate) struct ShardSetup {
     pub(crate) id: ShardId,
     pub(crate) udp: Vec<std::net::UdpSocket>,
     pub(crate) tcp: Vec<std::net::TcpListener>,
+    /// The shard's own UDP sockets, each standing in for the UDP listener at that index of
+    /// `Shared::proxy` in the Via of forwarded requests (`ListenerConfig::via_for`).
+    pub(crate) via_udp: Vec<(std::net::UdpSocket, usize)>,
     pub(crate) bell: std::os::unix::net::UnixDatagram,
 }
 
@@ -238,8 +241,21 @@ pub(crate) fn run(setup: ShardSetup, shared: Arc<Shared>) -> io::Result<()> {
 
 async fn shard_main(setup: ShardSetup, shared: Arc<Shared>) -> io::Result<()> {
     let epoll = shared.driver == DriverKind::Epoll;
-    let mut udp = Vec::with_capacity(setup.udp.len());
-    for sock in setup.udp {
+    let mut udp = Vec::with_capacity(setup.udp.len() + setup.via_udp.len());
+    let mut proxy = shared.proxy.clone();
+    let mut sockets = setup.udp;
+    for (sock, index) in setup.via_udp {
+        let Some(public) = proxy.listeners.get(index) else {
+            continue;
+        };
+        let mut private = crate::proxy::ListenerConfig::new(public.transport, sock.local_addr()?);
+        // The same host as the shared listener; the port is the shard's own.
+        private.advertised_host = public.advertised_host.clone();
+        private.via_for = Some(index);
+        proxy.listeners.push(private);
+        sockets.push(sock);
+    }
+    for sock in sockets {
         let local = sock.local_addr()?;
         let fd = sock.as_raw_fd();
         if epoll {
@@ -265,8 +281,8 @@ async fn shard_main(setup: ShardSetup, shared: Arc<Shared>) -> io::Result<()> {
         setup.bell.set_nonblocking(true)?;
     }
     let bell = UnixDatagram::from_std(setup.bell)?;
-    let engine = Engine::new(shared.proxy.clone(), setup.id, &shared)
-        .map_err(|e| io::Error::other(e.to_string()))?;
+    let engine =
+        Engine::new(proxy, setup.id, &shared).map_err(|e| io::Error::other(e.to_string()))?;
     let sigcomp = shared.sigcomp.map(sigcomp::ShardSigcomp::new);
     let shard = Rc::new(Shard {
         id: setup.id,

@@ -28,6 +28,20 @@ pub(crate) fn bind_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
     Ok(socket.into())
 }
 
+/// Binds a UDP socket private to one shard (no `SO_REUSEPORT`: every datagram sent to it
+/// is for that shard), with the buffers and `IP_RECVERR` of [`bind_udp`].
+pub(crate) fn bind_udp_private(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    let _ = socket.set_recv_buffer_size(UDP_BUFFER);
+    let _ = socket.set_send_buffer_size(UDP_BUFFER);
+    set_recverr(&socket, addr.is_ipv6())?;
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
 /// Binds a TCP listener with `SO_REUSEPORT`.
 pub(crate) fn bind_tcp(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
