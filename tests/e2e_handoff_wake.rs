@@ -26,9 +26,11 @@ fn measure(driver: Driver) {
         .set_read_timeout(Some(Duration::from_secs(2)))
         .expect("timeout");
     let backend_addr = backend.local_addr().expect("addr");
+    // The backend is a bare socket that answers nothing: no probing and no INVITE failover
+    // (its silence timeout would take the only backend out of the pool mid-run).
     let mut config = Config::from_toml(&format!(
         "shards = 2\nmetrics = \"127.0.0.1:0\"\nbackends = [\"sip:{backend_addr}\"]\n\
-         [health]\nprobe_interval_ms = 0\n[log]\nlevel = \"warn\"\n"
+         [health]\nprobe_interval_ms = 0\n[failover]\nenabled = false\n[log]\nlevel = \"warn\"\n"
     ))
     .expect("config");
     config.driver = driver;

@@ -161,8 +161,13 @@ fn e2e_every_torture_message_over_udp() {
     let dir = TempDir::new("torture");
     let backends = [Backend::start(), Backend::start()];
     let config = dir.path("sipedge.toml");
-    // The test's backends do not answer OPTIONS: no probing, so they stay in the pool.
-    std::fs::write(&config, "[health]\nprobe_interval_ms = 0\n").expect("write config");
+    // The test's backends answer nothing, neither OPTIONS nor INVITE: no probing and no
+    // INVITE failover (whose silence timeout would take them out of the pool mid-run).
+    std::fs::write(
+        &config,
+        "[health]\nprobe_interval_ms = 0\n[failover]\nenabled = false\n",
+    )
+    .expect("write config");
     let proxy = Sipedge::start(
         &dir,
         &SipedgeOptions {
