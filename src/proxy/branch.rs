@@ -51,8 +51,8 @@ pub(crate) struct Branch {
 }
 
 impl Branch {
-    /// Writes `z9hG4bK...` into `out`, keyed with `key`.
-    pub(crate) fn write(&self, key: &[u8; 16], out: &mut Out<'_>) {
+    /// Writes `z9hG4bK...` into `out`, signed with `key`.
+    pub(crate) fn write(&self, key: &MacKey, out: &mut Out<'_>) {
         let mut text = [0u8; MAX_BRANCH_LEN];
         let mut w = Out::new(&mut text);
         w.put(MAGIC_COOKIE);
@@ -73,7 +73,7 @@ impl Branch {
     }
 
     /// Decodes and verifies a branch value; `None` unless it is one of ours, unaltered.
-    pub(crate) fn verify(value: &[u8], key: &[u8; 16]) -> Option<Self> {
+    pub(crate) fn verify(value: &[u8], key: &MacKey) -> Option<Self> {
         if value.len() > MAX_BRANCH_LEN || value.len() < MAGIC_COOKIE.len() + 16 {
             return None;
         }
@@ -106,9 +106,22 @@ impl Branch {
     }
 }
 
-fn mac32(key: &[u8; 16], signed: &[u8]) -> u32 {
-    let mut h = SipHasher::new(key);
-    h.write(b"sipedge-branch-mac");
+/// The MAC key: SipHash keyed with the branch secret and already fed the constant
+/// domain-separation prefix, so that each MAC (one per forwarded request, one per response
+/// and per Via checked for loops) starts from a copy instead of re-hashing the prefix.
+#[derive(Clone)]
+pub(crate) struct MacKey(SipHasher);
+
+impl MacKey {
+    pub(crate) fn new(key: &[u8; 16]) -> Self {
+        let mut h = SipHasher::new(key);
+        h.write(b"sipedge-branch-mac");
+        Self(h)
+    }
+}
+
+fn mac32(key: &MacKey, signed: &[u8]) -> u32 {
+    let mut h = key.0.clone();
     h.write(signed);
     (h.finish() >> 32) as u32
 }
@@ -119,10 +132,14 @@ mod tests {
 
     const KEY: [u8; 16] = *b"0123456789abcdef";
 
+    fn key() -> MacKey {
+        MacKey::new(&KEY)
+    }
+
     fn text(b: &Branch) -> Vec<u8> {
         let mut buf = [0u8; 128];
         let mut out = Out::new(&mut buf);
-        b.write(&KEY, &mut out);
+        b.write(&key(), &mut out);
         out.written().to_vec()
     }
 
@@ -135,14 +152,14 @@ mod tests {
                 assert!(t.starts_with(MAGIC_COOKIE));
                 assert!(t.len() <= MAX_BRANCH_LEN);
                 assert!(t.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'.'));
-                assert_eq!(Branch::verify(&t, &KEY), Some(b));
+                assert_eq!(Branch::verify(&t, &key()), Some(b));
                 // Another key does not verify it.
-                assert_eq!(Branch::verify(&t, b"fedcba9876543210"), None);
+                assert_eq!(Branch::verify(&t, &MacKey::new(b"fedcba9876543210")), None);
                 // Any single altered byte after the cookie breaks it.
                 for i in MAGIC_COOKIE.len()..t.len() {
                     let mut bad = t.clone();
                     bad[i] = if bad[i] == b'0' { b'1' } else { b'0' };
-                    assert_eq!(Branch::verify(&bad, &KEY), None, "byte {i} of {}", String::from_utf8_lossy(&t));
+                    assert_eq!(Branch::verify(&bad, &key()), None, "byte {i} of {}", String::from_utf8_lossy(&t));
                 }
             }
         )*};
@@ -165,7 +182,7 @@ mod tests {
             b"z9hG4bK0000000000000000.00000000.l0.00000000",
             b"z9hG4bK0000000000000000.00000000.l0.0000000000000000000000000000000000000000000000000000",
         ] {
-            assert_eq!(Branch::verify(foreign, &KEY), None, "{}", String::from_utf8_lossy(foreign));
+            assert_eq!(Branch::verify(foreign, &key()), None, "{}", String::from_utf8_lossy(foreign));
         }
     }
 }

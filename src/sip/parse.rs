@@ -4,7 +4,7 @@
 use super::chars::{eq_ic, find_line_break, is_call_id, is_token, parse_decimal};
 use super::cursor::{ListIter, trim};
 use super::uri::{SipUri, Uri, UriError, parse_uri};
-use super::values::{CSeq, NameAddr, Via, parse_cseq, parse_name_addr, parse_via};
+use super::values::{CSeq, NameAddr, Via, check_name_addr, parse_cseq, parse_name_addr, parse_via};
 use super::{ErrorKind, Header, HeaderName, Limits, ParseError, Span};
 
 /// A request method (RFC 3261 §7.1, plus the common extensions).
@@ -140,6 +140,9 @@ pub struct Message<'h, 'b> {
     from: NameAddr<'b>,
     to: NameAddr<'b>,
     top_via: Via<'b>,
+    /// The second Via value, if any: where a proxy relays a response (RFC 3261 §16.7
+    /// step 3), so it is kept rather than parsed a second time.
+    second_via: Option<Via<'b>>,
     max_forwards: Option<MaxForwards>,
     content_length: Option<u32>,
 }
@@ -419,6 +422,7 @@ fn parse_inner<'h, 'b>(
     // Multi-value headers: every value must parse; count them against the limit.
     let mut values = 0usize;
     let mut top_via = None;
+    let mut second_via = None;
     for h in headers {
         if !h.kind.is_list() {
             continue;
@@ -453,13 +457,15 @@ fn parse_inner<'h, 'b>(
                     let via = parse_via(buf, v).map_err(fail(ErrorKind::Via))?;
                     if top_via.is_none() {
                         top_via = Some(via);
+                    } else if second_via.is_none() {
+                        second_via = Some(via);
                     }
                 }
                 HeaderName::Route
                 | HeaderName::RecordRoute
                 | HeaderName::Path
                 | HeaderName::Contact => {
-                    parse_name_addr(buf, v).map_err(fail(ErrorKind::NameAddr))?;
+                    check_name_addr(buf, v).map_err(fail(ErrorKind::NameAddr))?;
                 }
                 HeaderName::Require
                 | HeaderName::ProxyRequire
@@ -492,6 +498,7 @@ fn parse_inner<'h, 'b>(
         from,
         to,
         top_via,
+        second_via,
         max_forwards,
         content_length,
     })
@@ -759,10 +766,12 @@ impl<'h, 'b> Message<'h, 'b> {
 
     /// All Via values in order, across header lines and commas.
     pub fn vias(&self) -> Values<'h, 'b, Via<'b>> {
-        // INVARIANT: a parsed message's first Via value is `top_via` (every Via value parsed,
-        // none empty), so the iterator starts from it instead of parsing it again.
+        // INVARIANT: a parsed message's first Via values are `top_via` and `second_via`
+        // (every Via value parsed in this order, none empty), so the iterator starts from
+        // them instead of parsing them again.
         Values {
             first: Some(self.top_via),
+            second: self.second_via,
             ..Values::new(self.buf, self.headers, HeaderName::Via, parse_via)
         }
     }
@@ -846,6 +855,8 @@ pub struct Values<'h, 'b, T> {
     /// The first value, when the parser already has it (the top Via): returned instead of
     /// parsing the first span again.
     first: Option<T>,
+    /// The second value, likewise (the second Via).
+    second: Option<T>,
 }
 
 impl<'h, 'b, T> Values<'h, 'b, T> {
@@ -865,6 +876,7 @@ impl<'h, 'b, T> Values<'h, 'b, T> {
             pending: None,
             previous_end: None,
             first: None,
+            second: None,
         }
     }
 
@@ -916,7 +928,10 @@ impl<'b, T> Iterator for Values<'_, 'b, T> {
         self.previous_end = Some(span.end);
         let value = match self.first.take() {
             Some(value) => value,
-            None => (self.parse)(self.buf, span).ok()?,
+            None => match self.second.take() {
+                Some(value) => value,
+                None => (self.parse)(self.buf, span).ok()?,
+            },
         };
         Some(Located {
             value,

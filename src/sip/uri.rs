@@ -207,23 +207,25 @@ pub(crate) enum UriError {
     Headers(usize),
 }
 
-/// Parses the URI occupying `buf[start..end]` (no surrounding white space).
-/// `allow_headers` is false for a Request-URI (RFC 3261 §19.1.5).
-pub(crate) fn parse_uri(
-    buf: &[u8],
-    start: usize,
-    end: usize,
-    allow_headers: bool,
-) -> Result<Uri<'_>, UriError> {
+/// Where a URI's scheme says to go on.
+enum SchemeOf {
+    /// SIP or SIPS; the rest starts at this offset.
+    Sip(Scheme, usize),
+    /// Another valid absolute URI, with this scheme.
+    Other(usize),
+}
+
+/// Reads and checks the scheme of the URI occupying `buf[start..end]`; an opaque URI of
+/// another scheme is checked whole here.
+#[inline(always)]
+fn scheme_of(buf: &[u8], start: usize, end: usize) -> Result<SchemeOf, UriError> {
     let text = buf.get(start..end).ok_or(UriError::Malformed(start))?;
     // The usual schemes first, without scanning for the colon.
     if text.len() >= 4 && eq_ic(&text[..4], b"sip:") {
-        return parse_sip_rest(buf, start, start + 4, end, Scheme::Sip, allow_headers)
-            .map(Uri::Sip);
+        return Ok(SchemeOf::Sip(Scheme::Sip, start + 4));
     }
     if text.len() >= 5 && eq_ic(&text[..5], b"sips:") {
-        return parse_sip_rest(buf, start, start + 5, end, Scheme::Sips, allow_headers)
-            .map(Uri::Sip);
+        return Ok(SchemeOf::Sip(Scheme::Sips, start + 5));
     }
     let colon = text
         .iter()
@@ -237,39 +239,75 @@ pub(crate) fn parse_uri(
     if !scheme_ok {
         return Err(UriError::Malformed(start));
     }
-    let sip_scheme = if eq_ic(scheme, b"sip") {
-        Scheme::Sip
-    } else if eq_ic(scheme, b"sips") {
-        Scheme::Sips
-    } else {
-        let rest = &text[colon + 1..];
-        if rest.is_empty() || !rest.iter().all(|&b| is_abs_uri(b)) {
-            return Err(UriError::Malformed(start));
-        }
-        return Ok(Uri::Other {
-            scheme,
-            span: Span::new(start, end),
-        });
-    };
-    parse_sip_rest(
-        buf,
-        start,
-        start + colon + 1,
-        end,
-        sip_scheme,
-        allow_headers,
-    )
-    .map(Uri::Sip)
+    if eq_ic(scheme, b"sip") {
+        return Ok(SchemeOf::Sip(Scheme::Sip, start + colon + 1));
+    }
+    if eq_ic(scheme, b"sips") {
+        return Ok(SchemeOf::Sip(Scheme::Sips, start + colon + 1));
+    }
+    let rest = &text[colon + 1..];
+    if rest.is_empty() || !rest.iter().all(|&b| is_abs_uri(b)) {
+        return Err(UriError::Malformed(start));
+    }
+    Ok(SchemeOf::Other(colon))
 }
 
-fn parse_sip_rest(
+/// Parses the URI occupying `buf[start..end]` (no surrounding white space).
+/// `allow_headers` is false for a Request-URI (RFC 3261 §19.1.5).
+pub(crate) fn parse_uri(
     buf: &[u8],
     start: usize,
+    end: usize,
+    allow_headers: bool,
+) -> Result<Uri<'_>, UriError> {
+    match scheme_of(buf, start, end)? {
+        SchemeOf::Sip(scheme, pos) => {
+            parse_sip_rest(buf, start, pos, end, scheme, allow_headers).map(Uri::Sip)
+        }
+        SchemeOf::Other(colon) => Ok(Uri::Other {
+            scheme: &buf[start..start + colon],
+            span: Span::new(start, end),
+        }),
+    }
+}
+
+/// Accepts exactly what [`parse_uri`] accepts, with the same error, without building the
+/// typed value: for the URIs a proxy only has to validate (Contact, and Route or
+/// Record-Route values it does not read), where copying a [`SipUri`] out cost more than
+/// checking it.
+pub(crate) fn check_uri(
+    buf: &[u8],
+    start: usize,
+    end: usize,
+    allow_headers: bool,
+) -> Result<(), UriError> {
+    match scheme_of(buf, start, end)? {
+        SchemeOf::Sip(_, pos) => {
+            let (_, pos) = sip_authority(buf, pos, end)?;
+            let pos = sip_params(buf, pos, end, |name_start, name, value| {
+                check_param(name, value).map_err(|()| UriError::Malformed(name_start))
+            })?;
+            sip_headers(buf, pos, end, allow_headers).map(|_| ())
+        }
+        SchemeOf::Other(_) => Ok(()),
+    }
+}
+
+/// userinfo, host and port of a SIP URI.
+struct Authority<'b> {
+    user: Option<&'b [u8]>,
+    password: Option<&'b [u8]>,
+    host: Host<'b>,
+    port: Option<u16>,
+}
+
+/// Reads `[userinfo "@"] host [":" port]` from `pos`; returns it and the offset after it.
+#[inline(always)]
+fn sip_authority(
+    buf: &[u8],
     mut pos: usize,
     end: usize,
-    scheme: Scheme,
-    allow_headers: bool,
-) -> Result<SipUri<'_>, UriError> {
+) -> Result<(Authority<'_>, usize), UriError> {
     let bad = |at: usize| UriError::Malformed(at);
     let text = &buf[pos..end];
     // RFC 3261 §25.1: userinfo cannot contain an unescaped '@', so the first '@' ends it.
@@ -329,22 +367,26 @@ fn parse_sip_rest(
         port = Some(parse_port(&buf[digits_start..digits_start + digits_len]).ok_or(bad(pos))?);
         pos = digits_start + digits_len;
     }
-    let params_start = pos;
-    let mut uri = SipUri {
-        span: Span::new(start, end),
-        scheme,
-        user,
-        password,
-        host,
-        port,
-        params: b"",
-        headers: None,
-        lr: false,
-        ob: false,
-        transport: None,
-        maddr: None,
-        comp: None,
-    };
+    Ok((
+        Authority {
+            user,
+            password,
+            host,
+            port,
+        },
+        pos,
+    ))
+}
+
+/// Reads the `;name[=value]` URI parameters from `pos`, handing each to `each` with the
+/// offset of its name; returns the offset after the last one.
+#[inline(always)]
+fn sip_params<'b>(
+    buf: &'b [u8],
+    mut pos: usize,
+    end: usize,
+    mut each: impl FnMut(usize, &'b [u8], Option<&'b [u8]>) -> Result<(), UriError>,
+) -> Result<usize, UriError> {
     while pos < end && buf[pos] == b';' {
         let name_start = pos + 1;
         let len = buf[name_start..end]
@@ -353,7 +395,7 @@ fn parse_sip_rest(
             .count();
         let name = &buf[name_start..name_start + len];
         if name.is_empty() {
-            return Err(bad(pos));
+            return Err(UriError::Malformed(pos));
         }
         pos = name_start + len;
         let mut value = None;
@@ -364,42 +406,96 @@ fn parse_sip_rest(
                 .take_while(|&&b| is_uri_param(b))
                 .count();
             if v_len == 0 {
-                return Err(bad(pos));
+                return Err(UriError::Malformed(pos));
             }
             value = Some(&buf[v_start..v_start + v_len]);
             pos = v_start + v_len;
         }
-        if eq_ic(name, b"lr") {
-            uri.lr = true;
-        } else if eq_ic(name, b"ob") {
-            uri.ob = true;
-        } else if eq_ic(name, b"transport") {
-            let v = value.ok_or(bad(name_start))?;
-            if !v.iter().all(|&b| is_token(b)) {
-                return Err(bad(name_start));
-            }
-            uri.transport = Some(Transport::from_token(v));
-        } else if eq_ic(name, b"maddr") {
-            uri.maddr = Some(value.ok_or(bad(name_start))?);
-        } else if eq_ic(name, b"comp") {
-            uri.comp = Some(value.ok_or(bad(name_start))?);
-        }
+        each(name_start, name, value)?;
     }
-    uri.params = &buf[params_start..pos];
+    Ok(pos)
+}
+
+/// The checks on the parameters the parser interprets: `transport` needs a token value,
+/// `maddr` and `comp` a value (RFC 3261 §19.1.1, RFC 3486).
+#[inline(always)]
+fn check_param(name: &[u8], value: Option<&[u8]>) -> Result<(), ()> {
+    match name.len() {
+        9 if eq_ic(name, b"transport") => match value {
+            Some(v) if v.iter().all(|&b| is_token(b)) => Ok(()),
+            _ => Err(()),
+        },
+        5 if value.is_none() && eq_ic(name, b"maddr") => Err(()),
+        4 if value.is_none() && eq_ic(name, b"comp") => Err(()),
+        _ => Ok(()),
+    }
+}
+
+/// Reads `?headers` from `pos` up to `end`, which must then be reached.
+#[inline(always)]
+fn sip_headers(
+    buf: &[u8],
+    pos: usize,
+    end: usize,
+    allow_headers: bool,
+) -> Result<Option<&[u8]>, UriError> {
     if pos < end && buf[pos] == b'?' {
         if !allow_headers {
             return Err(UriError::Headers(pos));
         }
         let h = &buf[pos + 1..end];
         if h.is_empty() || !h.iter().all(|&b| is_uri_headers(b)) {
-            return Err(bad(pos));
+            return Err(UriError::Malformed(pos));
         }
-        uri.headers = Some(h);
-        pos = end;
+        return Ok(Some(h));
     }
     if pos != end {
-        return Err(bad(pos));
+        return Err(UriError::Malformed(pos));
     }
+    Ok(None)
+}
+
+fn parse_sip_rest(
+    buf: &[u8],
+    start: usize,
+    pos: usize,
+    end: usize,
+    scheme: Scheme,
+    allow_headers: bool,
+) -> Result<SipUri<'_>, UriError> {
+    let (a, params_start) = sip_authority(buf, pos, end)?;
+    let mut uri = SipUri {
+        span: Span::new(start, end),
+        scheme,
+        user: a.user,
+        password: a.password,
+        host: a.host,
+        port: a.port,
+        params: b"",
+        headers: None,
+        lr: false,
+        ob: false,
+        transport: None,
+        maddr: None,
+        comp: None,
+    };
+    let pos = sip_params(buf, params_start, end, |name_start, name, value| {
+        check_param(name, value).map_err(|()| UriError::Malformed(name_start))?;
+        if eq_ic(name, b"lr") {
+            uri.lr = true;
+        } else if eq_ic(name, b"ob") {
+            uri.ob = true;
+        } else if eq_ic(name, b"transport") {
+            uri.transport = value.map(Transport::from_token);
+        } else if eq_ic(name, b"maddr") {
+            uri.maddr = value;
+        } else if eq_ic(name, b"comp") {
+            uri.comp = value;
+        }
+        Ok(())
+    })?;
+    uri.params = &buf[params_start..pos];
+    uri.headers = sip_headers(buf, pos, end, allow_headers)?;
     Ok(uri)
 }
 

@@ -5,7 +5,7 @@ use super::Span;
 use super::Transport;
 use super::chars::{eq_ic, is_gen_value, is_lws, is_token};
 use super::cursor::Cursor;
-use super::uri::{Host, Uri, UriError, parse_host, parse_port, parse_uri};
+use super::uri::{Host, Uri, UriError, check_uri, parse_host, parse_port, parse_uri};
 
 /// One `;name[=value]` parameter of a header value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -314,8 +314,18 @@ impl<'b> NameAddr<'b> {
     }
 }
 
-/// Parses a name-addr / addr-spec value occupying `span`.
-pub(crate) fn parse_name_addr(buf: &[u8], span: Span) -> Result<NameAddr<'_>, usize> {
+/// The part of a name-addr / addr-spec before its header parameters.
+struct NameAddrFront<'b> {
+    /// Positioned after the URI (and its `>`).
+    cur: Cursor<'b>,
+    display_name: Option<&'b [u8]>,
+    angle: bool,
+    uri_span: Span,
+}
+
+/// Reads the display name and finds the URI of a name-addr / addr-spec value.
+#[inline(always)]
+fn name_addr_front(buf: &[u8], span: Span) -> Result<NameAddrFront<'_>, usize> {
     let mut cur = Cursor::new(buf, span);
     let value = cur.slice(span);
     let start = cur.pos;
@@ -359,17 +369,40 @@ pub(crate) fn parse_name_addr(buf: &[u8], span: Span) -> Result<NameAddr<'_>, us
         // RFC 3261 §20.10: it may then contain no ',', '?' or ';' of its own.
         cur.take_while(|b| b != b';' && !is_lws(b))
     };
-    let uri = parse_uri(buf, uri_span.start, uri_span.end, angle).map_err(|e| match e {
-        UriError::Malformed(at) | UriError::Headers(at) => at,
-    })?;
+    Ok(NameAddrFront {
+        cur,
+        display_name,
+        angle,
+        uri_span,
+    })
+}
+
+/// The header parameters of a name-addr: the first `tag` counts and needs a value
+/// (From/To, RFC 3261 §19.3).
+#[inline(always)]
+fn name_addr_params<'b>(cur: &mut Cursor<'b>) -> Result<(Span, Option<&'b [u8]>), usize> {
     let mut tag = None;
-    let params = parse_params(&mut cur, |p| {
-        // The first `tag` counts (From/To, RFC 3261 §19.3).
+    let params = parse_params(cur, |p| {
         if tag.is_none() && eq_ic(p.name, b"tag") {
             tag = Some(p.value.ok_or(p.span.start)?);
         }
         Ok(())
     })?;
+    Ok((params, tag))
+}
+
+/// Parses a name-addr / addr-spec value occupying `span`.
+pub(crate) fn parse_name_addr(buf: &[u8], span: Span) -> Result<NameAddr<'_>, usize> {
+    let NameAddrFront {
+        mut cur,
+        display_name,
+        angle,
+        uri_span,
+    } = name_addr_front(buf, span)?;
+    let uri = parse_uri(buf, uri_span.start, uri_span.end, angle).map_err(|e| match e {
+        UriError::Malformed(at) | UriError::Headers(at) => at,
+    })?;
+    let (params, tag) = name_addr_params(&mut cur)?;
     let params = if params.is_empty() {
         let after_uri = uri_span.end + usize::from(angle);
         Span::new(after_uri, after_uri)
@@ -385,6 +418,22 @@ pub(crate) fn parse_name_addr(buf: &[u8], span: Span) -> Result<NameAddr<'_>, us
         tag,
         buf,
     })
+}
+
+/// Accepts exactly what [`parse_name_addr`] accepts, failing at the same offset, without
+/// building the typed value (for the values the parser only validates: Contact, Route,
+/// Record-Route and Path are read later, on demand, through [`parse_name_addr`]).
+pub(crate) fn check_name_addr(buf: &[u8], span: Span) -> Result<(), usize> {
+    let NameAddrFront {
+        mut cur,
+        angle,
+        uri_span,
+        ..
+    } = name_addr_front(buf, span)?;
+    check_uri(buf, uri_span.start, uri_span.end, angle).map_err(|e| match e {
+        UriError::Malformed(at) | UriError::Headers(at) => at,
+    })?;
+    name_addr_params(&mut cur).map(|_| ())
 }
 
 /// The CSeq value (RFC 3261 §20.16).
