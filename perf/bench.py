@@ -200,7 +200,8 @@ class Setup:
         self.backends = [args.base_port + 10, args.base_port + 11]
         self.uac_port = args.base_port + 30
         self.media = args.base_port + 100     # sipp media ports, 10 apart per instance
-        self.bin = args.bin_dir
+        # Absolute: every process runs with its own working directory.
+        self.bin = os.path.abspath(args.bin_dir)
 
     def exe(self, name):
         path = os.path.join(self.bin, name)
