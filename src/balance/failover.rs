@@ -14,7 +14,8 @@
 //!   the INVITE to the backend that has it now ([`InviteFailover::route_in_transaction`]).
 //!
 //! Storage is allocated once, when the table is built: `capacity` entries, each with a slot of
-//! `slot_bytes` for the Call-ID and the request, an index sized so that it never grows, and
+//! `slot_bytes` for the Call-ID and the request, an open-addressing index of at least twice
+//! `capacity` buckets (so it never grows and stays at most half full), and
 //! one intrusive deadline list per timer length (every deadline in a list is `now` plus the
 //! same duration, so appending keeps each list sorted). Tracking, retrying and forgetting a
 //! transaction therefore allocate nothing. An INVITE that does not fit (table full, request
@@ -26,8 +27,8 @@
 //! when sending failed, and [`InviteFailover::handle_timeout`] at
 //! [`InviteFailover::poll_timeout`]; then drain [`InviteFailover::poll_event`] and act on it.
 
+use std::collections::VecDeque;
 use std::collections::hash_map::RandomState;
-use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -160,11 +161,12 @@ pub enum FailoverEvent {
 
 /// Identity of an INVITE transaction for one table ([`InviteFailover::key`]): Call-ID and CSeq
 /// number (a CANCEL and the ACK of a non-2xx response carry the same pair, RFC 3261 §9.1,
-/// §17.1.1.3). The Call-ID is hashed with a per-table random key, so a caller cannot craft
-/// Call-IDs that collide with another call's entry (the stored Call-ID is compared too).
+/// §17.1.1.3). Both are hashed together with a per-table random key (SipHash-1-3, std's
+/// `RandomState`), so a caller cannot craft Call-IDs or CSeqs that collide with another
+/// call's entry or pile up in one probe run of the index (the stored Call-ID is compared too).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TxKey {
-    call_id: u64,
+    hash: u64,
     cseq: u32,
 }
 
@@ -221,8 +223,16 @@ impl Entry {
 #[derive(Debug)]
 pub struct InviteFailover {
     config: FailoverConfig,
-    /// Slot of each tracked transaction. Sized at twice `capacity`, so that it never grows.
-    index: HashMap<TxKey, u32>,
+    /// Open addressing with linear probing: each bucket holds the slot of a tracked
+    /// transaction or `NIL`; a key's run starts at `hash & mask`. A power of two of at least
+    /// twice `capacity` buckets, so it never grows, is at most half full and every probe run
+    /// ends at an empty bucket. The key's hash is already keyed and uniform, so it indexes
+    /// directly (a `HashMap<TxKey, _>` would hash the hash again on every message).
+    index: Vec<u32>,
+    /// `index.len() - 1`.
+    mask: usize,
+    /// Transactions tracked (occupied buckets).
+    tracked: usize,
     /// `entries[i]` is slot `i` (its bytes: `bytes[i * slot_bytes..]`).
     entries: Vec<Entry>,
     free: Vec<u32>,
@@ -245,9 +255,12 @@ impl InviteFailover {
             slot_bytes: config.slot_bytes.min(1 << 16),
             ..config
         };
+        let buckets = config.capacity.saturating_mul(2).max(2).next_power_of_two();
         Self {
             config,
-            index: HashMap::with_capacity(config.capacity.saturating_mul(2)),
+            index: vec![NIL; buckets],
+            mask: buckets - 1,
+            tracked: 0,
             entries: Vec::with_capacity(config.capacity),
             free: Vec::with_capacity(config.capacity),
             // Zeroed pages are mapped lazily: unused slots cost address space, not memory.
@@ -266,19 +279,73 @@ impl InviteFailover {
     /// The key of the INVITE transaction with this Call-ID and CSeq number in this table.
     pub fn key(&self, call_id: &[u8], cseq: u32) -> TxKey {
         TxKey {
-            call_id: self.hasher.hash_one(call_id),
+            hash: self.hasher.hash_one((call_id, cseq)),
             cseq,
         }
     }
 
     /// Transactions tracked.
     pub fn len(&self) -> usize {
-        self.index.len()
+        self.tracked
     }
 
     /// Whether nothing is tracked.
     pub fn is_empty(&self) -> bool {
-        self.index.is_empty()
+        self.tracked == 0
+    }
+
+    /// First bucket of the key's probe run.
+    fn home(&self, key: TxKey) -> usize {
+        // Truncation intended: only the low bits select the bucket.
+        key.hash as usize & self.mask
+    }
+
+    /// The bucket holding the entry with this key and its slot, or the empty bucket that ends
+    /// the key's probe run and `NIL`. It ends: the index is never more than half full.
+    fn lookup(&self, key: TxKey) -> (usize, u32) {
+        let mut i = self.home(key);
+        loop {
+            let slot = self.index[i];
+            if slot == NIL || self.entries[slot as usize].key == key {
+                return (i, slot);
+            }
+            i = (i + 1) & self.mask;
+        }
+    }
+
+    /// The slot of the entry with this key, if any.
+    fn slot_of(&self, key: TxKey) -> Option<u32> {
+        let (_, slot) = self.lookup(key);
+        (slot != NIL).then_some(slot)
+    }
+
+    /// Takes `slot` out of the index if it is the entry there for its key, closing the gap by
+    /// backward shifting (linear probing without tombstones, so runs never lengthen).
+    fn unindex(&mut self, slot: u32) {
+        let (mut hole, found) = self.lookup(self.entries[slot as usize].key);
+        if found != slot {
+            return;
+        }
+        self.tracked -= 1;
+        let mut j = hole;
+        loop {
+            self.index[hole] = NIL;
+            loop {
+                j = (j + 1) & self.mask;
+                let s = self.index[j];
+                if s == NIL {
+                    return;
+                }
+                // The entry at `j` may fill the hole when the hole lies in its run, i.e.
+                // cyclically in [home, j).
+                let home = self.home(self.entries[s as usize].key);
+                if (j.wrapping_sub(home) & self.mask) >= (j.wrapping_sub(hole) & self.mask) {
+                    self.index[hole] = s;
+                    hole = j;
+                    break;
+                }
+            }
+        }
     }
 
     fn slot_range(&self, slot: u32) -> std::ops::Range<usize> {
@@ -294,13 +361,14 @@ impl InviteFailover {
 
     /// The slot of the transaction with this key, checking the stored Call-ID.
     fn find(&self, call_id: &[u8], cseq: u32) -> Option<u32> {
-        let slot = *self.index.get(&self.key(call_id, cseq))?;
+        let slot = self.slot_of(self.key(call_id, cseq))?;
         (self.call_id_of(slot) == call_id).then_some(slot)
     }
 
     /// Routes an INVITE from outside. A new transaction gets the pool's choice and is tracked
     /// (when it fits); a retransmission goes where the transaction is now (or is rejected
-    /// again if it was given up).
+    /// again if it was given up). With the route comes the attempt number its requests carry
+    /// ([`Self::current`]; 0 for an untracked INVITE), from the same single lookup.
     #[allow(clippy::too_many_arguments)] // each input is one fact about the request
     pub fn route_invite<'p>(
         &mut self,
@@ -311,25 +379,32 @@ impl InviteFailover {
         origin: Origin,
         pool: &'p Pool,
         blacklist: &Blacklist,
-    ) -> InviteRoute<'p> {
-        if let Some(slot) = self.find(call_id, cseq) {
-            let e = &self.entries[slot as usize];
+    ) -> (InviteRoute<'p>, usize) {
+        // One hash and one probe serve the retransmission check and the insertion: nothing
+        // below touches the index before the entry goes into `bucket`.
+        let key = self.key(call_id, cseq);
+        let (bucket, found) = self.lookup(key);
+        // The attempt of a tracked transaction the INVITE is not routed by (its backend left
+        // the pool), while it stays in the table.
+        let mut stale_attempt = 0;
+        if found != NIL && self.call_id_of(found) == call_id {
+            let e = &self.entries[found as usize];
             if let Phase::Completed { gave_up: true } = e.phase {
-                return InviteRoute::Reject {
-                    retry_after: e.retry_after.unwrap_or(self.config.retry_after),
-                };
+                let retry_after = e.retry_after.unwrap_or(self.config.retry_after);
+                return (InviteRoute::Reject { retry_after }, 0);
             }
+            let attempt = e.attempts.saturating_sub(1);
             if let Some(b) = pool.by_id(e.current()) {
-                return InviteRoute::Forward(b);
+                return (InviteRoute::Forward(b), attempt);
             }
+            stale_attempt = attempt;
         }
         let Some(backend) = pool.select(call_id, now, blacklist) else {
-            return InviteRoute::Reject {
-                retry_after: self.config.retry_after,
-            };
+            let retry_after = self.config.retry_after;
+            return (InviteRoute::Reject { retry_after }, 0);
         };
         let fits = call_id.len() + request.len() <= self.config.slot_bytes;
-        if fits && self.index.len() < self.config.capacity {
+        if fits && self.tracked < self.config.capacity {
             let slot = match self.free.pop() {
                 Some(s) => s,
                 None => self.entries.len() as u32,
@@ -340,7 +415,6 @@ impl InviteFailover {
             rest[..request.len()].copy_from_slice(request);
             let mut tried = [BackendId(0); MAX_ATTEMPTS];
             tried[0] = backend.id();
-            let key = self.key(call_id, cseq);
             let entry = Entry {
                 key,
                 call_id_len: call_id.len(),
@@ -361,14 +435,19 @@ impl InviteFailover {
             } else {
                 self.entries[slot as usize] = entry;
             }
-            // A stale entry under the same key (Call-ID hash collision) is replaced.
-            if let Some(old) = self.index.insert(key, slot) {
-                self.unlink(old);
-                self.free.push(old);
+            // A stale entry under the same key (hash collision, or a transaction whose
+            // backend left the pool) is replaced in its bucket.
+            self.index[bucket] = slot;
+            if found == NIL {
+                self.tracked += 1;
+            } else {
+                self.unlink(found);
+                self.free.push(found);
             }
             self.link(slot, CALLING, now + self.config.timeout);
+            return (InviteRoute::Forward(backend), 0);
         }
-        InviteRoute::Forward(backend)
+        (InviteRoute::Forward(backend), stale_attempt)
     }
 
     /// The backend a CANCEL or an ACK (of a non-2xx response) with this Call-ID and CSeq
@@ -387,7 +466,7 @@ impl InviteFailover {
 
     /// The original request of a tracked transaction (for a retry, the final 503 or an ACK).
     pub fn request(&self, key: TxKey) -> Option<&[u8]> {
-        let slot = *self.index.get(&key)?;
+        let slot = self.slot_of(key)?;
         let e = &self.entries[slot as usize];
         let start = self.slot_range(slot).start + e.call_id_len;
         self.bytes.get(start..start + e.request_len)
@@ -395,13 +474,13 @@ impl InviteFailover {
 
     /// Where the original request of a tracked transaction came from.
     pub fn origin(&self, key: TxKey) -> Option<Origin> {
-        let slot = *self.index.get(&key)?;
+        let slot = self.slot_of(key)?;
         Some(self.entries[slot as usize].origin)
     }
 
     /// The current backend and attempt number of a tracked transaction, by key.
     pub fn attempt(&self, key: TxKey) -> Option<(BackendId, usize)> {
-        let slot = *self.index.get(&key)?;
+        let slot = self.slot_of(key)?;
         let e = &self.entries[slot as usize];
         Some((e.current(), e.attempts.saturating_sub(1)))
     }
@@ -610,10 +689,7 @@ impl InviteFailover {
 
     fn remove(&mut self, slot: u32) {
         self.unlink(slot);
-        let key = self.entries[slot as usize].key;
-        if self.index.get(&key) == Some(&slot) {
-            self.index.remove(&key);
-        }
+        self.unindex(slot);
         self.free.push(slot);
     }
 
@@ -786,6 +862,7 @@ mod tests {
             };
             self.fo
                 .route_invite(now, CALL_ID, 314159, INVITE, origin, &self.pool, &self.bl)
+                .0
         }
 
         fn respond(
@@ -1015,6 +1092,51 @@ mod tests {
         });
         small.invite(t0);
         assert!(small.fo.is_empty());
+    }
+
+    #[test]
+    fn index_survives_churn_in_a_full_table() {
+        // A small table, kept full, with entries leaving in an order unrelated to their
+        // buckets: every tracked transaction stays findable after the backward shifts.
+        let mut r = rig(FailoverConfig {
+            capacity: 16,
+            ..FailoverConfig::default()
+        });
+        let origin = Origin {
+            src: "192.0.2.10:5060".parse().unwrap(),
+            local: "127.0.0.1:5060".parse().unwrap(),
+            transport: Transport::Udp,
+            flow: None,
+            compressed: false,
+        };
+        let mut live: Vec<(String, Instant)> = Vec::new();
+        let mut t = r.t0;
+        let mut seed = 12345u64;
+        for n in 0..400u32 {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            t += Duration::from_millis(1 + (seed >> 60));
+            let call_id = format!("churn-{n}@example.com");
+            r.fo.route_invite(t, call_id.as_bytes(), 1, INVITE, origin, &r.pool, &r.bl);
+            if r.fo.current(call_id.as_bytes(), 1).is_some() {
+                // Ringing: forgotten `ringing` after now, so removals interleave.
+                let from = r.fo.current(call_id.as_bytes(), 1).unwrap().0;
+                let addr = r.pool.by_id(from).unwrap().addr();
+                r.fo.handle_response(t, call_id.as_bytes(), 1, 180, None, addr, &r.pool, &r.bl);
+                live.push((call_id, t + Duration::from_secs(200)));
+            }
+            let now = t + Duration::from_secs(199);
+            r.fo.handle_timeout(now, &r.pool, &r.bl);
+            live.retain(|(_, until)| *until > now);
+            assert_eq!(r.fo.len(), live.len());
+            for (c, _) in &live {
+                assert!(r.fo.current(c.as_bytes(), 1).is_some(), "{c} lost");
+                assert!(r.fo.current(c.as_bytes(), 2).is_none());
+            }
+        }
+        assert!(r.events().is_empty());
+        assert_eq!(r.fo.len(), 16);
     }
 
     #[test]

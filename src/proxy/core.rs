@@ -877,7 +877,7 @@ impl Core {
                     flow: input.flow.map(|f| f.0),
                     compressed: input.compressed,
                 };
-                let route = fo.route_invite(
+                let (route, attempt) = fo.route_invite(
                     input.now,
                     call_id,
                     cseq,
@@ -887,10 +887,7 @@ impl Core {
                     blacklist,
                 );
                 match route {
-                    InviteRoute::Forward(b) => {
-                        let attempt = fo.current(call_id, cseq).map_or(0, |(_, a)| a);
-                        (b, attempt)
-                    }
+                    InviteRoute::Forward(b) => (b, attempt),
                     InviteRoute::Reject { retry_after } => {
                         return Some(FailoverRoute::Reject(retry_after));
                     }
@@ -1582,11 +1579,15 @@ impl Core {
         out: &mut [u8],
     ) -> Option<Verdict> {
         let fo = self.failover.as_mut()?;
-        // RFC 3261 §20.33: Retry-After = delta-seconds [comment] *(;params).
-        let retry_after = msg
-            .headers_of(HeaderName::RetryAfter)
-            .next()
-            .and_then(|h| leading_u32(h.value));
+        // RFC 3261 §20.33: Retry-After = delta-seconds [comment] *(;params). The table reads
+        // it only for a retry code, so a 1xx or 2xx skips the header walk.
+        let retry_after = if fo.config().retry_codes.contains(code) {
+            msg.headers_of(HeaderName::RetryAfter)
+                .next()
+                .and_then(|h| leading_u32(h.value))
+        } else {
+            None
+        };
         let (call_id, cseq) = (msg.call_id(), msg.cseq().number);
         let action = fo.handle_response(
             input.now,
