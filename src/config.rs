@@ -46,7 +46,8 @@ drain_grace_secs = 30
 # The pool new calls are spread over (hash of the Call-ID, so a call stays on one backend).
 # A host name (sip:pool.example.net) is resolved per RFC 3263 and may yield several members.
 # Either a URI string, or a table with uri, weight (share of calls) and priority (lower is
-# preferred; a higher group is used only when no member of a better one is up).
+# preferred; a higher group is used only when no member of a better one is up). Weight 0
+# drains a member: it takes no new call, and its calls in progress continue on it.
 backends = [
   "sip:127.0.0.1:5070",
   "sip:127.0.0.1:5071",

@@ -239,3 +239,93 @@ fn add_and_remove_backends_under_load() {
         held_calls.len()
     );
 }
+
+/// Drains backend 1 by reloading it with `weight = 0` while calls are up: it takes no new
+/// call from then on, and the calls it holds end on it (their BYEs follow the Record-Route
+/// affinity token to it), with no call failing anywhere.
+#[test]
+fn drain_a_backend_by_weight_zero_under_load() {
+    let dir = TempDir::new("balance-drain");
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let servers: Vec<Sipp> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, &p)| uas(&dir, &format!("uas{i}"), p))
+        .collect();
+    let config = dir.path("pool.toml");
+    write_config(&config, &ports);
+    let proxy = Sipedge::start(
+        &dir,
+        &SipedgeOptions {
+            extra: vec!["--config".into(), config.display().to_string()],
+            ..SipedgeOptions::default()
+        },
+    );
+
+    // Calls held for 3 s are up when backend 1 is drained.
+    let mut held = uac(&dir, "uac-held", proxy.sip_addr(), 100, 3000);
+    std::thread::sleep(Duration::from_millis(1500));
+    let series = "sipedge_config_reloads_total{result=\"ok\"}";
+    let before = proxy.metric(series);
+    let tables: Vec<String> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, &p)| {
+            let weight = u32::from(i != 1);
+            format!("{{ uri = \"{}\", weight = {weight} }}", uri(p))
+        })
+        .collect();
+    std::fs::write(
+        &config,
+        format!("backends = [{}]\n{HEALTH}", tables.join(", ")),
+    )
+    .expect("write config");
+    proxy.signal(libc::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while proxy.metric(series) <= before {
+        assert!(Instant::now() < deadline, "reload not applied");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    finish(&mut held, 100);
+
+    // The drained backend ended every call it had: one BYE per INVITE, and it had some.
+    let drained = &servers[1];
+    let (invites, byes) = (
+        drained.count_messages("INVITE "),
+        drained.count_messages("BYE "),
+    );
+    assert!(invites > 0, "backend 1 took no call before the drain");
+    assert_eq!(
+        byes, invites,
+        "a held call's BYE missed the drained backend"
+    );
+
+    // New calls: none reach the drained backend; the others share them.
+    let mut fresh = uac(&dir, "uac-after-drain", proxy.sip_addr(), 300, 0);
+    finish(&mut fresh, 300);
+    assert_eq!(
+        drained.count_messages("INVITE "),
+        invites,
+        "the drained backend got a new call"
+    );
+    let by_port: BTreeMap<u16, Vec<&Sipp>> = ports
+        .iter()
+        .zip(&servers)
+        .map(|(&p, s)| (p, vec![s]))
+        .collect();
+    let owner = owners(&by_port);
+    let fresh_calls = fresh.call_ids();
+    let on = |port: u16| {
+        fresh_calls
+            .iter()
+            .filter(|c| owner.get(*c) == Some(&port))
+            .count()
+    };
+    assert_eq!(on(ports[0]) + on(ports[2]), fresh_calls.len());
+    assert!(on(ports[0]) > 0 && on(ports[2]) > 0);
+    eprintln!(
+        "drain: backend 1 ended its {invites} held calls after the drain; new calls {} / 0 / {}",
+        on(ports[0]),
+        on(ports[2])
+    );
+}

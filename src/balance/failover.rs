@@ -542,6 +542,15 @@ impl InviteFailover {
             }
             (Phase::Completed { .. }, _) | (_, 0..=99) => ResponseAction::Forward,
             (_, 100..=199) => ResponseAction::Forward,
+            (_, 200..=299) if e.attempts <= 1 => {
+                // Accepted by the backend the Call-ID hashes to: the ACK of a 2xx is end to
+                // end (RFC 3261 §13.2.2.4) and anything else of this call routes statelessly
+                // to the same member, so the entry has nothing left to steer. Freeing it now
+                // keeps the table (and the memory it touches) at the calls still being set
+                // up, not every call of the last `linger` seconds.
+                self.remove(slot);
+                ResponseAction::Forward
+            }
             (_, _) => {
                 self.complete(slot, now, false);
                 ResponseAction::Forward
@@ -992,6 +1001,34 @@ mod tests {
         assert_eq!(r.respond(t, 200, None, order[1]), ResponseAction::Forward);
         r.fo.handle_timeout(t + Duration::from_secs(10), &r.pool, &r.bl);
         assert!(r.events().is_empty());
+        assert_eq!(r.fo.route_in_transaction(CALL_ID, 314159), Some(order[1]));
+    }
+
+    #[test]
+    fn accepted_first_attempt_frees_its_entry_but_a_failed_over_call_keeps_it() {
+        let mut r = rig(FailoverConfig::default());
+        let order = r.order();
+        let t0 = r.t0;
+        r.invite(t0);
+        assert_eq!(r.fo.len(), 1);
+        assert_eq!(r.respond(t0, 180, None, order[0]), ResponseAction::Forward);
+        assert_eq!(r.fo.len(), 1, "kept while ringing: a CANCEL must find it");
+        assert_eq!(r.respond(t0, 200, None, order[0]), ResponseAction::Forward);
+        assert_eq!(
+            r.fo.len(),
+            0,
+            "the hash choice answered: nothing left to steer"
+        );
+        assert_eq!(r.fo.route_in_transaction(CALL_ID, 314159), None);
+
+        // The same call failed over once: its 2xx keeps the entry for the linger time, so a
+        // retransmitted INVITE still reaches the backend that answered, not the hash choice.
+        let mut r = rig(FailoverConfig::default());
+        r.invite(t0);
+        r.respond(t0, 503, None, order[0]);
+        r.events();
+        assert_eq!(r.respond(t0, 200, None, order[1]), ResponseAction::Forward);
+        assert_eq!(r.fo.len(), 1);
         assert_eq!(r.fo.route_in_transaction(CALL_ID, 314159), Some(order[1]));
     }
 
