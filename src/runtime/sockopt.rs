@@ -285,4 +285,35 @@ mod tests {
         let taddr = t.local_addr().unwrap();
         assert!(bind_tcp(taddr).is_ok());
     }
+
+    #[test]
+    fn recv_batch_reads_every_queued_datagram_then_would_block() {
+        use std::os::fd::AsRawFd;
+        let sock = bind_udp_private("127.0.0.1:0".parse().unwrap()).unwrap();
+        let to = sock.local_addr().unwrap();
+        let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        a.send_to(b"one", to).unwrap();
+        b.send_to(b"two!", to).unwrap();
+        a.send_to(b"", to).unwrap();
+        let mut batch = RecvBatch::new(16);
+        let n = batch.recv(sock.as_raw_fd()).unwrap();
+        assert_eq!(n, 3);
+        assert_eq!(batch.get(0), Some((&b"one"[..], a.local_addr().unwrap())));
+        assert_eq!(batch.get(1), Some((&b"two!"[..], b.local_addr().unwrap())));
+        assert_eq!(batch.get(2), Some((&b""[..], a.local_addr().unwrap())));
+        assert_eq!(batch.get(RECV_BATCH), None);
+        let err = batch.recv(sock.as_raw_fd()).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        // More than a batch queued: a full batch first, the rest on the next call.
+        for i in 0..RECV_BATCH + 2 {
+            a.send_to(&[b'a' + i as u8], to).unwrap();
+        }
+        assert_eq!(batch.recv(sock.as_raw_fd()).unwrap(), RECV_BATCH);
+        assert_eq!(
+            batch.get(RECV_BATCH - 1).unwrap().0,
+            &[b'a' + (RECV_BATCH - 1) as u8]
+        );
+        assert_eq!(batch.recv(sock.as_raw_fd()).unwrap(), 2);
+    }
 }
