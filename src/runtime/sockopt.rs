@@ -117,33 +117,97 @@ pub(crate) fn drain_error_queue(fd: RawFd, mut report: impl FnMut(SocketAddr)) {
     }
 }
 
-/// One non-blocking `recvfrom`: the datagram goes into `buf`. `WouldBlock` when none is
-/// queued. Allocation-free (monoio's own UDP operations box their message headers per call,
-/// which the message path cannot afford).
-pub(crate) fn recv_from(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-    let mut storage = MaybeUninit::<libc::sockaddr_storage>::zeroed();
-    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    // SAFETY: `buf` is a live, writable slice of the given length; `storage` and `len`
-    // describe a sockaddr_storage the kernel may fill.
-    let n = unsafe {
-        libc::recvfrom(
-            fd,
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            libc::MSG_DONTWAIT,
-            storage.as_mut_ptr().cast(),
-            &raw mut len,
-        )
-    };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
+/// Datagrams one [`RecvBatch::recv`] reads at most.
+pub(crate) const RECV_BATCH: usize = 8;
+
+/// Receive buffers for `recvmmsg`, allocated once per receive loop: one system call reads
+/// every datagram queued (up to [`RECV_BATCH`]), and a short batch tells the loop the queue
+/// is (almost certainly) empty, so it can wait for readiness without a `recvfrom` that only
+/// returns `EAGAIN`. The readiness wait itself re-checks the socket (io_uring `PollAdd`
+/// completes at once on a readable socket; the epoll driver calls `poll` before it sleeps),
+/// so a datagram that arrives after the batch is never missed.
+pub(crate) struct RecvBatch {
+    /// `RECV_BATCH` buffers of `size` bytes, back to back.
+    bufs: Vec<u8>,
+    size: usize,
+    names: [libc::sockaddr_storage; RECV_BATCH],
+    namelens: [libc::socklen_t; RECV_BATCH],
+    lens: [usize; RECV_BATCH],
+}
+
+impl RecvBatch {
+    /// Buffers for `RECV_BATCH` datagrams of up to `size` bytes each.
+    pub(crate) fn new(size: usize) -> Self {
+        Self {
+            bufs: vec![0u8; size * RECV_BATCH],
+            size,
+            // SAFETY: sockaddr_storage is plain data; all zeroes is a valid value.
+            names: unsafe { std::mem::zeroed() },
+            namelens: [0; RECV_BATCH],
+            lens: [0; RECV_BATCH],
+        }
     }
-    // SAFETY: the kernel initialised `len` bytes of the (zeroed) sockaddr_storage.
-    let addr = unsafe { SockAddr::new(storage.assume_init(), len) };
-    let addr = addr
-        .as_socket()
-        .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidData))?;
-    Ok((usize::try_from(n).unwrap_or(0), addr))
+
+    /// One non-blocking `recvmmsg`: how many datagrams were read (at least one), or
+    /// `WouldBlock` when none was queued. Allocation-free: the message headers live on the
+    /// stack and point into `self`.
+    pub(crate) fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+        let size = self.size;
+        // SAFETY: iovec and mmsghdr are plain data; all zeroes is a valid value.
+        let mut iovs: [libc::iovec; RECV_BATCH] = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let mut msgs: [libc::mmsghdr; RECV_BATCH] = unsafe { std::mem::zeroed() };
+        for (chunk, (iov, (msg, name))) in self.bufs.chunks_exact_mut(size).zip(
+            iovs.iter_mut()
+                .zip(msgs.iter_mut().zip(self.names.iter_mut())),
+        ) {
+            iov.iov_base = chunk.as_mut_ptr().cast();
+            iov.iov_len = chunk.len();
+            msg.msg_hdr.msg_name = (name as *mut libc::sockaddr_storage).cast();
+            msg.msg_hdr.msg_namelen =
+                std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            msg.msg_hdr.msg_iov = iov;
+            msg.msg_hdr.msg_iovlen = 1;
+        }
+        // SAFETY: `fd` is an open socket; every header points to a live buffer of the stated
+        // length (a chunk of `bufs`, one of `names`) and to its own iovec, all of which
+        // outlive the call; the timeout is null (MSG_DONTWAIT returns at once).
+        let n = unsafe {
+            libc::recvmmsg(
+                fd,
+                msgs.as_mut_ptr(),
+                RECV_BATCH as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = usize::try_from(n).unwrap_or(0).min(RECV_BATCH);
+        for (msg, (len, namelen)) in msgs
+            .iter()
+            .zip(self.lens.iter_mut().zip(self.namelens.iter_mut()))
+            .take(n)
+        {
+            *len = (msg.msg_len as usize).min(size);
+            *namelen = msg.msg_hdr.msg_namelen;
+        }
+        Ok(n)
+    }
+
+    /// Datagram `i` of the last [`recv`](Self::recv) and its source, `None` past the batch or
+    /// for a source address that is not IP.
+    pub(crate) fn get(&self, i: usize) -> Option<(&[u8], SocketAddr)> {
+        let name = *self.names.get(i)?;
+        let namelen = *self.namelens.get(i)?;
+        let len = *self.lens.get(i)?;
+        // SAFETY: the kernel initialised `namelen` bytes of this sockaddr_storage (zeroed
+        // before the first call, rewritten by each one).
+        let addr = unsafe { SockAddr::new(name, namelen) }.as_socket()?;
+        let start = i * self.size;
+        Some((self.bufs.get(start..start + len)?, addr))
+    }
 }
 
 /// One non-blocking `sendto`. `WouldBlock` when the socket buffer is full. Allocation-free.
@@ -220,5 +284,36 @@ mod tests {
         let t = bind_tcp("127.0.0.1:0".parse().unwrap()).unwrap();
         let taddr = t.local_addr().unwrap();
         assert!(bind_tcp(taddr).is_ok());
+    }
+
+    #[test]
+    fn recv_batch_reads_every_queued_datagram_then_would_block() {
+        use std::os::fd::AsRawFd;
+        let sock = bind_udp_private("127.0.0.1:0".parse().unwrap()).unwrap();
+        let to = sock.local_addr().unwrap();
+        let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        a.send_to(b"one", to).unwrap();
+        b.send_to(b"two!", to).unwrap();
+        a.send_to(b"", to).unwrap();
+        let mut batch = RecvBatch::new(16);
+        let n = batch.recv(sock.as_raw_fd()).unwrap();
+        assert_eq!(n, 3);
+        assert_eq!(batch.get(0), Some((&b"one"[..], a.local_addr().unwrap())));
+        assert_eq!(batch.get(1), Some((&b"two!"[..], b.local_addr().unwrap())));
+        assert_eq!(batch.get(2), Some((&b""[..], a.local_addr().unwrap())));
+        assert_eq!(batch.get(RECV_BATCH), None);
+        let err = batch.recv(sock.as_raw_fd()).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        // More than a batch queued: a full batch first, the rest on the next call.
+        for i in 0..RECV_BATCH + 2 {
+            a.send_to(&[b'a' + i as u8], to).unwrap();
+        }
+        assert_eq!(batch.recv(sock.as_raw_fd()).unwrap(), RECV_BATCH);
+        assert_eq!(
+            batch.get(RECV_BATCH - 1).unwrap().0,
+            &[b'a' + (RECV_BATCH - 1) as u8]
+        );
+        assert_eq!(batch.recv(sock.as_raw_fd()).unwrap(), 2);
     }
 }
