@@ -134,8 +134,10 @@ fn sustained(driver: Driver) {
     let running = sipedge::runtime::start(config).expect("start");
     let proxy = running.listeners()[0].addr;
     std::thread::sleep(Duration::from_millis(200));
-    // 1,500 calls/s for 4 s, each call given 500 ms (loadgen counts the slower ones as timed
-    // out); the whole run is bounded by the loadgen's own --duration and --timeout-ms.
+    // 6,000 calls at 1,500 calls/s (4 s), each call given 500 ms (loadgen counts the slower
+    // ones as timed out). --duration bounds the run and is the window in which calls may
+    // start: twice the nominal 4 s, so a generator thread woken late on a busy machine still
+    // starts every call.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_sipedge-loadgen"))
         .args([
             "--target",
@@ -145,7 +147,7 @@ fn sustained(driver: Driver) {
             "--calls",
             "6000",
             "--duration",
-            "4",
+            "8",
             "--timeout-ms",
             "500",
             "--json",
