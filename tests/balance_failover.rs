@@ -22,24 +22,60 @@ use common::{
 const HEALTH: &str = "[health]\nprobe_interval_ms = 200\nprobe_timeout_ms = 300\n\
                       failures_before_down = 2\nsuccesses_before_up = 2\n";
 
-/// A sipp UAS that also answers sipedge's OPTIONS probes (`-aa`).
-fn uas(dir: &TempDir, name: &str, port: u16, transport: &str) -> Sipp {
-    let args: Vec<String> = [
-        "-sn",
-        "uas",
-        "-i",
-        "127.0.0.1",
-        "-p",
-        &port.to_string(),
-        "-t",
-        transport_flag(transport),
-        "-aa",
-    ]
-    .map(String::from)
-    .to_vec();
+/// A sipp UAS that also answers sipedge's OPTIONS probes (`-aa`), running `scenario`
+/// (`["-sn", "uas"]` or `["-sf", FILE]`).
+fn sipp_uas(dir: &TempDir, name: &str, port: u16, transport: &str, scenario: [&str; 2]) -> Sipp {
+    let mut args: Vec<String> = scenario.map(String::from).to_vec();
+    args.extend(
+        [
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-t",
+            transport_flag(transport),
+            "-aa",
+        ]
+        .map(String::from),
+    );
     let me = Sipp::spawn(dir, name, &args);
     wait_port(port, transport);
     me
+}
+
+/// sipp's built-in UAS.
+fn uas(dir: &TempDir, name: &str, port: u16, transport: &str) -> Sipp {
+    sipp_uas(dir, name, port, transport, ["-sn", "uas"])
+}
+
+/// sipedge in front of backends on 127.0.0.1:`ports` over `transport` with configuration
+/// `toml`; returns the backend URIs and the proxy.
+fn start_proxy(
+    dir: &TempDir,
+    ports: &[u16],
+    transport: &str,
+    toml: &str,
+) -> (Vec<String>, Sipedge) {
+    let suffix = if transport == "tcp" {
+        ";transport=tcp"
+    } else {
+        ""
+    };
+    let config = dir.path("sipedge.toml");
+    std::fs::write(&config, toml).expect("write config");
+    let uris: Vec<String> = ports
+        .iter()
+        .map(|p| format!("sip:127.0.0.1:{p}{suffix}"))
+        .collect();
+    let proxy = Sipedge::start(
+        dir,
+        &SipedgeOptions {
+            backends: uris.clone(),
+            extra: vec!["--config".into(), config.display().to_string()],
+            ..SipedgeOptions::default()
+        },
+    );
+    (uris, proxy)
 }
 
 /// Runs `calls` calls at `rate` per second through `proxy`; returns the UAC when it is done.
@@ -110,28 +146,14 @@ fn kill_one_backend(transport: &str) {
         .enumerate()
         .map(|(i, &p)| Some(uas(&dir, &format!("uas{i}"), p, transport)))
         .collect();
-    let suffix = if transport == "tcp" {
-        ";transport=tcp"
-    } else {
-        ""
-    };
     // A killed UDP backend is detected by ICMP and a killed TCP one by the refused connect,
     // not by silence: a long INVITE timeout keeps a slow machine's late answers from counting
     // as failovers while every backend is healthy.
-    let config = dir.path("health.toml");
-    std::fs::write(&config, format!("{HEALTH}[failover]\ntimeout_ms = 8000\n"))
-        .expect("write config");
-    let uris: Vec<String> = ports
-        .iter()
-        .map(|p| format!("sip:127.0.0.1:{p}{suffix}"))
-        .collect();
-    let proxy = Sipedge::start(
+    let (uris, proxy) = start_proxy(
         &dir,
-        &SipedgeOptions {
-            backends: uris.clone(),
-            extra: vec!["--config".into(), config.display().to_string()],
-            ..SipedgeOptions::default()
-        },
+        &ports,
+        transport,
+        &format!("{HEALTH}[failover]\ntimeout_ms = 8000\n"),
     );
     let up = |i: usize| format!("sipedge_backend_up{{backend=\"{}\"}}", uris[i]);
     let failovers = format!("sipedge_backend_failovers_total{{backend=\"{}\"}}", uris[0]);
@@ -219,22 +241,13 @@ fn killed_backend_is_avoided_and_readmitted_tcp() {
 
 /// A sipp UAS running `tests/scenarios/uas_503.xml` (503 to every INVITE, 200 to OPTIONS).
 fn refusing_uas(dir: &TempDir, name: &str, port: u16, transport: &str) -> Sipp {
-    let args: Vec<String> = [
-        "-sf",
-        &scenario("uas_503.xml"),
-        "-i",
-        "127.0.0.1",
-        "-p",
-        &port.to_string(),
-        "-t",
-        transport_flag(transport),
-        "-aa",
-    ]
-    .map(String::from)
-    .to_vec();
-    let me = Sipp::spawn(dir, name, &args);
-    wait_port(port, transport);
-    me
+    sipp_uas(
+        dir,
+        name,
+        port,
+        transport,
+        ["-sf", &scenario("uas_503.xml")],
+    )
 }
 
 fn refusing_backend(transport: &str) {
@@ -244,28 +257,11 @@ fn refusing_backend(transport: &str) {
     let mut servers: Vec<Sipp> = (1..3)
         .map(|i| uas(&dir, &format!("uas{i}"), ports[i], transport))
         .collect();
-    let suffix = if transport == "tcp" {
-        ";transport=tcp"
-    } else {
-        ""
-    };
-    let config = dir.path("failover.toml");
-    std::fs::write(
-        &config,
-        format!("{HEALTH}[failover]\ntimeout_ms = 2000\nretry_codes = [503]\n"),
-    )
-    .expect("write config");
-    let uris: Vec<String> = ports
-        .iter()
-        .map(|p| format!("sip:127.0.0.1:{p}{suffix}"))
-        .collect();
-    let proxy = Sipedge::start(
+    let (uris, proxy) = start_proxy(
         &dir,
-        &SipedgeOptions {
-            backends: uris.clone(),
-            extra: vec!["--config".into(), config.display().to_string()],
-            ..SipedgeOptions::default()
-        },
+        &ports,
+        transport,
+        &format!("{HEALTH}[failover]\ntimeout_ms = 2000\nretry_codes = [503]\n"),
     );
     let calls = 150;
     let mut uac = load(&dir, "uac", &proxy, transport, calls, 50);

@@ -20,6 +20,17 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted.get(i).copied().unwrap_or_default()
 }
 
+/// Messages the shards handed to each other so far (`sipedge_shard_handoffs_sent_total`).
+fn handoffs_sent(running: &sipedge::runtime::Running) -> u64 {
+    running
+        .metrics()
+        .encode_prometheus()
+        .lines()
+        .filter(|l| l.starts_with("sipedge_shard_handoffs_sent_total"))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
+        .sum()
+}
+
 fn measure(driver: Driver) {
     let backend = UdpSocket::bind("127.0.0.1:0").expect("backend");
     backend
@@ -58,13 +69,7 @@ fn measure(driver: Driver) {
         backend.recv(&mut buf).expect("forwarded within 2 s");
         by_owner[owner].push(sent.elapsed());
     }
-    let handoffs: u64 = running
-        .metrics()
-        .encode_prometheus()
-        .lines()
-        .filter(|l| l.starts_with("sipedge_shard_handoffs_sent_total"))
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
-        .sum();
+    let handoffs = handoffs_sent(&running);
     // One class was handed off (all of it), the other not at all.
     let (handed, local) = if by_owner[0].len() as u64 == handoffs {
         (0, 1)
@@ -167,13 +172,7 @@ fn sustained(driver: Driver) {
             .and_then(|v| v.parse().ok())
             .unwrap_or(u64::MAX)
     };
-    let handoffs: u64 = running
-        .metrics()
-        .encode_prometheus()
-        .lines()
-        .filter(|l| l.starts_with("sipedge_shard_handoffs_sent_total"))
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
-        .sum();
+    let handoffs = handoffs_sent(&running);
     println!("{driver}: sustained 1500 calls/s: {report} handoffs={handoffs}");
     assert!(out.status.success(), "loadgen failed: {report}");
     assert_eq!(field("started"), 6000, "{driver}: {report}");
