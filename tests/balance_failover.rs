@@ -14,38 +14,15 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::{
-    Sipedge, SipedgeOptions, Sipp, TempDir, free_port, scenario, transport_flag, wait_port,
-};
+use common::{Sipedge, SipedgeOptions, Sipp, TempDir, free_port, scenario, transport_flag};
 
 /// Probing fast enough for a short test: a dead backend is down after two missed probes.
 const HEALTH: &str = "[health]\nprobe_interval_ms = 200\nprobe_timeout_ms = 300\n\
                       failures_before_down = 2\nsuccesses_before_up = 2\n";
 
-/// A sipp UAS that also answers sipedge's OPTIONS probes (`-aa`), running `scenario`
-/// (`["-sn", "uas"]` or `["-sf", FILE]`).
-fn sipp_uas(dir: &TempDir, name: &str, port: u16, transport: &str, scenario: [&str; 2]) -> Sipp {
-    let mut args: Vec<String> = scenario.map(String::from).to_vec();
-    args.extend(
-        [
-            "-i",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-t",
-            transport_flag(transport),
-            "-aa",
-        ]
-        .map(String::from),
-    );
-    let me = Sipp::spawn(dir, name, &args);
-    wait_port(port, transport);
-    me
-}
-
-/// sipp's built-in UAS.
+/// sipp's built-in UAS, answering sipedge's OPTIONS probes (`-aa`).
 fn uas(dir: &TempDir, name: &str, port: u16, transport: &str) -> Sipp {
-    sipp_uas(dir, name, port, transport, ["-sn", "uas"])
+    Sipp::uas_with(dir, name, port, transport, "uas", &["-aa"])
 }
 
 /// sipedge in front of backends on 127.0.0.1:`ports` over `transport` with configuration
@@ -241,12 +218,13 @@ fn killed_backend_is_avoided_and_readmitted_tcp() {
 
 /// A sipp UAS running `tests/scenarios/uas_503.xml` (503 to every INVITE, 200 to OPTIONS).
 fn refusing_uas(dir: &TempDir, name: &str, port: u16, transport: &str) -> Sipp {
-    sipp_uas(
+    Sipp::uas_with(
         dir,
         name,
         port,
         transport,
-        ["-sf", &scenario("uas_503.xml")],
+        &scenario("uas_503.xml"),
+        &["-aa"],
     )
 }
 

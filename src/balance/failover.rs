@@ -649,6 +649,12 @@ impl InviteFailover {
         }
     }
 
+    /// Whether [`InviteFailover::poll_event`] has anything: a cheap test the caller makes
+    /// after every message before draining.
+    pub fn has_events(&self) -> bool {
+        !self.events.is_empty()
+    }
+
     /// Next piece of work.
     pub fn poll_event(&mut self) -> Option<FailoverEvent> {
         self.events.pop_front()
@@ -890,6 +896,14 @@ mod tests {
             std::iter::from_fn(|| self.fo.poll_event()).collect()
         }
 
+        /// Asserts that the only event is a retry of the test INVITE from `from` on
+        /// `backend`; returns the transaction's key.
+        fn expect_retry(&mut self, from: BackendId, backend: BackendId) -> TxKey {
+            let key = self.fo.key(CALL_ID, 314159);
+            assert_eq!(self.events(), [FailoverEvent::Retry { key, backend, from }]);
+            key
+        }
+
         fn order(&self) -> Vec<BackendId> {
             self.pool
                 .candidates(CALL_ID, self.t0, &Blacklist::default())
@@ -983,15 +997,7 @@ mod tests {
         assert!(r.events().is_empty());
         let t = t0 + Duration::from_secs(2);
         r.fo.handle_timeout(t, &r.pool, &r.bl);
-        let key = r.fo.key(CALL_ID, 314159);
-        assert_eq!(
-            r.events(),
-            [FailoverEvent::Retry {
-                key,
-                backend: order[1],
-                from: order[0]
-            }]
-        );
+        r.expect_retry(order[0], order[1]);
         let silent = r.pool.by_id(order[0]).unwrap().addr();
         assert_eq!(
             r.bl.view().entry(silent).map(|e| e.reason),
@@ -1061,15 +1067,7 @@ mod tests {
             &r.pool,
             &r.bl,
         );
-        let key = r.fo.key(CALL_ID, 314159);
-        assert_eq!(
-            r.events(),
-            [FailoverEvent::Retry {
-                key,
-                backend: order[1],
-                from: order[0]
-            }]
-        );
+        r.expect_retry(order[0], order[1]);
         assert!(r.bl.is_blocked(r.pool.by_id(order[0]).unwrap().addr(), t0));
         // Other calls now avoid the failed backend on every shard (same blacklist).
         for i in 0..50 {
@@ -1089,15 +1087,7 @@ mod tests {
         r.invite(t0);
         let addr = r.pool.by_id(order[0]).unwrap().addr();
         r.fo.handle_backend_failure(t0, addr, BlockReason::ConnectRefused, &r.pool, &r.bl);
-        let key = r.fo.key(CALL_ID, 314159);
-        assert_eq!(
-            r.events(),
-            [FailoverEvent::Retry {
-                key,
-                backend: order[1],
-                from: order[0]
-            }]
-        );
+        r.expect_retry(order[0], order[1]);
         assert_eq!(r.fo.current(CALL_ID, 314159), Some((order[1], 1)));
         // Another address failing changes nothing.
         let other = r.pool.by_id(order[2]).unwrap().addr();

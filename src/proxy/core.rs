@@ -358,6 +358,14 @@ impl Core {
     /// sent; [`Self::last_message`] then describes it, and [`Self::poll_event`] holds the
     /// [`Event::Failover`] it carries out. `now` is the current time.
     pub fn poll_transmit(&mut self, now: Instant, out: &mut [u8]) -> Option<Transmit> {
+        // The common case, nothing queued, costs one check and no move of the table.
+        if !self
+            .failover
+            .as_ref()
+            .is_some_and(InviteFailover::has_events)
+        {
+            return None;
+        }
         // Taken out for the duration, so the stored request can be read while the core
         // writes (a move, not a copy).
         let fo = self.failover.take()?;

@@ -334,7 +334,20 @@ impl Sipp {
 
     /// A UAS on 127.0.0.1:`port`: `scenario` is `-sn uas` style built-in name or an XML path.
     pub fn uas(dir: &TempDir, name: &str, port: u16, transport: &str, scenario: &str) -> Self {
+        Self::uas_with(dir, name, port, transport, scenario, &[])
+    }
+
+    /// [`Sipp::uas`] with `extra` arguments (for instance `-aa`, to answer OPTIONS probes).
+    pub fn uas_with(
+        dir: &TempDir,
+        name: &str,
+        port: u16,
+        transport: &str,
+        scenario: &str,
+        extra: &[&str],
+    ) -> Self {
         let mut args = scenario_args(scenario);
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
         args.extend(
             [
                 "-i",
