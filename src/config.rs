@@ -38,6 +38,11 @@ listen = ["udp:127.0.0.1:5060", "tcp:127.0.0.1:5060"]
 # the shared port. Only for UDP listeners without ";advertise"; false = the shared port only
 # (e.g. when a firewall opens just that one).
 shard_ports = true
+# With 2+ shards, a small eBPF program attached to each UDP listener (SO_ATTACH_REUSEPORT_EBPF)
+# makes the kernel deliver a datagram to the shard owning its Call-ID, so the shards need not
+# hand requests to each other. Needs CAP_BPF (or root); without it, or on a kernel that
+# refuses the program, sipedge logs why and hands off between shards as before.
+kernel_steering = true
 # Admin HTTP (GET /metrics, /health, /ready; POST /drain).
 metrics = "127.0.0.1:9090"
 # After SIGTERM or POST /drain: refuse new calls with 503 for this long, then exit.
@@ -511,6 +516,8 @@ pub struct Config {
     pub drain_grace: Duration,
     /// Each shard names a UDP port of its own in the Via of forwarded requests (2+ shards).
     pub shard_ports: bool,
+    /// The kernel steers UDP datagrams to the shard owning their Call-ID (2+ shards).
+    pub kernel_steering: bool,
     /// The backend pool (at least one).
     pub backends: Vec<BackendConfig>,
     /// Logging.
@@ -680,6 +687,7 @@ struct RawConfig {
     metrics: Option<Parsed<AdminAddr>>,
     drain_grace_secs: Option<u64>,
     shard_ports: Option<bool>,
+    kernel_steering: Option<bool>,
     backends: Option<Vec<RawBackend>>,
     #[serde(default)]
     log: RawLog,
@@ -749,6 +757,7 @@ impl Config {
                 .drain_grace_secs
                 .map_or(d.drain_grace, Duration::from_secs),
             shard_ports: raw.shard_ports.unwrap_or(d.shard_ports),
+            kernel_steering: raw.kernel_steering.unwrap_or(d.kernel_steering),
             backends: raw.backends.map_or(d.backends, |v| {
                 v.into_iter()
                     .map(|b| match b {
@@ -1031,6 +1040,7 @@ impl Config {
             metrics: SocketAddr::new(loopback, 9090),
             drain_grace: Duration::from_secs(30),
             shard_ports: true,
+            kernel_steering: true,
             backends: ["sip:127.0.0.1:5070", "sip:127.0.0.1:5071"]
                 .into_iter()
                 .map(|uri| BackendConfig {

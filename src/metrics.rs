@@ -43,6 +43,7 @@
 //! | `sipedge_ready` | | 1 when listeners are bound, at least one backend is up and not draining |
 //! | `sipedge_draining` | | 1 after SIGTERM or `POST /drain` |
 //! | `sipedge_shards` | | number of shards (cores) |
+//! | `sipedge_udp_kernel_steering` | | 1 when the kernel delivers UDP datagrams to the shard owning their Call-ID (`kernel_steering`) |
 //! | `sipedge_build_info` | `version`, `driver` | always 1; carries the version and the I/O driver in use |
 //!
 //! `method` is one of [`METHODS`] (anything else counts as `other`); `status` is one of
@@ -529,6 +530,7 @@ pub struct Metrics {
     reloads: [AtomicU64; 2],
     ready: AtomicU8,
     draining: AtomicU8,
+    kernel_steering: AtomicU8,
     version: &'static str,
     driver: ArcSwap<String>,
 }
@@ -549,6 +551,7 @@ impl Metrics {
             reloads: std::array::from_fn(|_| AtomicU64::new(0)),
             ready: AtomicU8::new(0),
             draining: AtomicU8::new(0),
+            kernel_steering: AtomicU8::new(0),
             version: env!("CARGO_PKG_VERSION"),
             driver: ArcSwap::from_pointee(String::new()),
         }
@@ -604,6 +607,11 @@ impl Metrics {
     /// Sets the `sipedge_draining` gauge.
     pub fn set_draining(&self, draining: bool) {
         self.draining.store(u8::from(draining), Ordering::Relaxed);
+    }
+
+    /// Sets the `sipedge_udp_kernel_steering` gauge.
+    pub fn set_kernel_steering(&self, on: bool) {
+        self.kernel_steering.store(u8::from(on), Ordering::Relaxed);
     }
 
     /// Records the I/O driver in use (`io_uring` or `epoll`) for `sipedge_build_info`.
@@ -983,6 +991,16 @@ impl Collector for Scrape {
             [(
                 [] as [(&str, String); 0],
                 u64::from(m.draining.load(Ordering::Relaxed)),
+            )],
+        )?;
+        family(
+            e,
+            "sipedge_udp_kernel_steering",
+            "1 when the kernel steers UDP datagrams to the shard owning their Call-ID",
+            gauge,
+            [(
+                [] as [(&str, String); 0],
+                u64::from(m.kernel_steering.load(Ordering::Relaxed)),
             )],
         )?;
         family(

@@ -98,7 +98,7 @@ fn check(driver: Driver) {
     // the measured path), with a timeout beyond the run so that the silent backend is not
     // blacklisted halfway through and the INVITEs keep reaching it.
     let mut config = Config::from_toml(&format!(
-        "shards = 2\nmetrics = \"127.0.0.1:0\"\nbackends = [\"sip:{backend_addr}\"]\n\
+        "shards = 2\nkernel_steering = false\nmetrics = \"127.0.0.1:0\"\nbackends = [\"sip:{backend_addr}\"]\n\
          [health]\nprobe_interval_ms = 0\n[log]\nlevel = \"warn\"\n\
          [failover]\ntimeout_ms = 30000\n"
     ))

@@ -40,7 +40,7 @@ fn measure(driver: Driver) {
     // The backend is a bare socket that answers nothing: no probing and no INVITE failover
     // (its silence timeout would take the only backend out of the pool mid-run).
     let mut config = Config::from_toml(&format!(
-        "shards = 2\nmetrics = \"127.0.0.1:0\"\nbackends = [\"sip:{backend_addr}\"]\n\
+        "shards = 2\nkernel_steering = false\nmetrics = \"127.0.0.1:0\"\nbackends = [\"sip:{backend_addr}\"]\n\
          [health]\nprobe_interval_ms = 0\n[failover]\nenabled = false\n[log]\nlevel = \"warn\"\n"
     ))
     .expect("config");
@@ -119,7 +119,7 @@ fn sustained(driver: Driver) {
     let (p1, p2) = (port(&r1), port(&r2));
     drop((r1, r2));
     let mut config = Config::from_toml(&format!(
-        "shards = 2\nmetrics = \"127.0.0.1:0\"\n\
+        "shards = 2\nkernel_steering = false\nmetrics = \"127.0.0.1:0\"\n\
          backends = [\"sip:127.0.0.1:{p1}\", \"sip:127.0.0.1:{p2}\"]\n\
          [health]\nprobe_interval_ms = 0\n[log]\nlevel = \"warn\"\n"
     ))

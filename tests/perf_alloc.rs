@@ -296,7 +296,7 @@ fn ten_thousand_messages_through_two_shards_allocate_nothing() {
 
     let metrics = addr(PROXY_PORT + 20);
     let config = sipedge::config::Config::from_toml(&format!(
-        "shards = 2\ndriver = \"io_uring\"\nlisten = [\"udp:127.0.0.1:{PROXY_PORT}\"]\nmetrics = \"{metrics}\"\n\
+        "shards = 2\nkernel_steering = false\ndriver = \"io_uring\"\nlisten = [\"udp:127.0.0.1:{PROXY_PORT}\"]\nmetrics = \"{metrics}\"\n\
          backends = [\"sip:127.0.0.1:{}\", \"sip:127.0.0.1:{}\"]\n\
          [log]\nlevel = \"error\"\n[health]\nprobe_interval_ms = 0\n",
         PROXY_PORT + 10,

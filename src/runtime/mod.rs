@@ -24,6 +24,7 @@ mod handoff;
 mod probe;
 mod shard;
 mod sockopt;
+pub mod steer;
 
 use std::io;
 use std::net::SocketAddr;
@@ -43,6 +44,45 @@ use crate::balance::{
 use crate::config::{Config, Driver, ListenTransport, Listener};
 use crate::metrics::{BlacklistReason, Metrics};
 use crate::shard::ShardId;
+
+/// Attaches the Call-ID steering program ([`steer`]) to every UDP listener's reuseport
+/// group. Shard `i` bound socket `i` of each group (the loop above binds in shard order), so
+/// the program's index is the shard. Returns whether every UDP listener is steered; on any
+/// failure the shards' own handoff keeps every message on its owner, so this only logs.
+fn steer_udp(setups: &[ShardSetup], shards: ShardId) -> bool {
+    use std::os::fd::AsRawFd;
+    let Some(first) = setups.first() else {
+        return false;
+    };
+    if first.udp.is_empty() {
+        return false;
+    }
+    let steering = match steer::Steering::load(shards) {
+        Ok(steering) => steering,
+        Err(e) => {
+            tracing::warn!(
+                error = %e,
+                "kernel steering of UDP by Call-ID unavailable (needs CAP_BPF); shards hand \
+                 datagrams to their owner instead"
+            );
+            return false;
+        }
+    };
+    let mut all = true;
+    for sock in &first.udp {
+        let local = sock.local_addr().ok();
+        match steering.attach(sock.as_raw_fd()) {
+            Ok(()) => {
+                tracing::info!(listener = ?local, shards, "UDP datagrams steered to their Call-ID's shard by the kernel")
+            }
+            Err(e) => {
+                all = false;
+                tracing::warn!(listener = ?local, error = %e, "could not attach the steering program; shards hand datagrams to their owner instead");
+            }
+        }
+    }
+    all
+}
 
 /// The I/O driver the shards run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -321,6 +361,7 @@ pub fn start(config: Config) -> Result<Running, RunError> {
         }
         setups.push(setup);
     }
+    metrics.set_kernel_steering(shards > 1 && config.kernel_steering && steer_udp(&setups, shards));
     // Each shard's own UDP port for the Via of the requests it forwards (see
     // `ListenerConfig::via_for`): responses then arrive at the shard owning the call. Not with
     // one shard (nothing to steer) nor behind an advertised address (the port would not be
