@@ -492,6 +492,33 @@ def ceiling(s, seconds, window):
     return results
 
 
+def near_ceiling(s, systems, rate, seconds):
+    """Load generator at one fixed rate near Kamailio's ceiling → each proxy → responder: CPU per call.
+
+    The same offered rate for every system, as at 1,000 calls/s with sipp, but at a rate sipp
+    cannot offer: 90 % of what Kamailio -n 2 reached in the ceiling runs. Nothing is pinned (the
+    two-core proxies' ceiling runs share both CPUs with the generator too)."""
+    results = {}
+    for name in systems:
+        responder = Proc("responder", [s.exe("sipedge-responder")] +
+                         sum((["--listen", f"127.0.0.1:{b}"] for b in s.backends), []), s.workdir)
+        wait_bound(responder, s.backends[1])
+        proxy = start_system(s, name)
+        target = s.port if proxy else s.backends[0]
+        try:
+            log(f"near ceiling {name}: loadgen {rate} calls/s for {seconds} s")
+            m = Measure(proxy)
+            r = run_loadgen(s, target, rate, int(rate * seconds), seconds + 5)
+            r["offered_rate"] = rate
+            r.update(m.done(r["completed"]))
+            results[name] = r
+        finally:
+            if proxy:
+                proxy.stop()
+            responder.stop()
+    return results
+
+
 def rss_growth(s, small, large, limit_s):
     """sipedge, 2 shards: memory after `small` forwarded calls and after `large` more."""
     responder = Proc("responder", [s.exe("sipedge-responder")] +
@@ -672,6 +699,21 @@ def render(res, cmd, smoke):
                        f"{r['started'] - r['completed']} of {r['started']} | {r['reordered']} |")
         out.append("")
 
+    near = res.get("near_ceiling", {})
+    if near:
+        rate = next(iter(near.values()))["offered_rate"]
+        out += [f"### CPU per call near Kamailio's ceiling (sipedge-loadgen at {rate} calls/s → proxy → sipedge-responder)", "",
+                "One fixed rate for every system: 90 % of the calls/s Kamailio -n 2 reached in the ceiling runs above "
+                "(sipp cannot offer it). Nothing pinned.", "",
+                "| system | CPU s/10k calls | × Kamailio | × relay | proxy CPU use | lost | reordered |",
+                "|---|---|---|---|---|---|---|"]
+        for name, r in near.items():
+            cpu = r.get("cpu_s_per_10k_calls")
+            out.append(f"| {name} | {fmt(cpu, 3)} | {ratio(cpu, get(near, 'kamailio-n2', 'cpu_s_per_10k_calls'))} | "
+                       f"{ratio(cpu, get(near, 'relay', 'cpu_s_per_10k_calls'))} | {fmt(r.get('cpu_util'), 2)} | "
+                       f"{r['started'] - r['completed']} of {r['started']} | {r['reordered']} |")
+        out.append("")
+
     rss = res.get("rss")
     if rss:
         out += ["### Memory over a long run (sipedge, 2 shards, load generator flat out)", "",
@@ -713,6 +755,16 @@ def targets(res):
             None if not (s2 and k2) else s2 / k2 <= 0.4)
         row(f"CPU/call sipedge 2 shards ÷ raw relay @{rate}/s", ratio(s2, rl), "≤ 1.30×",
             None if not (s2 and rl) else s2 / rl <= 1.3)
+    near = res.get("near_ceiling", {})
+    if near.get("sipedge-2"):
+        rate = near["sipedge-2"]["offered_rate"]
+        s2 = get(near, "sipedge-2", "cpu_s_per_10k_calls")
+        k2 = get(near, "kamailio-n2", "cpu_s_per_10k_calls")
+        rl = get(near, "relay", "cpu_s_per_10k_calls")
+        row(f"CPU/call sipedge 2 shards ÷ Kamailio -n 2 @{rate}/s (near its ceiling, loadgen)", ratio(s2, k2),
+            "≤ 0.40×", None if not (s2 and k2) else s2 / k2 <= 0.4)
+        row(f"CPU/call sipedge 2 shards ÷ raw relay @{rate}/s (loadgen)", ratio(s2, rl), "≤ 1.30×",
+            None if not (s2 and rl) else s2 / rl <= 1.3)
     s1 = get(ceil, "sipedge-1", "messages_per_cpu_s")
     r1 = get(ceil, "relay", "messages_per_cpu_s")
     row("one shard ÷ relay, datagrams per CPU-second", ratio(s1, r1), "≥ 0.70×", None if not (s1 and r1) else s1 / r1 >= 0.7)
@@ -725,6 +777,7 @@ def targets(res):
         None if not (a1 and a2) else a2 / a1 >= 1.8)
     reord = sum(r.get("reordered", 0) for name, runs in lat.items() if name.startswith("sipedge") for r in runs)
     reord += sum(r.get("reordered", 0) for name, r in ceil.items() if name.startswith("sipedge"))
+    reord += sum(r.get("reordered", 0) for name, r in near.items() if name.startswith("sipedge"))
     unexp = sum(f.get("unexpected", 0) for name, runs in fixed.items() if name.startswith("sipedge") for f in runs)
     row("sipedge reordered replies (loadgen count + sipp unexpected messages)", f"{reord} + {unexp}", "0",
         reord + unexp == 0)
@@ -760,12 +813,12 @@ def write_section(path, section):
 
 FULL = {
     "search_start": 2000, "search_step": 1.3, "search_max": 60000, "search_seconds": 4,
-    "fixed": [(1000, 10), (None, 5)],  # None: 90 % of Kamailio's highest clean rate in this run
-    "latency_calls_s": 5, "ceiling_s": 5, "rss": (10_000, 1_000_000, 120),
+    "fixed": [(1000, 10)],
+    "latency_calls_s": 5, "ceiling_s": 5, "near_ceiling_s": 8, "rss": (10_000, 1_000_000, 120),
 }
 SMOKE = {
     "search_start": 400, "search_step": 1.3, "search_max": 400, "search_seconds": 0.5,
-    "fixed": [], "latency_calls_s": 0.5, "ceiling_s": 0.5, "rss": (500, 2_000, 10),
+    "fixed": [], "latency_calls_s": 0.5, "ceiling_s": 0.5, "near_ceiling_s": 0.5, "rss": (500, 2_000, 10),
 }
 
 
@@ -814,6 +867,11 @@ def main():
             res["latency"] = latency(s, systems, rates, lambda r: r * plan["latency_calls_s"])
         if "ceiling" in phases:
             res["ceiling"] = ceiling(s, plan["ceiling_s"], 1000)
+            kam = get(res, "ceiling", "kamailio-n2", "datagrams_per_s")
+            if kam and plan["near_ceiling_s"]:
+                rate = int(kam / 6 * 0.9 / 100) * 100
+                res["near_ceiling"] = near_ceiling(s, [n for n in systems if n != "direct"], rate,
+                                                   plan["near_ceiling_s"])
         if "rss" in phases and "sipedge-2" in chosen:
             res["rss"] = rss_growth(s, *plan["rss"])
         if "tcp" in phases:
