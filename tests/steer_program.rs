@@ -47,14 +47,10 @@ fn corpus(dir: &str) -> Vec<(String, Vec<u8>)> {
 /// The Call-ID the shards go by: the parsed one, or the salvaged one for a message the
 /// parser refuses.
 fn call_id(bytes: &[u8]) -> Option<Vec<u8>> {
-    let mut slots = [sipedge::sip::EMPTY_HEADER; 128];
-    match sipedge::sip::parse(bytes, &mut slots, &sipedge::sip::Limits::default()) {
-        Ok(msg) => Some(msg.call_id().to_vec()),
-        Err(_) => {
-            let salvage = sipedge::sip::salvage(bytes);
-            salvage.call_id.map(|s| s.slice(bytes).to_vec())
-        }
-    }
+    call_id_if_parsed(bytes).or_else(|| {
+        let salvage = sipedge::sip::salvage(bytes);
+        salvage.call_id.map(|s| s.slice(bytes).to_vec())
+    })
 }
 
 #[test]
@@ -154,4 +150,126 @@ fn anything_without_a_usable_call_id_is_left_to_the_kernel() {
     for (what, bytes) in cases {
         assert_eq!(steering.choose(&bytes).expect("run"), NO_CHOICE, "{what}");
     }
+}
+
+/// xorshift64*: a fixed-seed generator, so a failure reproduces.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+        items[self.below(items.len())]
+    }
+}
+
+/// Random messages built from the header forms RFC 3261 allows (name case, compact form,
+/// whitespace around the colon, header order, Call-ID characters and length, padding that
+/// moves the Call-ID across the scan limit): wherever the parser accepts the message, the
+/// kernel must pick `shard_of` of the parsed Call-ID, or leave it to its hash when the
+/// Call-ID line starts past the scan limit.
+#[test]
+fn random_messages_agree_with_the_parser() {
+    const WORD: &[u8] =
+        b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~()<>:\\\"/[]?{}";
+    let mut rng = Rng(0x5eed_cafe_f00d_d00d);
+    let steerings: Vec<Steering> = [2u16, 3, 4].map(load).into();
+    let (mut parsed, mut steered, mut past_limit) = (0, 0, 0);
+    for case in 0..3_000 {
+        let mut id = String::new();
+        for _ in 0..1 + rng.below(40) {
+            id.push(char::from(WORD[rng.below(WORD.len())]));
+        }
+        if rng.below(2) == 0 {
+            id.push('@');
+            for _ in 0..1 + rng.below(20) {
+                id.push(char::from(WORD[rng.below(WORD.len())]));
+            }
+        }
+        let name = rng.pick(&["Call-ID", "call-id", "CALL-ID", "cAlL-iD", "i", "I"]);
+        let before = rng.pick(&["", "", " ", "\t", "  "]);
+        let after = rng.pick(&["", " ", " ", "\t", "   "]);
+        let trail = rng.pick(&["", "", " ", "\t"]);
+        let mut headers = vec![
+            format!(
+                "Via: SIP/2.0/UDP 192.0.2.{};branch=z9hG4bK{}",
+                rng.below(255),
+                rng.next()
+            ),
+            format!("From: <sip:a@example.com>;tag={}", rng.next()),
+            "To: <sip:b@example.com>".to_owned(),
+            "CSeq: 1 INVITE".to_owned(),
+            "Max-Forwards: 70".to_owned(),
+            "Call-Info: <http://example.com/a.jpg>;purpose=icon".to_owned(),
+            "In-Reply-To: 70710@saturn.example.com".to_owned(),
+            format!("{name}{before}:{after}{id}{trail}"),
+        ];
+        if rng.below(3) == 0 {
+            headers.push(format!("X-Pad: {}", "p".repeat(rng.below(1_100))));
+        }
+        // Shuffle (Fisher-Yates).
+        for i in (1..headers.len()).rev() {
+            headers.swap(i, rng.below(i + 1));
+        }
+        let msg = format!(
+            "INVITE sip:bob@example.com SIP/2.0\r\n{}\r\nContent-Length: 0\r\n\r\n",
+            headers.join("\r\n")
+        );
+        let bytes = msg.as_bytes();
+        let Some(parsed_id) = call_id_if_parsed(bytes) else {
+            continue;
+        };
+        parsed += 1;
+        let line = msg
+            .find(&format!("\r\n{name}{before}:"))
+            .expect("the Call-ID line is in the message");
+        // The scan looks at the '\n' before the name.
+        let newline = line + 1;
+        for steering in &steerings {
+            let chosen = steering.choose(bytes).expect("test run");
+            let want = if newline < SCAN_LIMIT as usize {
+                u32::from(shard_of(&parsed_id, steering.shard_count()))
+            } else {
+                NO_CHOICE
+            };
+            assert_eq!(
+                chosen,
+                want,
+                "case {case}, {} shards:\n{msg}",
+                steering.shard_count()
+            );
+        }
+        if newline < SCAN_LIMIT as usize {
+            steered += 1;
+        } else {
+            past_limit += 1;
+        }
+    }
+    println!(
+        "{parsed} parsed: {steered} steered, {past_limit} with the Call-ID past the scan limit"
+    );
+    assert!(
+        parsed > 2_500,
+        "the parser accepted only {parsed} of 3000 generated messages"
+    );
+    assert!(
+        past_limit > 50 && steered > 2_000,
+        "{steered} steered, {past_limit} past the limit"
+    );
+}
+
+fn call_id_if_parsed(bytes: &[u8]) -> Option<Vec<u8>> {
+    let mut slots = [sipedge::sip::EMPTY_HEADER; 128];
+    sipedge::sip::parse(bytes, &mut slots, &sipedge::sip::Limits::default())
+        .ok()
+        .map(|m| m.call_id().to_vec())
 }
