@@ -10,7 +10,9 @@
 //!
 //! Every loop owns its receive buffer and one send buffer, allocated once when the loop
 //! starts; the engine writes into the send buffer and the socket borrows it back, so a
-//! message costs no allocation. The engine is borrowed only between awaits.
+//! message costs no allocation. The engine is borrowed only between awaits. The UDP receive
+//! loops copy what they send into the shard's send batch instead, allocated once too, and
+//! send it with one `sendmmsg` per socket when their receive batch is done.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -35,9 +37,10 @@ use monoio::net::{TcpListener, TcpStream};
 
 mod sigcomp;
 
+use super::DriverKind;
 use super::engine::{Dest, Engine, FlowId, Inbound, Transmit, Transport, Verdict};
 use super::handoff::{HandoffError, Parcel, ParcelKind, PostOffice};
-use super::{DriverKind, sockopt};
+use super::sockopt::{self, Sent};
 use crate::balance::{BackendId, Blacklist, BlockReason, FailoverConfig, HealthConfig, Pool};
 use crate::config::TcpConfig;
 use crate::metrics::{Direction, DropReason, ErrorReason, Metrics, ShardMetrics};
@@ -218,6 +221,20 @@ struct Shard {
     yield_every: u32,
     /// The SigComp endpoint (RFC 3320), when enabled.
     sigcomp: Option<sigcomp::ShardSigcomp>,
+    /// UDP datagrams the receive loops produced during their current receive batch, sent
+    /// with one `sendmmsg` per socket when the batch is done (see [`SendMode`]).
+    udp_out: RefCell<sockopt::SendBatch>,
+}
+
+/// How a task sends the UDP datagrams it produces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SendMode {
+    /// At once (one `sendto` each): every task but the UDP receive loops, which have no
+    /// point at which a batch would be sure to be flushed.
+    Now,
+    /// Into [`Shard::udp_out`]: only a UDP receive loop, which flushes it before it reads
+    /// again, sleeps or yields.
+    Batched,
 }
 
 /// Runs shard `setup.id` on the current thread until the process exits.
@@ -293,6 +310,7 @@ async fn shard_main(setup: ShardSetup, shared: Arc<Shared>) -> io::Result<()> {
         conns: RefCell::new(Conns::default()),
         yield_every: if epoll { 32 } else { 256 },
         sigcomp,
+        udp_out: RefCell::new(sockopt::SendBatch::new(BUF_SIZE)),
     });
     for i in 0..shard.udp.len() {
         monoio::spawn(udp_loop(Rc::clone(&shard), i));
@@ -323,7 +341,12 @@ impl Shard {
     }
 
     /// Runs one inbound message through the engine and carries out the verdict.
-    async fn dispatch(self: &Rc<Self>, input: Inbound<'_>, sbuf: Vec<u8>) -> Vec<u8> {
+    async fn dispatch(
+        self: &Rc<Self>,
+        input: Inbound<'_>,
+        sbuf: Vec<u8>,
+        mode: SendMode,
+    ) -> Vec<u8> {
         let mut sbuf = sbuf;
         let metrics = self.metrics();
         metrics.message();
@@ -333,7 +356,7 @@ impl Shard {
         if self.shared.draining.load(Ordering::Relaxed) {
             if let Some(t) = self.refuse_new_call(&input, &mut sbuf) {
                 metrics.local_response(503);
-                return self.transmit(t, input.local, sbuf).await;
+                return self.transmit(t, input.local, sbuf, mode).await;
             }
         }
         let (verdict, info) = {
@@ -365,13 +388,13 @@ impl Shard {
                         self.count_failover(input.bytes, backend);
                     }
                 }
-                self.transmit(t, input.local, sbuf).await
+                self.transmit(t, input.local, sbuf, mode).await
             }
             Verdict::Respond(t) => {
                 if let Some(status) = sbuf.get(..t.len).and_then(status_of) {
                     metrics.local_response(status);
                 }
-                self.transmit(t, input.local, sbuf).await
+                self.transmit(t, input.local, sbuf, mode).await
             }
             Verdict::Handoff(owner) => {
                 let result = self.shared.post.send(
@@ -395,7 +418,7 @@ impl Shard {
                 sbuf
             }
         };
-        self.drain_core(sbuf).await
+        self.drain_core(sbuf, mode).await
     }
 
     /// Acts on an event of the core.
@@ -410,7 +433,7 @@ impl Shard {
 
     /// Sends what the core queued on its own (INVITE failover: retries and 503s), after a
     /// message, a timer or a transport error. Bounded per call; the timer loop sends the rest.
-    async fn drain_core(self: &Rc<Self>, sbuf: Vec<u8>) -> Vec<u8> {
+    async fn drain_core(self: &Rc<Self>, sbuf: Vec<u8>, mode: SendMode) -> Vec<u8> {
         let mut sbuf = sbuf;
         for _ in 0..CORE_TRANSMITS_PER_DRAIN {
             let (t, info) = {
@@ -435,7 +458,7 @@ impl Shard {
             let Some(from) = from else {
                 continue;
             };
-            sbuf = self.transmit(t, from, sbuf).await;
+            sbuf = self.transmit(t, from, sbuf, mode).await;
         }
         sbuf
     }
@@ -510,6 +533,7 @@ impl Shard {
         t: Transmit,
         arrived_on: SocketAddr,
         sbuf: Vec<u8>,
+        mode: SendMode,
     ) -> Vec<u8> {
         let Some(bytes) = sbuf.get(..t.len) else {
             self.metrics().drop(DropReason::Other);
@@ -521,8 +545,11 @@ impl Shard {
         }
         match t.dest {
             Dest::Addr(Transport::Udp, addr) => {
-                self.send_udp(t.src.unwrap_or(arrived_on), addr, sbuf, t.len)
-                    .await
+                let from = t.src.unwrap_or(arrived_on);
+                match mode {
+                    SendMode::Now => self.send_udp(from, addr, sbuf, t.len).await,
+                    SendMode::Batched => self.queue_udp(from, addr, sbuf, t.len).await,
+                }
             }
             Dest::Addr(Transport::Tcp, addr) => {
                 self.send_tcp(addr, bytes);
@@ -598,6 +625,16 @@ impl Shard {
         }
     }
 
+    /// The socket a datagram from `from` to `to` leaves on.
+    fn udp_endpoint(&self, from: SocketAddr, to: SocketAddr) -> Option<&UdpEndpoint> {
+        self.udp
+            .iter()
+            .find(|e| e.local == from)
+            .or_else(|| self.udp.iter().find(|e| e.local.is_ipv4() == to.is_ipv4()))
+    }
+
+    /// Sends at once, after whatever a receive loop has batched (it may be for the same
+    /// destination, and a call's messages leave in order).
     async fn send_udp(
         &self,
         from: SocketAddr,
@@ -605,18 +642,16 @@ impl Shard {
         sbuf: Vec<u8>,
         len: usize,
     ) -> Vec<u8> {
-        let endpoint = self
-            .udp
-            .iter()
-            .find(|e| e.local == from)
-            .or_else(|| self.udp.iter().find(|e| e.local.is_ipv4() == to.is_ipv4()));
-        let Some(endpoint) = endpoint else {
+        let Some(endpoint) = self.udp_endpoint(from, to) else {
             self.metrics().drop(DropReason::NoRoute);
             return sbuf;
         };
         let Some(bytes) = sbuf.get(..len) else {
             return sbuf;
         };
+        if !self.udp_out.borrow().is_empty() {
+            self.flush_udp().await;
+        }
         // A full socket buffer: wait until it drains, a few times at most (UDP may drop).
         for _ in 0..4 {
             match sockopt::send_to(endpoint.fd, bytes, to) {
@@ -636,13 +671,91 @@ impl Shard {
         sbuf
     }
 
-    /// Counts a UDP socket error and reports the destinations behind it to the blacklist.
-    fn udp_error(&self, endpoint: &UdpEndpoint, to: Option<SocketAddr>, e: &io::Error) {
+    /// Copies the datagram into [`Shard::udp_out`]; the receive loop sends it when its
+    /// receive batch is done (or now, when the batch is full).
+    async fn queue_udp(
+        &self,
+        from: SocketAddr,
+        to: SocketAddr,
+        sbuf: Vec<u8>,
+        len: usize,
+    ) -> Vec<u8> {
+        let Some(endpoint) = self.udp_endpoint(from, to) else {
+            self.metrics().drop(DropReason::NoRoute);
+            return sbuf;
+        };
+        let Some(bytes) = sbuf.get(..len) else {
+            return sbuf;
+        };
+        let fd = endpoint.fd;
+        // Bounded: each flush empties the batch, and only this task runs between the flush
+        // and the push unless the flush waited for a full socket buffer.
+        for _ in 0..4 {
+            let ready = {
+                let mut out = self.udp_out.borrow_mut();
+                !out.is_full() && !out.conflicts(fd, to) && out.push(fd, bytes, to)
+            };
+            if ready {
+                return sbuf;
+            }
+            self.flush_udp().await;
+        }
+        self.send_udp(from, to, sbuf, len).await
+    }
+
+    /// Sends every datagram of [`Shard::udp_out`]: one `sendmmsg` per socket, more only when
+    /// a datagram fails. A failed datagram gets what [`Shard::send_udp`] does to one: a full
+    /// socket buffer is waited for a few times at most (UDP may drop), `EINTR` retried, any
+    /// other error reported by [`Shard::udp_error`] and the datagram dropped; the others
+    /// still go. The batch is never borrowed across an await, so another task may push or
+    /// flush meanwhile.
+    async fn flush_udp(&self) {
+        // Attempts on the datagram heading the batch.
+        let mut attempts = 0u32;
+        loop {
+            let sent = self.udp_out.borrow_mut().send();
+            match sent {
+                Sent::Empty => return,
+                Sent::All => attempts = 0,
+                Sent::Part(fd) => {
+                    // An ICMP error of an earlier datagram is still in the error queue:
+                    // report it as `send_udp` would have. Any other error comes back when
+                    // the datagram that met it heads the next call.
+                    attempts = 0;
+                    if let Some(endpoint) = self.udp.iter().find(|e| e.fd == fd) {
+                        self.udp_icmp_errors(endpoint);
+                    }
+                }
+                Sent::Failed { fd, to, error, id } => {
+                    attempts += 1;
+                    let endpoint = self.udp.iter().find(|e| e.fd == fd);
+                    let retry = match (error.kind(), endpoint) {
+                        (io::ErrorKind::Interrupted, Some(_)) => attempts < 4,
+                        (io::ErrorKind::WouldBlock, Some(endpoint)) => {
+                            attempts < 4 && endpoint.sock.writable(false).await.is_ok()
+                        }
+                        (_, Some(endpoint)) => {
+                            self.udp_error(endpoint, Some(to), &error);
+                            false
+                        }
+                        (_, None) => false,
+                    };
+                    if !retry {
+                        attempts = 0;
+                        // By id: another task may have sent it while this one waited.
+                        self.udp_out.borrow_mut().drop_pending(id);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reports the destinations the socket's error queue names (IP_RECVERR: each datagram
+    /// an ICMP error came back for, port or host unreachable); how many.
+    fn udp_icmp_errors(&self, endpoint: &UdpEndpoint) -> usize {
         let metrics = self.metrics();
         let now = Instant::now();
         let mut reported = 0;
-        // IP_RECVERR: the error queue names the destination of each datagram an ICMP error
-        // came back for (port or host unreachable).
         sockopt::drain_error_queue(endpoint.fd, |addr| {
             reported += 1;
             metrics.error(ErrorReason::Icmp);
@@ -651,7 +764,14 @@ impl Shard {
                 .report(addr, BlockReason::IcmpUnreachable, now);
             self.core_transport_error(addr, BlockReason::IcmpUnreachable);
         });
-        if reported == 0 {
+        reported
+    }
+
+    /// Counts a UDP socket error and reports the destinations behind it to the blacklist.
+    fn udp_error(&self, endpoint: &UdpEndpoint, to: Option<SocketAddr>, e: &io::Error) {
+        let metrics = self.metrics();
+        let now = Instant::now();
+        if self.udp_icmp_errors(endpoint) == 0 {
             metrics.error(ErrorReason::UdpSend);
             if let (Some(to), Some(libc::ECONNREFUSED | libc::EHOSTUNREACH | libc::ENETUNREACH)) =
                 (to, e.raw_os_error())
@@ -823,7 +943,7 @@ async fn udp_loop(shard: Rc<Shard>, index: usize) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 shard.udp_error(endpoint, None, &e);
-                sbuf = shard.drain_core(sbuf).await;
+                sbuf = shard.drain_core(sbuf, SendMode::Batched).await;
                 if !matches!(
                     e.raw_os_error(),
                     Some(libc::ECONNREFUSED | libc::EHOSTUNREACH | libc::ENETUNREACH)
@@ -853,14 +973,19 @@ async fn udp_loop(shard: Rc<Shard>, index: usize) {
                     compressed: false,
                     bytes: message,
                 };
-                sbuf = shard.dispatch(input, sbuf).await;
+                sbuf = shard.dispatch(input, sbuf, SendMode::Batched).await;
             }
             since_yield += 1;
             if since_yield >= shard.yield_every {
                 since_yield = 0;
+                // Nothing waits in the batch while other tasks run.
+                shard.flush_udp().await;
                 YieldNow(false).await;
             }
         }
+        // The receive batch is done: what it produced leaves now, with one sendmmsg per
+        // socket, before the loop reads or sleeps again.
+        shard.flush_udp().await;
         if n == 0 {
             // The error arm: counts towards the yield like a message did before.
             since_yield += 1;
@@ -900,7 +1025,7 @@ async fn core_timer_loop(shard: Rc<Shard>, failover: FailoverConfig) {
                 engine.handle_timeout(&shard.shared, now);
             }
         }
-        sbuf = shard.drain_core(sbuf).await;
+        sbuf = shard.drain_core(sbuf, SendMode::Now).await;
     }
 }
 
@@ -938,7 +1063,7 @@ async fn outbound_conn(shard: Rc<Shard>, conn: Rc<Conn>) {
         // INVITEs queued on this connection are lost: the core retries them elsewhere
         // (a cold path, so a buffer of its own is fine).
         shard.core_transport_error(conn.peer, BlockReason::ConnectRefused);
-        let _ = shard.drain_core(vec![0u8; BUF_SIZE]).await;
+        let _ = shard.drain_core(vec![0u8; BUF_SIZE], SendMode::Now).await;
         return;
     };
     if conn.closed.get() {
@@ -997,7 +1122,7 @@ async fn run_conn(shard: Rc<Shard>, conn: Rc<Conn>, stream: TcpStream) {
                         compressed: false,
                         bytes: &buf[start..start + len],
                     };
-                    sbuf = shard.dispatch(input, sbuf).await;
+                    sbuf = shard.dispatch(input, sbuf, SendMode::Now).await;
                     start += len;
                 }
                 Ok(Frame::KeepAlive { len, ping }) => {
@@ -1115,7 +1240,7 @@ async fn handle_parcel(shard: &Rc<Shard>, parcel: &Parcel, sbuf: Vec<u8>) -> Vec
                 compressed: parcel.compressed,
                 bytes: parcel.bytes(),
             };
-            shard.dispatch(input, sbuf).await
+            shard.dispatch(input, sbuf, SendMode::Now).await
         }
         ParcelKind::ToFlow(flow) => {
             shard.send_flow(FlowId(flow), parcel.bytes());

@@ -232,6 +232,233 @@ pub(crate) fn send_to(fd: RawFd, buf: &[u8], to: SocketAddr) -> io::Result<usize
     }
 }
 
+/// Datagrams a [`SendBatch`] holds: a receive batch that forwards each message and answers
+/// some fits without a flush in between.
+pub(crate) const SEND_BATCH: usize = RECV_BATCH * 2;
+
+/// What one [`SendBatch::send`] did.
+#[derive(Debug)]
+pub(crate) enum Sent {
+    /// Nothing was pending.
+    Empty,
+    /// Every pending datagram of the socket that heads the batch left, in order.
+    All,
+    /// Only the first datagrams of socket `fd` left. `sendmmsg` reports an error only for the
+    /// first datagram of a call, so whatever stopped the next one is unknown (a full buffer,
+    /// or an ICMP error of an earlier datagram, which `IP_RECVERR` also queued); that
+    /// datagram heads the batch now.
+    Part(RawFd),
+    /// The datagram heading the batch (socket `fd`, toward `to`) failed; it stays at the
+    /// head until [`SendBatch::drop_pending`] with its `id`.
+    Failed {
+        fd: RawFd,
+        to: SocketAddr,
+        error: io::Error,
+        id: u64,
+    },
+}
+
+/// Datagrams waiting to leave with one `sendmmsg` per socket, allocated once per shard: a
+/// receive batch then costs one send system call instead of one per message. Datagrams
+/// leave in the order they were pushed, per socket; [`SendBatch::conflicts`] tells the caller
+/// when a push would let a destination's datagrams overtake each other across sockets.
+pub(crate) struct SendBatch {
+    /// `SEND_BATCH` slots of `size` bytes, back to back.
+    bufs: Vec<u8>,
+    size: usize,
+    lens: [usize; SEND_BATCH],
+    fds: [RawFd; SEND_BATCH],
+    dests: [SocketAddr; SEND_BATCH],
+    /// Each slot's datagram's number, unique per batch.
+    ids: [u64; SEND_BATCH],
+    next_id: u64,
+    /// Slots holding a datagram, oldest first: `order[..pending]`.
+    order: [u8; SEND_BATCH],
+    pending: usize,
+    /// Bit `i` set: slot `i` holds a datagram.
+    used: u32,
+}
+
+// Slots are indexed by `u8` and tracked in a `u32` bitmask.
+const _: () = assert!(SEND_BATCH <= 32);
+
+impl SendBatch {
+    /// Slots for `SEND_BATCH` datagrams of up to `size` bytes each.
+    pub(crate) fn new(size: usize) -> Self {
+        Self {
+            bufs: vec![0u8; size * SEND_BATCH],
+            size,
+            lens: [0; SEND_BATCH],
+            fds: [-1; SEND_BATCH],
+            dests: [SocketAddr::from(([0, 0, 0, 0], 0)); SEND_BATCH],
+            ids: [0; SEND_BATCH],
+            next_id: 0,
+            order: [0; SEND_BATCH],
+            pending: 0,
+            used: 0,
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.pending == 0
+    }
+
+    pub(crate) fn is_full(&self) -> bool {
+        self.pending >= SEND_BATCH
+    }
+
+    /// Whether a datagram toward `to` is pending on a socket other than `fd`: the batch
+    /// flushes socket by socket, so it must be flushed before such a push to keep the
+    /// destination's datagrams in order.
+    pub(crate) fn conflicts(&self, fd: RawFd, to: SocketAddr) -> bool {
+        self.order[..self.pending].iter().any(|&slot| {
+            let slot = usize::from(slot);
+            self.fds[slot] != fd && self.dests[slot] == to
+        })
+    }
+
+    /// Copies `bytes` into a free slot, to be sent from `fd` to `to`. `false` when the batch
+    /// is full or `bytes` is larger than a slot (the caller sends it another way).
+    pub(crate) fn push(&mut self, fd: RawFd, bytes: &[u8], to: SocketAddr) -> bool {
+        let slot = self.used.trailing_ones() as usize;
+        if slot >= SEND_BATCH || self.pending >= SEND_BATCH || bytes.len() > self.size {
+            return false;
+        }
+        let start = slot * self.size;
+        let Some(dst) = self.bufs.get_mut(start..start + bytes.len()) else {
+            return false;
+        };
+        dst.copy_from_slice(bytes);
+        self.lens[slot] = bytes.len();
+        self.fds[slot] = fd;
+        self.dests[slot] = to;
+        self.ids[slot] = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        self.used |= 1 << slot;
+        self.order[self.pending] = slot as u8;
+        self.pending += 1;
+        true
+    }
+
+    /// Forgets datagram `id` (of [`Sent::Failed`]) if it is still pending.
+    pub(crate) fn drop_pending(&mut self, id: u64) {
+        let Some(i) = self.order[..self.pending]
+            .iter()
+            .position(|&slot| self.ids[usize::from(slot)] == id)
+        else {
+            return;
+        };
+        let slot = usize::from(self.order[i]);
+        self.used &= !(1 << slot);
+        self.order.copy_within(i + 1..self.pending, i);
+        self.pending -= 1;
+    }
+
+    /// One non-blocking `sendmmsg` of the pending datagrams of the socket that heads the
+    /// batch, oldest first; the datagrams that left are removed. Allocation-free: the
+    /// message headers and addresses live on the stack and point into `self`.
+    pub(crate) fn send(&mut self) -> Sent {
+        let Some(&head) = self.order[..self.pending].first() else {
+            return Sent::Empty;
+        };
+        let head = usize::from(head);
+        let fd = self.fds[head];
+        // SAFETY: iovec, mmsghdr and sockaddr_storage are plain data; all zeroes is a valid
+        // value.
+        let mut iovs: [libc::iovec; SEND_BATCH] = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let mut msgs: [libc::mmsghdr; SEND_BATCH] = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let mut names: [libc::sockaddr_storage; SEND_BATCH] = unsafe { std::mem::zeroed() };
+        let mut count = 0;
+        for &slot in &self.order[..self.pending] {
+            let slot = usize::from(slot);
+            if self.fds[slot] != fd {
+                continue;
+            }
+            let start = slot * self.size;
+            // Always in range (`push` checks the length); skipping a slot instead would
+            // make the count of datagrams sent name the wrong ones.
+            let chunk = self
+                .bufs
+                .get_mut(start..start + self.lens[slot])
+                .unwrap_or_default();
+            let addr = SockAddr::from(self.dests[slot]);
+            let (Some(iov), Some(msg), Some(name)) = (
+                iovs.get_mut(count),
+                msgs.get_mut(count),
+                names.get_mut(count),
+            ) else {
+                break;
+            };
+            // SAFETY: `addr.len()` bytes of a sockaddr_storage are initialised and fit in
+            // another sockaddr_storage.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    addr.as_ptr().cast::<u8>(),
+                    (name as *mut libc::sockaddr_storage).cast::<u8>(),
+                    addr.len() as usize,
+                );
+            }
+            iov.iov_base = chunk.as_mut_ptr().cast();
+            iov.iov_len = chunk.len();
+            msg.msg_hdr.msg_name = (name as *mut libc::sockaddr_storage).cast();
+            msg.msg_hdr.msg_namelen = addr.len();
+            msg.msg_hdr.msg_iov = iov;
+            msg.msg_hdr.msg_iovlen = 1;
+            count += 1;
+        }
+        // SAFETY: `fd` is an open socket; each of the first `count` headers points to its own
+        // iovec (a live chunk of `bufs` of the stated length) and to its own initialised
+        // address of the stated length, all of which outlive the call.
+        let n = unsafe {
+            libc::sendmmsg(
+                fd,
+                msgs.as_mut_ptr(),
+                count as libc::c_uint,
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        let error = match usize::try_from(n) {
+            Ok(n) if n > 0 => None,
+            // A batch with nothing to send would never drain (each pending slot holds at
+            // most `size` bytes, so it does not happen).
+            _ if count == 0 => Some(io::Error::from(io::ErrorKind::InvalidInput)),
+            Ok(_) => Some(io::Error::from(io::ErrorKind::WriteZero)),
+            Err(_) => Some(io::Error::last_os_error()),
+        };
+        if let Some(error) = error {
+            return Sent::Failed {
+                fd,
+                to: self.dests[head],
+                error,
+                id: self.ids[head],
+            };
+        }
+        let n = usize::try_from(n).unwrap_or(0).min(count);
+        self.remove_first_of(fd, n);
+        if n < count { Sent::Part(fd) } else { Sent::All }
+    }
+
+    /// Removes the `n` oldest pending datagrams of `fd`, keeping the others in order.
+    fn remove_first_of(&mut self, fd: RawFd, n: usize) {
+        let mut removed = 0;
+        let mut kept = 0;
+        for i in 0..self.pending {
+            let slot = self.order[i];
+            let s = usize::from(slot);
+            if removed < n && self.fds[s] == fd {
+                self.used &= !(1 << s);
+                removed += 1;
+            } else {
+                self.order[kept] = slot;
+                kept += 1;
+            }
+        }
+        self.pending = kept;
+    }
+}
+
 /// Drains a non-blocking datagram socket (the handoff doorbell) without allocating.
 pub(crate) fn drain(fd: RawFd) {
     let mut scratch = [0u8; 64];
@@ -315,5 +542,80 @@ mod tests {
             &[b'a' + (RECV_BATCH - 1) as u8]
         );
         assert_eq!(batch.recv(sock.as_raw_fd()).unwrap(), 2);
+    }
+
+    fn recv_all(sock: &std::net::UdpSocket) -> Vec<(Vec<u8>, SocketAddr)> {
+        sock.set_read_timeout(Some(std::time::Duration::from_millis(200)))
+            .unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 64];
+        while let Ok((n, from)) = sock.recv_from(&mut buf) {
+            got.push((buf[..n].to_vec(), from));
+        }
+        got
+    }
+
+    #[test]
+    fn send_batch_sends_per_socket_in_order() {
+        use std::os::fd::AsRawFd;
+        let a = bind_udp_private("127.0.0.1:0".parse().unwrap()).unwrap();
+        let b = bind_udp_private("127.0.0.1:0".parse().unwrap()).unwrap();
+        let x = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let y = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (xa, ya) = (x.local_addr().unwrap(), y.local_addr().unwrap());
+        let mut batch = SendBatch::new(16);
+        assert!(matches!(batch.send(), Sent::Empty));
+        assert!(batch.push(a.as_raw_fd(), b"1", xa));
+        assert!(batch.push(b.as_raw_fd(), b"2", ya));
+        assert!(batch.push(a.as_raw_fd(), b"3", xa));
+        assert!(!batch.push(a.as_raw_fd(), &[0u8; 17], xa));
+        // `y` already waits for a datagram from `b`: one from `a` could overtake it.
+        assert!(batch.conflicts(a.as_raw_fd(), ya));
+        assert!(batch.conflicts(b.as_raw_fd(), xa));
+        assert!(!batch.conflicts(b.as_raw_fd(), ya));
+        assert!(!batch.conflicts(a.as_raw_fd(), xa));
+        // One call per socket, the oldest socket first.
+        assert!(matches!(batch.send(), Sent::All));
+        assert!(matches!(batch.send(), Sent::All));
+        assert!(batch.is_empty());
+        assert!(matches!(batch.send(), Sent::Empty));
+        let (aa, ba) = (a.local_addr().unwrap(), b.local_addr().unwrap());
+        assert_eq!(recv_all(&x), vec![(b"1".to_vec(), aa), (b"3".to_vec(), aa)]);
+        assert_eq!(recv_all(&y), vec![(b"2".to_vec(), ba)]);
+        // Slots are reused once sent.
+        for i in 0..SEND_BATCH {
+            assert!(batch.push(a.as_raw_fd(), &[i as u8], xa));
+        }
+        assert!(batch.is_full());
+        assert!(!batch.push(a.as_raw_fd(), b"!", xa));
+        assert!(matches!(batch.send(), Sent::All));
+        let got: Vec<u8> = recv_all(&x).into_iter().map(|(d, _)| d[0]).collect();
+        assert_eq!(got, (0..SEND_BATCH as u8).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn send_batch_reports_the_failed_datagram_and_sends_the_others() {
+        use std::os::fd::AsRawFd;
+        let a = bind_udp_private("127.0.0.1:0".parse().unwrap()).unwrap();
+        let x = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let xa = x.local_addr().unwrap();
+        // An IPv6 destination from an IPv4 socket fails on its own, whatever precedes it.
+        let bad: SocketAddr = "[::1]:9".parse().unwrap();
+        let mut batch = SendBatch::new(16);
+        assert!(batch.push(a.as_raw_fd(), b"1", xa));
+        assert!(batch.push(a.as_raw_fd(), b"2", bad));
+        assert!(batch.push(a.as_raw_fd(), b"3", xa));
+        // The kernel reports no error past the first datagram: the call stops short.
+        assert!(matches!(batch.send(), Sent::Part(fd) if fd == a.as_raw_fd()));
+        let Sent::Failed { fd, to, id, .. } = batch.send() else {
+            panic!("the failed datagram heads the next call");
+        };
+        assert_eq!((fd, to), (a.as_raw_fd(), bad));
+        batch.drop_pending(id);
+        batch.drop_pending(id);
+        assert!(matches!(batch.send(), Sent::All));
+        assert!(batch.is_empty());
+        let got: Vec<Vec<u8>> = recv_all(&x).into_iter().map(|(d, _)| d).collect();
+        assert_eq!(got, vec![b"1".to_vec(), b"3".to_vec()]);
     }
 }

@@ -19,7 +19,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use super::{Conn, Shard, flow_owner};
+use super::{Conn, SendMode, Shard, flow_owner};
 use crate::config::SigcompSettings;
 use crate::metrics::{DropReason, ErrorReason, SigcompResult};
 use crate::proxy::{Dest, FlowId, Inbound, Transmit};
@@ -200,7 +200,7 @@ impl Shard {
                         compressed: true,
                         bytes: &sip,
                     };
-                    sbuf = self.dispatch(input, sbuf).await;
+                    sbuf = self.dispatch(input, sbuf, SendMode::Now).await;
                 }
             }
             Ok(Received::Nack(_)) => metrics.sigcomp(SigcompResult::NackReceived),
@@ -282,7 +282,7 @@ impl Shard {
                         compressed: true,
                         bytes: &sip,
                     };
-                    sbuf = self.dispatch(input, sbuf).await;
+                    sbuf = self.dispatch(input, sbuf, SendMode::Now).await;
                 }
             }
             Ok(Received::Nack(_)) => metrics.sigcomp(SigcompResult::NackReceived),
