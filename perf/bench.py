@@ -419,26 +419,42 @@ def sipp_search(s, systems, transport, plan):
     return with_sipp_backends(s, transport, body)
 
 
-def sipp_fixed(s, systems, transport, points):
-    """sipp UAC -> proxy -> two sipp UAS at fixed (rate, seconds) points: CPU per call, RSS."""
+def median_run(runs):
+    """The run with the median CPU per call of `runs` (one per round), carrying every
+    round's figure in `cpu_rounds` and the failed calls of all rounds summed."""
+    key = lambda r: r.get("cpu_s_per_10k_calls") or 0.0
+    ordered = sorted(runs, key=key)
+    pick = dict(ordered[(len(ordered) - 1) // 2])
+    pick["cpu_rounds"] = [key(r) for r in runs]
+    for k in ("created", "successful", "unexpected", "started", "completed", "reordered"):
+        if k in pick:
+            pick[k] = sum(r.get(k, 0) for r in runs)
+    return pick
+
+
+def sipp_fixed(s, systems, transport, points, rounds):
+    """sipp UAC -> proxy -> two sipp UAS at fixed (rate, seconds) points: CPU per call, RSS.
+
+    `rounds` rounds, the systems interleaved within each, so a slow spell of the shared
+    machine falls on every system; each system's median round is reported."""
     def body(ttag):
-        results = {}
-        for name in systems:
-            proxy = start_system(s, name, None, transport)
-            target = s.port if proxy else s.backends[0]
-            results[name] = []
-            try:
-                for rate, seconds in points:
-                    log(f"{transport} {name}: sipp {rate} calls/s for {seconds} s")
-                    m = Measure(proxy)
-                    r = run_sipp_uac(s, target, rate, rate * seconds, seconds * 3 + 10, ttag,
-                                     f"{transport}-{name}-{rate}")
-                    r.update(m.done(r["successful"]))
-                    results[name].append(r)
-            finally:
-                if proxy:
-                    proxy.stop()
-        return results
+        runs = {name: [[] for _ in points] for name in systems}
+        for round_no in range(rounds):
+            for name in systems:
+                proxy = start_system(s, name, None, transport)
+                target = s.port if proxy else s.backends[0]
+                try:
+                    for i, (rate, seconds) in enumerate(points):
+                        log(f"{transport} {name}: sipp {rate} calls/s for {seconds} s (round {round_no + 1})")
+                        m = Measure(proxy)
+                        r = run_sipp_uac(s, target, rate, rate * seconds, seconds * 3 + 10, ttag,
+                                         f"{transport}-{name}-{rate}-{round_no}")
+                        r.update(m.done(r["successful"]))
+                        runs[name][i].append(r)
+                finally:
+                    if proxy:
+                        proxy.stop()
+        return {name: [median_run(rs) for rs in per_point] for name, per_point in runs.items()}
     return with_sipp_backends(s, transport, body)
 
 
@@ -492,31 +508,33 @@ def ceiling(s, seconds, window):
     return results
 
 
-def near_ceiling(s, systems, rate, seconds):
+def near_ceiling(s, systems, rate, seconds, rounds):
     """Load generator at one fixed rate near Kamailio's ceiling → each proxy → responder: CPU per call.
 
     The same offered rate for every system, as at 1,000 calls/s with sipp, but at a rate sipp
     cannot offer: 90 % of what Kamailio -n 2 reached in the ceiling runs. Nothing is pinned (the
-    two-core proxies' ceiling runs share both CPUs with the generator too)."""
-    results = {}
-    for name in systems:
-        responder = Proc("responder", [s.exe("sipedge-responder")] +
-                         sum((["--listen", f"127.0.0.1:{b}"] for b in s.backends), []), s.workdir)
-        wait_bound(responder, s.backends[1])
-        proxy = start_system(s, name)
-        target = s.port if proxy else s.backends[0]
-        try:
-            log(f"near ceiling {name}: loadgen {rate} calls/s for {seconds} s")
-            m = Measure(proxy)
-            r = run_loadgen(s, target, rate, int(rate * seconds), seconds + 5)
-            r["offered_rate"] = rate
-            r.update(m.done(r["completed"]))
-            results[name] = r
-        finally:
-            if proxy:
-                proxy.stop()
-            responder.stop()
-    return results
+    two-core proxies' ceiling runs share both CPUs with the generator too). Rounds and medians
+    as in `sipp_fixed`."""
+    runs = {name: [] for name in systems}
+    for round_no in range(rounds):
+        for name in systems:
+            responder = Proc("responder", [s.exe("sipedge-responder")] +
+                             sum((["--listen", f"127.0.0.1:{b}"] for b in s.backends), []), s.workdir)
+            wait_bound(responder, s.backends[1])
+            proxy = start_system(s, name)
+            target = s.port if proxy else s.backends[0]
+            try:
+                log(f"near ceiling {name}: loadgen {rate} calls/s for {seconds} s (round {round_no + 1})")
+                m = Measure(proxy)
+                r = run_loadgen(s, target, rate, int(rate * seconds), seconds + 5)
+                r["offered_rate"] = rate
+                r.update(m.done(r["completed"]))
+                runs[name].append(r)
+            finally:
+                if proxy:
+                    proxy.stop()
+                responder.stop()
+    return {name: median_run(rs) for name, rs in runs.items()}
 
 
 def rss_growth(s, small, large, limit_s):
@@ -629,7 +647,9 @@ def render(res, cmd, smoke):
                 "Highest offered rate with < 0.1 % failed calls (sipp `-nr`: no retransmissions, so a lost "
                 "datagram is a failed call; search from "
                 f"{res['plan']['search_start']} calls/s in steps of ×{res['plan']['search_step']}, "
-                f"{res['plan']['search_seconds']} s each). CPU per 10,000 calls at fixed rates.", ""]
+                f"{res['plan']['search_seconds']} s each). CPU per 10,000 calls at fixed rates: the median of "
+                f"{res['plan'].get('rounds', 1)} rounds with the systems interleaved (every round's figure in the line "
+                "below the table).", ""]
         rates = [p[0] for p in res["plan"]["fixed"]]
         head = "| system | max clean calls/s | × Kamailio | CPU s/10k calls there | " + " | ".join(
             f"CPU s/10k calls @{r}/s | × Kamailio | × relay" for r in rates) + " | sipp unexpected msgs | RSS / PSS MiB |"
@@ -658,7 +678,11 @@ def render(res, cmd, smoke):
                                    for st in r["steps"]) for name, r in udp.items()) + ".")
         out.append("")
         if fixed:
-            out.append("Failed calls at each fixed point (sipp): " + "; ".join(
+            out.append("CPU s/10k calls of each round at each fixed point: " + "; ".join(
+                f"{name} " + ", ".join(f"{f['offered_rate']}/s: " + " / ".join(f"{c:.3f}" for c in f.get("cpu_rounds", []))
+                                       for f in runs) for name, runs in fixed.items()) + ".")
+            out.append("")
+            out.append("Failed calls at each fixed point (sipp, all rounds): " + "; ".join(
                 f"{name} " + ", ".join(f"{f['offered_rate']}/s: {f['created'] - f['successful']} of {f['created']}"
                                        for f in runs) for name, runs in fixed.items()) + ".")
             out.append("")
@@ -704,14 +728,16 @@ def render(res, cmd, smoke):
         rate = next(iter(near.values()))["offered_rate"]
         out += [f"### CPU per call near Kamailio's ceiling (sipedge-loadgen at {rate} calls/s → proxy → sipedge-responder)", "",
                 "One fixed rate for every system: 90 % of the calls/s Kamailio -n 2 reached in the ceiling runs above "
-                "(sipp cannot offer it). Nothing pinned.", "",
-                "| system | CPU s/10k calls | × Kamailio | × relay | proxy CPU use | lost | reordered |",
-                "|---|---|---|---|---|---|---|"]
+                f"(sipp cannot offer it). Nothing pinned. Median of {res['plan'].get('rounds', 1)} interleaved rounds; "
+                "each round's figure in the last column.", "",
+                "| system | CPU s/10k calls | × Kamailio | × relay | proxy CPU use | lost | reordered | rounds |",
+                "|---|---|---|---|---|---|---|---|"]
         for name, r in near.items():
             cpu = r.get("cpu_s_per_10k_calls")
             out.append(f"| {name} | {fmt(cpu, 3)} | {ratio(cpu, get(near, 'kamailio-n2', 'cpu_s_per_10k_calls'))} | "
                        f"{ratio(cpu, get(near, 'relay', 'cpu_s_per_10k_calls'))} | {fmt(r.get('cpu_util'), 2)} | "
-                       f"{r['started'] - r['completed']} of {r['started']} | {r['reordered']} |")
+                       f"{r['started'] - r['completed']} of {r['started']} | {r['reordered']} | "
+                       f"{' / '.join(f'{c:.3f}' for c in r.get('cpu_rounds', []))} |")
         out.append("")
 
     rss = res.get("rss")
@@ -820,11 +846,11 @@ def write_section(path, section):
 FULL = {
     "search_start": 2000, "search_step": 1.3, "search_max": 60000, "search_seconds": 4,
     "fixed": [(1000, 10)],
-    "latency_calls_s": 5, "ceiling_s": 5, "near_ceiling_s": 8, "rss": (10_000, 1_000_000, 120),
+    "latency_calls_s": 5, "ceiling_s": 5, "near_ceiling_s": 8, "rounds": 3, "rss": (10_000, 1_000_000, 120),
 }
 SMOKE = {
     "search_start": 400, "search_step": 1.3, "search_max": 400, "search_seconds": 0.5,
-    "fixed": [], "latency_calls_s": 0.5, "ceiling_s": 0.5, "near_ceiling_s": 0.5, "rss": (500, 2_000, 10),
+    "fixed": [], "latency_calls_s": 0.5, "ceiling_s": 0.5, "near_ceiling_s": 0.5, "rounds": 1, "rss": (500, 2_000, 10),
 }
 
 
@@ -866,7 +892,7 @@ def main():
             kam = get(res, "udp_search", "kamailio-n2", "max_clean_rate") or plan["search_start"]
             plan["fixed"] = [(r if r else max(1000, int(kam * 0.9 / 500) * 500), sec) for r, sec in plan["fixed"]]
             if plan["fixed"]:
-                res["udp_fixed"] = sipp_fixed(s, systems, "udp", plan["fixed"])
+                res["udp_fixed"] = sipp_fixed(s, systems, "udp", plan["fixed"], plan["rounds"])
         if "latency" in phases:
             best = get(res, "udp_search", "sipedge-2", "max_clean_rate")
             rates = [1000, int(best / 2)] if best and not args.smoke else [1000 if not args.smoke else 400]
@@ -877,7 +903,7 @@ def main():
             if kam and plan["near_ceiling_s"]:
                 rate = int(kam / 6 * 0.9 / 100) * 100
                 res["near_ceiling"] = near_ceiling(s, [n for n in systems if n != "direct"], rate,
-                                                   plan["near_ceiling_s"])
+                                                   plan["near_ceiling_s"], plan["rounds"])
         if "rss" in phases and "sipedge-2" in chosen:
             res["rss"] = rss_growth(s, *plan["rss"])
         if "tcp" in phases:
