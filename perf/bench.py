@@ -458,6 +458,15 @@ def sipp_fixed(s, systems, transport, points, rounds):
     return with_sipp_backends(s, transport, body)
 
 
+def loadgen_point(s, proxy, target, rate, seconds):
+    """`seconds` of our load generator at `rate` calls/s through `proxy`, with its CPU."""
+    m = Measure(proxy)
+    r = run_loadgen(s, target, rate, int(rate * seconds), seconds + 5)
+    r["offered_rate"] = rate
+    r.update(m.done(r["completed"]))
+    return r
+
+
 def latency(s, systems, rates, calls_for):
     """Our load generator -> proxy -> two sipp UAS at fixed rates: round trips in µs."""
     def body(_ttag):
@@ -469,11 +478,7 @@ def latency(s, systems, rates, calls_for):
             try:
                 for rate in rates:
                     log(f"latency {name}: loadgen {rate} calls/s")
-                    m = Measure(proxy)
-                    r = run_loadgen(s, target, rate, int(calls_for(rate)), calls_for(rate) / rate + 5)
-                    r["offered_rate"] = rate
-                    r.update(m.done(r["completed"]))
-                    results[name].append(r)
+                    results[name].append(loadgen_point(s, proxy, target, rate, calls_for(rate) / rate))
             finally:
                 if proxy:
                     proxy.stop()
@@ -525,11 +530,7 @@ def near_ceiling(s, systems, rate, seconds, rounds):
             target = s.port if proxy else s.backends[0]
             try:
                 log(f"near ceiling {name}: loadgen {rate} calls/s for {seconds} s (round {round_no + 1})")
-                m = Measure(proxy)
-                r = run_loadgen(s, target, rate, int(rate * seconds), seconds + 5)
-                r["offered_rate"] = rate
-                r.update(m.done(r["completed"]))
-                runs[name].append(r)
+                runs[name].append(loadgen_point(s, proxy, target, rate, seconds))
             finally:
                 if proxy:
                     proxy.stop()

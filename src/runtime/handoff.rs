@@ -94,7 +94,9 @@ impl Parcel {
             flow: None,
             compressed: false,
             len: 0,
-            data: vec![0u8; capacity].into_boxed_slice(),
+            // Resident from the start: parcels are used rarely and in turn, and pages first
+            // touched hours in would look like growth.
+            data: super::sockopt::resident_zeroes(capacity).into_boxed_slice(),
         }
     }
 

@@ -633,6 +633,22 @@ impl Shard {
             .or_else(|| self.udp.iter().find(|e| e.local.is_ipv4() == to.is_ipv4()))
     }
 
+    /// The socket and the bytes of a datagram to send, or `None` (counted as a drop when
+    /// no socket can reach `to`).
+    fn udp_datagram<'a>(
+        &self,
+        from: SocketAddr,
+        to: SocketAddr,
+        sbuf: &'a [u8],
+        len: usize,
+    ) -> Option<(&UdpEndpoint, &'a [u8])> {
+        let Some(endpoint) = self.udp_endpoint(from, to) else {
+            self.metrics().drop(DropReason::NoRoute);
+            return None;
+        };
+        Some((endpoint, sbuf.get(..len)?))
+    }
+
     /// Sends at once, after whatever a receive loop has batched (it may be for the same
     /// destination, and a call's messages leave in order).
     async fn send_udp(
@@ -642,11 +658,7 @@ impl Shard {
         sbuf: Vec<u8>,
         len: usize,
     ) -> Vec<u8> {
-        let Some(endpoint) = self.udp_endpoint(from, to) else {
-            self.metrics().drop(DropReason::NoRoute);
-            return sbuf;
-        };
-        let Some(bytes) = sbuf.get(..len) else {
+        let Some((endpoint, bytes)) = self.udp_datagram(from, to, &sbuf, len) else {
             return sbuf;
         };
         if !self.udp_out.borrow().is_empty() {
@@ -680,11 +692,7 @@ impl Shard {
         sbuf: Vec<u8>,
         len: usize,
     ) -> Vec<u8> {
-        let Some(endpoint) = self.udp_endpoint(from, to) else {
-            self.metrics().drop(DropReason::NoRoute);
-            return sbuf;
-        };
-        let Some(bytes) = sbuf.get(..len) else {
+        let Some((endpoint, bytes)) = self.udp_datagram(from, to, &sbuf, len) else {
             return sbuf;
         };
         let fd = endpoint.fd;

@@ -120,11 +120,12 @@ pub(crate) fn drain_error_queue(fd: RawFd, mut report: impl FnMut(SocketAddr)) {
 /// Datagrams one [`RecvBatch::recv`] reads at most.
 pub(crate) const RECV_BATCH: usize = 8;
 
-/// `len` zero bytes whose pages are all touched now. `vec![0; len]` maps untouched zero
-/// pages that become resident one by one as bigger batches first reach them, which looks
-/// like memory growth hours into a run; touching them at start makes the shard's
-/// footprint fixed from the first call.
-fn resident_zeroes(len: usize) -> Vec<u8> {
+/// `len` zero bytes whose pages are all touched now, for the buffers a shard allocates once
+/// and reuses. `vec![0; len]` maps untouched zero pages that become resident one by one as
+/// traffic first reaches them (a bigger batch, a parcel used for the first time), which
+/// looks like memory growth hours into a run; touching them at start makes the footprint
+/// fixed from the first call.
+pub(crate) fn resident_zeroes(len: usize) -> Vec<u8> {
     let mut bufs = vec![0u8; len];
     // One write per page; `black_box` keeps the compiler from proving the store redundant.
     for byte in bufs.iter_mut().step_by(4096) {
