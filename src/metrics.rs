@@ -648,6 +648,22 @@ fn load(cell: &AtomicU64) -> u64 {
 }
 
 /// Writes one metric family whose members are `(labels, value)` pairs.
+/// A gauge family with one member and no labels.
+fn unlabelled_gauge(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    family(
+        encoder,
+        name,
+        help,
+        MetricType::Gauge,
+        [([] as [(&str, String); 0], value)],
+    )
+}
+
 fn family<L, V, I>(
     encoder: &mut DescriptorEncoder<'_>,
     name: &str,
@@ -973,42 +989,29 @@ impl Collector for Scrape {
                 .into_iter()
                 .map(|(label, i)| (l1("result", label), load(&m.reloads[i]))),
         )?;
-        family(
+        unlabelled_gauge(
             e,
             "sipedge_ready",
             "1 when listeners are bound, a backend is up and the process is not draining",
-            gauge,
-            [(
-                [] as [(&str, String); 0],
-                u64::from(m.ready.load(Ordering::Relaxed)),
-            )],
+            u64::from(m.ready.load(Ordering::Relaxed)),
         )?;
-        family(
+        unlabelled_gauge(
             e,
             "sipedge_draining",
             "1 while draining (after SIGTERM or POST /drain)",
-            gauge,
-            [(
-                [] as [(&str, String); 0],
-                u64::from(m.draining.load(Ordering::Relaxed)),
-            )],
+            u64::from(m.draining.load(Ordering::Relaxed)),
         )?;
-        family(
+        unlabelled_gauge(
             e,
             "sipedge_udp_kernel_steering",
             "1 when the kernel steers UDP datagrams to the shard owning their Call-ID",
-            gauge,
-            [(
-                [] as [(&str, String); 0],
-                u64::from(m.kernel_steering.load(Ordering::Relaxed)),
-            )],
+            u64::from(m.kernel_steering.load(Ordering::Relaxed)),
         )?;
-        family(
+        unlabelled_gauge(
             e,
             "sipedge_shards",
             "Number of shards",
-            gauge,
-            [([] as [(&str, String); 0], m.shards.len() as u64)],
+            m.shards.len() as u64,
         )?;
         let driver = m.driver.load_full();
         family(

@@ -46,8 +46,8 @@ use crate::metrics::{BlacklistReason, Metrics};
 use crate::shard::ShardId;
 
 /// Attaches the Call-ID steering program ([`steer`]) to every UDP listener's reuseport
-/// group. Shard `i` bound socket `i` of each group (the loop above binds in shard order), so
-/// the program's index is the shard. Returns whether every UDP listener is steered; on any
+/// group. Shard `i` bound socket `i` of each group ([`run`] binds every listener in shard
+/// order), so the program's index is the shard. Returns whether every UDP listener is steered; on any
 /// failure the shards' own handoff keeps every message on its owner, so this only logs.
 fn steer_udp(setups: &[ShardSetup], shards: ShardId) -> bool {
     use std::os::fd::AsRawFd;

@@ -15,25 +15,23 @@ const UDP_BUFFER: usize = 4 << 20;
 /// spreads datagrams over them) and `IP_RECVERR` (ICMP errors are queued with the address
 /// they concern, so a dead next hop is noticed on the first datagram).
 pub(crate) fn bind_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
-    }
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    let _ = socket.set_recv_buffer_size(UDP_BUFFER);
-    let _ = socket.set_send_buffer_size(UDP_BUFFER);
-    set_recverr(&socket, addr.is_ipv6())?;
-    socket.bind(&addr.into())?;
-    Ok(socket.into())
+    udp_socket(addr, true)
 }
 
 /// Binds a UDP socket private to one shard (no `SO_REUSEPORT`: every datagram sent to it
 /// is for that shard), with the buffers and `IP_RECVERR` of [`bind_udp`].
 pub(crate) fn bind_udp_private(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    udp_socket(addr, false)
+}
+
+fn udp_socket(addr: SocketAddr, shared: bool) -> io::Result<std::net::UdpSocket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
+    }
+    if shared {
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
     }
     let _ = socket.set_recv_buffer_size(UDP_BUFFER);
     let _ = socket.set_send_buffer_size(UDP_BUFFER);
