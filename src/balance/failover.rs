@@ -866,15 +866,20 @@ mod tests {
         }
     }
 
+    /// The caller every test INVITE comes from.
+    fn test_origin() -> Origin {
+        Origin {
+            src: "192.0.2.10:5060".parse().unwrap(),
+            local: "127.0.0.1:5060".parse().unwrap(),
+            transport: Transport::Udp,
+            flow: None,
+            compressed: false,
+        }
+    }
+
     impl Rig {
         fn invite(&mut self, now: Instant) -> InviteRoute<'_> {
-            let origin = Origin {
-                src: "192.0.2.10:5060".parse().unwrap(),
-                local: "127.0.0.1:5060".parse().unwrap(),
-                transport: Transport::Udp,
-                flow: None,
-                compressed: false,
-            };
+            let origin = test_origin();
             self.fo
                 .route_invite(now, CALL_ID, 314159, INVITE, origin, &self.pool, &self.bl)
                 .0
@@ -1129,13 +1134,7 @@ mod tests {
             capacity: 16,
             ..FailoverConfig::default()
         });
-        let origin = Origin {
-            src: "192.0.2.10:5060".parse().unwrap(),
-            local: "127.0.0.1:5060".parse().unwrap(),
-            transport: Transport::Udp,
-            flow: None,
-            compressed: false,
-        };
+        let origin = test_origin();
         let mut live: Vec<(String, Instant)> = Vec::new();
         let mut t = r.t0;
         let mut seed = 12345u64;
