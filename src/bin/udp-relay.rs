@@ -11,7 +11,12 @@
 //! udp-relay --listen 127.0.0.1:5060 --backend 127.0.0.1:5070 --backend 127.0.0.1:5071
 //! ```
 //!
-//! IPv4 only. It runs until killed; pin it with `taskset`.
+//! With `--threads N` it is the floor of a proxy on N cores laid out as sipedge's shards are:
+//! N threads, each pinned to its own CPU with its own `SO_REUSEPORT` socket, and sipedge's
+//! Call-ID steering program attached to the group, so every message of a call reaches the
+//! thread that saw its first one (needs `CAP_BPF`).
+//!
+//! IPv4 only. It runs until killed; pin a one-thread relay with `taskset`.
 
 use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -38,6 +43,10 @@ struct Args {
     /// Socket receive and send buffer size in bytes.
     #[arg(long, default_value_t = 4 << 20)]
     socket_buffer: usize,
+    /// Relay threads, one per CPU, each with its own socket; datagrams are steered to a
+    /// thread by the Call-ID, as sipedge steers them to its shards.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    threads: u16,
 }
 
 fn main() -> ExitCode {
@@ -86,10 +95,59 @@ fn same_addr(a: &libc::sockaddr_in, b: &libc::sockaddr_in) -> bool {
 }
 
 fn run(args: &Args) -> std::io::Result<()> {
-    let socket = UdpSocket::bind(SocketAddr::V4(args.listen))?;
-    let sock2 = socket2::SockRef::from(&socket);
-    sock2.set_recv_buffer_size(args.socket_buffer)?;
-    sock2.set_send_buffer_size(args.socket_buffer)?;
+    if args.threads == 1 {
+        let socket = bind(args, false)?;
+        return relay(args, &socket);
+    }
+    let sockets = (0..args.threads)
+        .map(|_| bind(args, true))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    // The program goes on the group (any member will do); socket i is thread i.
+    let steering = sipedge::runtime::steer::Steering::load(args.threads)?;
+    steering.attach(sockets[0].as_raw_fd())?;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    std::thread::scope(|scope| {
+        let threads: Vec<_> = sockets
+            .iter()
+            .enumerate()
+            .map(|(index, socket)| {
+                scope.spawn(move || {
+                    pin_to_cpu(index % cpus);
+                    relay(args, socket)
+                })
+            })
+            .collect();
+        for thread in threads {
+            match thread.join() {
+                Ok(result) => result?,
+                Err(_) => return Err(std::io::Error::other("a relay thread panicked")),
+            }
+        }
+        Ok(())
+    })
+}
+
+fn bind(args: &Args, reuse_port: bool) -> std::io::Result<UdpSocket> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
+    socket.set_reuse_port(reuse_port)?;
+    socket.set_recv_buffer_size(args.socket_buffer)?;
+    socket.set_send_buffer_size(args.socket_buffer)?;
+    socket.bind(&SocketAddr::V4(args.listen).into())?;
+    Ok(socket.into())
+}
+
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: cpu_set_t is plain data; CPU_SET writes inside it; the call reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) != 0 {
+            eprintln!("udp-relay: could not pin a thread to CPU {cpu}");
+        }
+    }
+}
+
+fn relay(args: &Args, socket: &UdpSocket) -> std::io::Result<()> {
     let fd = socket.as_raw_fd();
     let backends: Vec<libc::sockaddr_in> = args.backend.iter().map(|&b| sockaddr_of(b)).collect();
     let unset = sockaddr_of(SocketAddrV4::new(0.into(), 0));
