@@ -941,3 +941,83 @@ fn stream_of_the_realistic_corpus() {
         );
     }
 }
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
+    let entries = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("test data missing: {}: {e}", dir.display()));
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files_under(&path, out);
+        } else {
+            out.push(path);
+        }
+    }
+}
+
+/// The shard a message belongs to is decided by `salvage_call_id`, which reads only up to the
+/// Call-ID line; it must find exactly what the full `salvage` scan finds, on every message of
+/// the corpora and vectors and on the header forms that could set them apart.
+#[test]
+fn salvage_call_id_agrees_with_salvage() {
+    let mut paths = Vec::new();
+    files_under(&shared("sip-torture"), &mut paths);
+    files_under(&shared("sip-realistic"), &mut paths);
+    files_under(
+        Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors/sip")),
+        &mut paths,
+    );
+    let mut inputs: Vec<(String, Vec<u8>)> = paths
+        .iter()
+        .filter(|p| p.extension().is_none_or(|e| e != "json"))
+        .map(|p| (p.display().to_string(), read(p)))
+        .collect();
+    assert!(inputs.len() >= 50, "only {} files found", inputs.len());
+    for (name, text) in [
+        (
+            "compact",
+            &b"INVITE sip:a SIP/2.0\r\nv: x\r\ni: abc@h\r\n\r\n"[..],
+        ),
+        (
+            "any case, space before colon",
+            b"BYE sip:a SIP/2.0\r\ncAlL-iD  : abc\r\n\r\n",
+        ),
+        ("folded", b"BYE sip:a SIP/2.0\r\nCall-ID:\r\n  abc\r\n\r\n"),
+        (
+            "second wins not",
+            b"BYE sip:a SIP/2.0\r\nCall-ID: one\r\ni: two\r\n\r\n",
+        ),
+        (
+            "after the body",
+            b"BYE sip:a SIP/2.0\r\nTo: b\r\n\r\nCall-ID: body\r\n",
+        ),
+        ("unterminated", b"SIP/2.0 200 OK\r\nVia: x\r\nCall-ID: last"),
+        ("none", b"OPTIONS sip:a SIP/2.0\r\nVia: x\r\n\r\n"),
+        ("line breaks only", b"\r\n\r\n"),
+        ("empty", b""),
+        (
+            "no colon",
+            b"INVITE sip:a SIP/2.0\r\nCall-ID abc\r\nCall-ID: def\r\n\r\n",
+        ),
+        ("bare LF", b"INVITE sip:a SIP/2.0\nCall-ID: lf@h\n\n"),
+    ] {
+        inputs.push((name.to_owned(), text.to_vec()));
+    }
+    let mut failures = Vec::new();
+    let mut found = 0;
+    for (name, bytes) in &inputs {
+        let fast = sip::salvage_call_id(bytes);
+        let full = sip::salvage(bytes).call_id;
+        found += usize::from(fast.is_some());
+        if fast != full {
+            failures.push(format!("{name}: {fast:?} vs {full:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(
+        found * 2 > inputs.len(),
+        "only {found} of {} had a Call-ID",
+        inputs.len()
+    );
+}

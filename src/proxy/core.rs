@@ -503,8 +503,7 @@ impl Core {
         }
         // Shard ownership first, before any parsing: all of a call lives on one shard.
         if !input.handed_off && self.shard_count > 1 {
-            let call_id = sip::salvage(input.bytes).call_id;
-            if let Some(call_id) = call_id {
+            if let Some(call_id) = sip::salvage_call_id(input.bytes) {
                 let owner = shard_of(call_id.slice(input.bytes), self.shard_count);
                 if owner != self.shard {
                     return Verdict::Handoff(owner);

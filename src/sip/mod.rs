@@ -100,7 +100,8 @@ pub use parse::{
     Located, MaxForwards, Message, Method, StartLine, Values, parse, parse_stream_message,
 };
 pub use response::{
-    MAX_VIA_LINES, ResponseError, ResponseOptions, Salvage, salvage, to_tag, write_response,
+    MAX_VIA_LINES, ResponseError, ResponseOptions, Salvage, salvage, salvage_call_id, to_tag,
+    write_response,
 };
 pub use splice::{Edit, Splice, SpliceError};
 pub use transport::Transport;

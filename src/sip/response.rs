@@ -114,43 +114,74 @@ impl<'b> Salvage<'b> {
 /// buffer length; allocation-free.
 pub fn salvage(buf: &[u8]) -> Salvage<'_> {
     let mut s = Salvage::empty(buf);
-    let Some(mut pos) = buf.iter().position(|&b| b != b'\r' && b != b'\n') else {
+    let Some((first, lines)) = salvage_lines(buf) else {
         return s;
     };
-    let (first_end, mut next) = line_end(buf, pos).unwrap_or((buf.len(), buf.len()));
-    let first = &buf[pos..first_end];
     s.is_request = !(first.len() >= 4 && eq_ic(&first[..4], b"SIP/"));
     if s.is_request {
         let method_len = first.iter().position(|&b| b == b' ').unwrap_or(first.len());
         s.method = (method_len > 0).then(|| &first[..method_len]);
     }
-    pos = next;
-    while pos < buf.len() {
-        let Some((mut end, n)) = line_end(buf, pos) else {
-            // Unterminated last line: still usable.
-            record(&mut s, buf, pos, buf.len());
-            break;
-        };
-        next = n;
-        if end == pos {
-            break;
-        }
-        while buf.get(next).is_some_and(|&b| b == b' ' || b == b'\t') {
-            match line_end(buf, next) {
-                Some((e, n2)) => {
-                    end = e;
-                    next = n2;
-                }
-                None => {
-                    end = buf.len();
-                    next = buf.len();
-                }
-            }
-        }
-        record(&mut s, buf, pos, end);
-        pos = next;
+    for (start, end) in lines {
+        record(&mut s, buf, start, end);
     }
     s
+}
+
+/// The Call-ID [`salvage`] would find, without reading the other headers: it stops at the
+/// first Call-ID line. This is what decides the shard a message belongs to, for every
+/// message, so it must cost little and agree with `salvage` exactly.
+pub fn salvage_call_id(buf: &[u8]) -> Option<Span> {
+    let (_, lines) = salvage_lines(buf)?;
+    for (start, end) in lines {
+        let line = &buf[start..end];
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        if HeaderName::classify(line[..colon].trim_ascii()) == HeaderName::CallId {
+            return Some(trim(buf, Span::new(start + colon + 1, end)));
+        }
+    }
+    None
+}
+
+/// The start line of a message (after any leading CRLFs) and an iterator over its header
+/// lines as [`salvage`] reads them; `None` for a buffer of line breaks only.
+fn salvage_lines(buf: &[u8]) -> Option<(&[u8], SalvageLines<'_>)> {
+    let pos = buf.iter().position(|&b| b != b'\r' && b != b'\n')?;
+    let (first_end, next) = line_end(buf, pos).unwrap_or((buf.len(), buf.len()));
+    Some((&buf[pos..first_end], SalvageLines { buf, pos: next }))
+}
+
+/// Header lines as (start, end of content), folded continuation lines joined (RFC 3261
+/// §7.3.1), up to the empty line; an unterminated last line still counts.
+struct SalvageLines<'b> {
+    buf: &'b [u8],
+    pos: usize,
+}
+
+impl Iterator for SalvageLines<'_> {
+    type Item = (usize, usize);
+
+    fn next(&mut self) -> Option<(usize, usize)> {
+        let (buf, pos) = (self.buf, self.pos);
+        if pos >= buf.len() {
+            return None;
+        }
+        let Some((mut end, mut next)) = line_end(buf, pos) else {
+            self.pos = buf.len();
+            return Some((pos, buf.len()));
+        };
+        if end == pos {
+            self.pos = buf.len();
+            return None;
+        }
+        while buf.get(next).is_some_and(|&b| b == b' ' || b == b'\t') {
+            (end, next) = line_end(buf, next).unwrap_or((buf.len(), buf.len()));
+        }
+        self.pos = next;
+        Some((pos, end))
+    }
 }
 
 fn record(s: &mut Salvage<'_>, buf: &[u8], start: usize, end: usize) {
