@@ -6,7 +6,7 @@
 //! ```text
 //! cargo bench --bench hotpath                        # criterion, wall-clock
 //! target/release/deps/hotpath-* --instructions CASE N  # run CASE N times, for callgrind
-//! perf/callgrind.sh                                  # instruction counts per message
+//! perf/hotpath.sh                                    # instruction counts per message
 //! ```
 //!
 //! The `--instructions` mode exists because a shared machine's wall-clock figures wander by
@@ -80,9 +80,14 @@ fn register() -> Vec<u8> {
     std::fs::read(path).expect("the realistic corpus is present")
 }
 
-/// One shard's core (shard 0 of 1: every call is in-shard) with the benchmark's two backends.
+/// Shards of the default layout: the message path includes the check that the message
+/// belongs to the shard reading it.
+const SHARDS: u16 = 2;
+
+/// The cores of [`SHARDS`] shards with the benchmark's two backends; each message is handled
+/// by the core of the shard owning its Call-ID, as kernel steering delivers it.
 struct Fixture {
-    core: Core,
+    cores: Vec<Core>,
     pool: Arc<Pool>,
     blacklist: Blacklist,
     out: Vec<u8>,
@@ -103,9 +108,14 @@ impl Fixture {
             listeners: vec![ListenerConfig::new(Transport::Udp, addr(PROXY))],
             ..ProxyConfig::default()
         };
-        let core = Core::new(config, 0, 1, Arc::clone(&pool)).expect("a valid proxy config");
+        let cores = (0..SHARDS)
+            .map(|shard| {
+                Core::new(config.clone(), shard, SHARDS, Arc::clone(&pool))
+                    .expect("a valid proxy config")
+            })
+            .collect();
         Self {
-            core,
+            cores,
             pool,
             blacklist: Blacklist::default(),
             out: vec![0u8; 65_535],
@@ -114,7 +124,13 @@ impl Fixture {
         }
     }
 
-    fn handle(&mut self, src: SocketAddr, bytes: &[u8]) -> Verdict {
+    /// The shard owning a message's Call-ID (worked out once per case, outside the counts).
+    fn owner(bytes: &[u8]) -> usize {
+        let call_id = sip::salvage_call_id(bytes).map_or(&b""[..], |span| span.slice(bytes));
+        usize::from(sipedge::shard::shard_of(call_id, SHARDS))
+    }
+
+    fn handle(&mut self, shard: usize, src: SocketAddr, bytes: &[u8]) -> Verdict {
         let input = Inbound {
             now: self.now,
             src,
@@ -125,13 +141,12 @@ impl Fixture {
             compressed: false,
             bytes,
         };
-        self.core
-            .handle_inbound(input, &self.blacklist, &mut self.out)
+        self.cores[shard].handle_inbound(input, &self.blacklist, &mut self.out)
     }
 
     /// Forwards `bytes` and returns what went out and where.
     fn forward(&mut self, src: SocketAddr, bytes: &[u8]) -> (SocketAddr, Vec<u8>) {
-        match self.handle(src, bytes) {
+        match self.handle(Self::owner(bytes), src, bytes) {
             Verdict::Forward(t) => match t.dest {
                 Dest::Addr(_, to) => (to, self.out[..t.len].to_vec()),
                 other => panic!("forwarded to {other:?}, expected an address"),
@@ -164,8 +179,8 @@ fn response_to(forwarded: &[u8], code: u16, reason: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The cases: (name, source address, datagram), each checked to be forwarded.
-fn cases(f: &mut Fixture) -> Vec<(&'static str, SocketAddr, Vec<u8>)> {
+/// The cases: (name, source address, datagram, owning shard), each checked to be forwarded.
+fn cases(f: &mut Fixture) -> Vec<(&'static str, SocketAddr, Vec<u8>, usize)> {
     let client = addr(CLIENT);
     let invite = invite();
     let (backend, forwarded_invite) = f.forward(client, &invite);
@@ -187,7 +202,14 @@ fn cases(f: &mut Fixture) -> Vec<(&'static str, SocketAddr, Vec<u8>)> {
         ("200_bye", backend, response_to(&forwarded_bye, 200, b"OK")),
         ("register", client, register()),
     ];
-    for (name, src, bytes) in &cases {
+    let cases: Vec<_> = cases
+        .into_iter()
+        .map(|(name, src, bytes)| {
+            let shard = Fixture::owner(&bytes);
+            (name, src, bytes, shard)
+        })
+        .collect();
+    for (name, src, bytes, _) in &cases {
         let (to, _) = f.forward(*src, bytes);
         assert!(
             (src == &client) != (to == client),
@@ -201,10 +223,10 @@ fn bench_hotpath(c: &mut Criterion) {
     let mut f = Fixture::new();
     let cases = cases(&mut f);
     let mut g = c.benchmark_group("handle_inbound");
-    for (name, src, bytes) in &cases {
+    for (name, src, bytes, shard) in &cases {
         g.throughput(Throughput::Bytes(bytes.len() as u64));
         g.bench_function(*name, |b| {
-            b.iter(|| black_box(f.handle(*src, black_box(bytes))))
+            b.iter(|| black_box(f.handle(*shard, *src, black_box(bytes))))
         });
     }
     g.finish();
@@ -264,11 +286,11 @@ fn instructions(case: &str, n: u64) {
                 black_box(f.blacklist.is_blocked(black_box(backend), f.now));
             }
             name => {
-                let Some((_, src, bytes)) = cases.iter().find(|(n, _, _)| *n == name) else {
+                let Some((_, src, bytes, shard)) = cases.iter().find(|(n, ..)| *n == name) else {
                     eprintln!("unknown case {name}");
                     std::process::exit(2);
                 };
-                black_box(f.handle(*src, black_box(bytes)));
+                black_box(f.handle(*shard, *src, black_box(bytes)));
             }
         }
     }
@@ -277,8 +299,8 @@ fn instructions(case: &str, n: u64) {
 /// `--size CASE`: the datagram length of a case ("–" for the non-message cases).
 fn size(case: &str) {
     let mut f = Fixture::new();
-    match cases(&mut f).iter().find(|(n, _, _)| *n == case) {
-        Some((_, _, bytes)) => println!("{}", bytes.len()),
+    match cases(&mut f).iter().find(|(n, ..)| *n == case) {
+        Some((_, _, bytes, _)) => println!("{}", bytes.len()),
         None if case == "parse_invite" => println!("{}", invite().len()),
         None => println!("–"),
     }

@@ -29,7 +29,7 @@ CASES="invite 180 200_invite ack bye 200_bye register parse_invite select_backen
     echo "Run $(date -u '+%Y-%m-%d %H:%M UTC') with \`perf/hotpath.sh\`: valgrind $(valgrind --version | sed 's/valgrind-//') callgrind,"
     echo "release profile (\`cargo bench\`: LTO, one codegen unit), $(nproc) vCPU, kernel $(uname -r)."
     echo "Instructions per message = (instructions of N = 2000 runs - of N = 1000) / 1000, so set-up cancels out;"
-    echo "identical run to run. \`handle_inbound\` cases run one shard's \`Core\` (shard 0 of 1, two UDP backends) on the"
+    echo "identical run to run. \`handle_inbound\` cases run the \`Core\` of the shard owning the call (2 shards, two UDP backends; the ownership check counts) on the"
     echo "messages of one sipp-shaped call (INVITE with SDP from the client, 180/200 from the backend with our Via,"
     echo "ACK, BYE, 200) and the RFC 3261 §24.1 REGISTER; each is checked to be forwarded before it is counted."
     echo "Wall-clock figures for the same cases: \`cargo bench --bench hotpath\`."
