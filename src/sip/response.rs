@@ -135,6 +135,11 @@ pub fn salvage_call_id(buf: &[u8]) -> Option<Span> {
     let (_, lines) = salvage_lines(buf)?;
     for (start, end) in lines {
         let line = &buf[start..end];
+        // Only a name starting with `c` or `i` can be Call-ID's: most lines end here.
+        let first = line.iter().find(|b| !b.is_ascii_whitespace());
+        if !first.is_some_and(|&b| matches!(b | 0x20, b'c' | b'i')) {
+            continue;
+        }
         let Some(colon) = line.iter().position(|&b| b == b':') else {
             continue;
         };
