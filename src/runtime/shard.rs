@@ -312,8 +312,12 @@ async fn shard_main(setup: ShardSetup, shared: Arc<Shared>) -> io::Result<()> {
         sigcomp,
         udp_out: RefCell::new(sockopt::SendBatch::new(BUF_SIZE)),
     });
+    // Receive batches are made resident here, before the shard counts as started (and the
+    // process as ready): faulting in megabytes while datagrams queue would delay the first
+    // calls by tens of milliseconds.
     for i in 0..shard.udp.len() {
-        monoio::spawn(udp_loop(Rc::clone(&shard), i));
+        let batch = sockopt::RecvBatch::new(BUF_SIZE);
+        monoio::spawn(udp_loop(Rc::clone(&shard), i, batch));
     }
     for (listener, local) in listeners {
         monoio::spawn(accept_loop(Rc::clone(&shard), listener, local));
@@ -926,9 +930,8 @@ fn count_message(metrics: &ShardMetrics, bytes: &[u8], inbound: bool) {
     }
 }
 
-async fn udp_loop(shard: Rc<Shard>, index: usize) {
-    // Allocated once: the receive buffers of a whole batch and the send buffer.
-    let mut batch = sockopt::RecvBatch::new(BUF_SIZE);
+async fn udp_loop(shard: Rc<Shard>, index: usize, mut batch: sockopt::RecvBatch) {
+    // Allocated once: the receive buffers of a whole batch (by the caller) and the send buffer.
     let mut sbuf: Vec<u8> = vec![0u8; BUF_SIZE];
     let mut since_yield = 0u32;
     let Some(endpoint) = shard.udp.get(index) else {
