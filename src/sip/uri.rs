@@ -39,6 +39,24 @@ impl<'b> Host<'b> {
     }
 }
 
+/// Bytes of a hostname or IPv4 address (RFC 3261 §25.1): letters, digits, `-` and `.`.
+static HOST_CHAR: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut c = 0usize;
+    while c < 256 {
+        let b = c as u8;
+        table[c] = b.is_ascii_alphanumeric() || b == b'-' || b == b'.';
+        c += 1;
+    }
+    table
+};
+
+/// A byte of a hostname or IPv4 address: letter, digit, `-` or `.`.
+#[inline]
+pub(crate) fn is_host_char(b: u8) -> bool {
+    HOST_CHAR[usize::from(b)]
+}
+
 /// Validates and classifies a host. Rejects empty hosts and characters outside the grammar.
 pub(crate) fn parse_host(text: &[u8]) -> Option<Host<'_>> {
     let (&first, &last) = (text.first()?, text.last()?);
