@@ -1,7 +1,7 @@
 //! A bounded cursor over a region of the message buffer, with absolute offsets.
 
 use super::Span;
-use super::chars::{is_lws, is_token};
+use super::chars::{contains_byte, is_lws, is_token};
 
 #[derive(Clone)]
 /// Reads `buf[pos..end]`; every position it reports is an offset into the whole buffer.
@@ -135,7 +135,7 @@ impl Iterator for ListIter<'_> {
         let start = self.pos;
         // Most values hold no comma at all: then the rest is one element, found without
         // walking quotes and brackets byte by byte.
-        if !self.buf[start..self.end].contains(&b',') {
+        if !contains_byte(&self.buf[start..self.end], b',') {
             self.done = true;
             return Some(trim(self.buf, Span::new(start, self.end)));
         }

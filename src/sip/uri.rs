@@ -3,7 +3,8 @@
 use super::Span;
 use super::Transport;
 use super::chars::{
-    eq_ic, is_abs_uri, is_password, is_token, is_uri_headers, is_uri_param, is_user, parse_decimal,
+    contains_byte, eq_ic, is_abs_uri, is_password, is_token, is_uri_headers, is_uri_param, is_user,
+    parse_decimal,
 };
 
 /// The kind of a host (RFC 3261 §25.1 `host = hostname / IPv4address / IPv6reference`).
@@ -347,13 +348,13 @@ fn sip_authority(
                     Some(&after[..pass_len]),
                     Some(user_len + 1 + pass_len + 1),
                 )
-            } else if after[pass_len..].contains(&b'@') {
+            } else if contains_byte(&after[pass_len..], b'@') {
                 return Err(bad(pos));
             } else {
                 (None, None, None)
             }
         }
-        Some(_) if text[user_len..].contains(&b'@') => return Err(bad(pos)),
+        Some(_) if contains_byte(&text[user_len..], b'@') => return Err(bad(pos)),
         _ => (None, None, None),
     };
     if let Some(len) = userinfo_len {

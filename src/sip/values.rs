@@ -3,7 +3,7 @@
 
 use super::Span;
 use super::Transport;
-use super::chars::{eq_ic, is_gen_value, is_lws, is_token};
+use super::chars::{contains_byte, eq_ic, is_gen_value, is_lws, is_token};
 use super::cursor::Cursor;
 use super::uri::{Host, Uri, UriError, check_uri, is_host_char, parse_host, parse_port, parse_uri};
 
@@ -350,7 +350,7 @@ fn name_addr_front(buf: &[u8], span: Span) -> Result<NameAddrFront<'_>, usize> {
             display_name = (!trimmed.is_empty()).then(|| trimmed.slice(buf));
             cur.pos = start + name_len;
             true
-        } else if value[name_len..].contains(&b'<') {
+        } else if contains_byte(&value[name_len..], b'<') {
             return Err(start + name_len);
         } else {
             false
