@@ -596,6 +596,10 @@ fn looks_like_version(v: &[u8]) -> bool {
 
 /// RFC 3261 §7.1: SIP-Version = "SIP" "/" 1*DIGIT "." 1*DIGIT; only 2.0 is supported (505 else).
 fn check_version(v: &[u8], at: usize) -> Result<(), ParseError> {
+    // The version every message carries, which the checks below accept.
+    if v == b"SIP/2.0" {
+        return Ok(());
+    }
     if !looks_like_version(v) {
         return Err(err(ErrorKind::StartLine, at, None));
     }
