@@ -239,8 +239,9 @@ enum SchemeOf {
 #[inline(always)]
 fn scheme_of(buf: &[u8], start: usize, end: usize) -> Result<SchemeOf, UriError> {
     let text = buf.get(start..end).ok_or(UriError::Malformed(start))?;
-    // The usual schemes first, without scanning for the colon.
-    if text.len() >= 4 && eq_ic(&text[..4], b"sip:") {
+    // The usual schemes first, without scanning for the colon; lower case as written almost
+    // always, then in any case.
+    if text.starts_with(b"sip:") || (text.len() >= 4 && eq_ic(&text[..4], b"sip:")) {
         return Ok(SchemeOf::Sip(Scheme::Sip, start + 4));
     }
     if text.len() >= 5 && eq_ic(&text[..5], b"sips:") {
