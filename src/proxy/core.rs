@@ -515,11 +515,13 @@ impl Core {
         // Parsing is deterministic, so a message that runs out of these slots fails exactly
         // there and gets the same result from a full-size second parse.
         let mut slots = [EMPTY_HEADER; FEW_HEADER_SLOTS];
-        match self.parse_with(&input, &mut slots) {
+        // The parsed message is lent, not moved: it is large, and moving it cost a copy.
+        let parsed = self.parse_with(&input, &mut slots);
+        match &parsed {
             Err(e) if e.kind == ErrorKind::TooManyHeaders => {
                 self.handle_many_headers(&input, blacklist, out)
             }
-            parsed => self.handle_parsed(&input, parsed, blacklist, out),
+            _ => self.handle_parsed(&input, &parsed, blacklist, out),
         }
     }
 
@@ -534,7 +536,7 @@ impl Core {
     ) -> Verdict {
         let mut slots = [EMPTY_HEADER; HEADER_SLOTS];
         let parsed = self.parse_with(input, &mut slots);
-        self.handle_parsed(input, parsed, blacklist, out)
+        self.handle_parsed(input, &parsed, blacklist, out)
     }
 
     fn parse_with<'h, 'b>(
@@ -552,14 +554,14 @@ impl Core {
     fn handle_parsed(
         &mut self,
         input: &Inbound<'_>,
-        parsed: Result<Message<'_, '_>, ParseError>,
+        parsed: &Result<Message<'_, '_>, ParseError>,
         blacklist: &Blacklist,
         out: &mut [u8],
     ) -> Verdict {
         match parsed {
-            Ok(msg) if msg.is_request() => self.handle_request(input, &msg, blacklist, out),
-            Ok(msg) => self.handle_response(input, &msg, blacklist, out),
-            Err(e) => self.handle_unparseable(input, e, out),
+            Ok(msg) if msg.is_request() => self.handle_request(input, msg, blacklist, out),
+            Ok(msg) => self.handle_response(input, msg, blacklist, out),
+            Err(e) => self.handle_unparseable(input, *e, out),
         }
     }
 
@@ -764,26 +766,31 @@ impl Core {
             }
         }
 
-        // §16.3 item 5: Proxy-Require.
-        let mut unsupported = [0u8; 512];
-        let mut w = Out::new(&mut unsupported);
-        for tag in msg.option_tags(HeaderName::ProxyRequire) {
-            let tag = tag.value;
-            if !self
-                .config
+        // §16.3 item 5: Proxy-Require. The Unsupported text is built only when it is needed,
+        // so the common request does not pay for clearing its buffer.
+        let supported = |core: &Self, tag: &[u8]| {
+            core.config
                 .proxy_require_supported
                 .iter()
                 .any(|s| s.as_bytes() == tag)
-            {
-                w.put(if w.len() == 0 {
-                    b"Unsupported: "
-                } else {
-                    b", "
-                });
-                w.put(tag);
+        };
+        if msg
+            .option_tags(HeaderName::ProxyRequire)
+            .any(|tag| !supported(self, tag.value))
+        {
+            let mut unsupported = [0u8; 512];
+            let mut w = Out::new(&mut unsupported);
+            for tag in msg.option_tags(HeaderName::ProxyRequire) {
+                let tag = tag.value;
+                if !supported(self, tag) {
+                    w.put(if w.len() == 0 {
+                        b"Unsupported: "
+                    } else {
+                        b", "
+                    });
+                    w.put(tag);
+                }
             }
-        }
-        if w.len() > 0 {
             w.put(b"\r\n");
             let len = if w.overflowed() { 0 } else { w.len() };
             return reject(self, 420, b"Bad Extension", &unsupported[..len], out);

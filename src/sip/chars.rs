@@ -114,6 +114,63 @@ pub(crate) fn find_line_break(buf: &[u8], from: usize) -> usize {
     buf.len()
 }
 
+/// Offset of the first `byte` in `hay`.
+#[inline]
+pub(crate) fn find_byte(hay: &[u8], byte: u8) -> Option<usize> {
+    find_either(hay, byte, byte)
+}
+
+/// Offset of the first byte of `hay` that is `a` or `b`.
+///
+/// Eight bytes at a time: XOR with a byte repeated turns a match into a zero byte, and the
+/// lowest byte the zero test flags is exact (borrows only run upwards), for each of the two
+/// tests and so for their union.
+#[inline]
+pub(crate) fn find_either(hay: &[u8], a: u8, b: u8) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    let (pa, pb) = (ONES * u64::from(a), ONES * u64::from(b));
+    let mut words = hay.chunks_exact(8);
+    let mut at = 0;
+    for w in &mut words {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(w);
+        let x = u64::from_le_bytes(word);
+        let found = zero(x ^ pa) | zero(x ^ pb);
+        if found != 0 {
+            return Some(at + (found.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    words
+        .remainder()
+        .iter()
+        .position(|&c| c == a || c == b)
+        .map(|i| at + i)
+}
+
+/// True when `byte` occurs in `hay`.
+///
+/// Eight bytes at a time, as [`find_line_break`]: XOR with the byte repeated turns a match into
+/// a zero byte, and "has a zero byte" is exact for the question whether there is one.
+#[inline]
+pub(crate) fn contains_byte(hay: &[u8], byte: u8) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let pattern = ONES * u64::from(byte);
+    let mut words = hay.chunks_exact(8);
+    for w in &mut words {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(w);
+        let x = u64::from_le_bytes(word) ^ pattern;
+        if x.wrapping_sub(ONES) & !x & HIGH != 0 {
+            return true;
+        }
+    }
+    words.remainder().contains(&byte)
+}
+
 /// Linear white space inside a header value. A folded line keeps its CRLF in the value, and
 /// RFC 3261 §7.3.1 makes the fold equivalent to a space, so CR and LF count as white space here.
 #[inline]
@@ -169,6 +226,51 @@ mod tests {
         control_then_crlf_same_word: b"ab\tc\r\nefghij", 0 => 4;
         high_bytes_skipped: b"\xff\xfe\x80\x8d\x8a\xc3\xa9xyz\r", 0 => 10;
         past_end: b"ab", 5 => 2;
+    }
+
+    #[test]
+    fn find_byte_matches_a_plain_scan() {
+        let text = b"Content-Length : 1\r\nVia:\x3a\xba\x3b:::x\0abcdefghijklmnop:";
+        for from in 0..=text.len() {
+            for to in from..=text.len() {
+                let hay = &text[from..to];
+                for byte in [b':', b'x', 0, 0xba, 0x3b, b'\n'] {
+                    let plain = hay.iter().position(|&b| b == byte);
+                    assert_eq!(find_byte(hay, byte), plain, "{from}..{to} {byte}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn find_either_matches_a_plain_scan() {
+        let text = b"INVITE sip:a@b\tSIP/2.0 \x20\x09\xa0\x89 x\0abcdefghijklmnopq\t";
+        for from in 0..=text.len() {
+            for to in from..=text.len() {
+                let hay = &text[from..to];
+                for (a, b) in [(b' ', b'\t'), (b'\t', b' '), (0, 0xa0), (b'q', b'x')] {
+                    let plain = hay.iter().position(|&c| c == a || c == b);
+                    assert_eq!(find_either(hay, a, b), plain, "{from}..{to} {a} {b}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn contains_byte_matches_a_plain_scan() {
+        let text = b"Via: SIP/2.0/UDP a,b;x=\"q\\\"\"\r\n f\0oo,\x0c\rbar\nbaz<\x0d\xac\x2c";
+        for from in 0..=text.len() {
+            for to in from..=text.len() {
+                let hay = &text[from..to];
+                for byte in [b',', b'<', b'@', 0, 0xac, 0x2b, 0x2d, b'\r'] {
+                    assert_eq!(
+                        contains_byte(hay, byte),
+                        hay.contains(&byte),
+                        "{from}..{to} {byte}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! A bounded cursor over a region of the message buffer, with absolute offsets.
 
 use super::Span;
-use super::chars::{is_lws, is_token};
+use super::chars::{contains_byte, is_lws, is_token};
 
 #[derive(Clone)]
 /// Reads `buf[pos..end]`; every position it reports is an offset into the whole buffer.
@@ -36,6 +36,7 @@ impl<'b> Cursor<'b> {
     }
 
     /// Skips linear white space (folds included); returns whether any was skipped.
+    #[inline]
     pub(crate) fn skip_lws(&mut self) -> bool {
         let n = self.count_while(is_lws);
         self.pos += n;
@@ -50,6 +51,7 @@ impl<'b> Cursor<'b> {
         rest.iter().position(|&b| !pred(b)).unwrap_or(rest.len())
     }
 
+    #[inline]
     pub(crate) fn eat(&mut self, byte: u8) -> bool {
         if self.peek() == Some(byte) {
             self.pos += 1;
@@ -60,6 +62,7 @@ impl<'b> Cursor<'b> {
     }
 
     /// Consumes bytes while `pred` holds and returns their span (possibly empty).
+    #[inline]
     pub(crate) fn take_while(&mut self, pred: impl Fn(u8) -> bool) -> Span {
         let start = self.pos;
         self.pos += self.count_while(pred);
@@ -67,6 +70,7 @@ impl<'b> Cursor<'b> {
     }
 
     /// Consumes a non-empty token.
+    #[inline]
     pub(crate) fn token(&mut self) -> Option<Span> {
         let span = self.take_while(is_token);
         (!span.is_empty()).then_some(span)
@@ -93,6 +97,7 @@ impl<'b> Cursor<'b> {
         None
     }
 
+    #[inline]
     pub(crate) fn slice(&self, span: Span) -> &'b [u8] {
         span.slice(self.buf)
     }
@@ -130,7 +135,7 @@ impl Iterator for ListIter<'_> {
         let start = self.pos;
         // Most values hold no comma at all: then the rest is one element, found without
         // walking quotes and brackets byte by byte.
-        if !self.buf[start..self.end].contains(&b',') {
+        if !contains_byte(&self.buf[start..self.end], b',') {
             self.done = true;
             return Some(trim(self.buf, Span::new(start, self.end)));
         }

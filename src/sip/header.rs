@@ -186,7 +186,7 @@ impl HeaderName {
     }
 }
 
-/// `name` equals the lower-case `long` (same length) ignoring ASCII case, eight bytes at a time.
+/// `name` equals the lower-case `long` (same length) ignoring ASCII case, a word at a time.
 ///
 /// `long` holds only lower-case letters and `-`. Letters are the bytes with bit 0x40 set, so
 /// `(long & 0x40..) >> 1` puts 0x20 exactly where `long` has a letter: setting that bit in
@@ -203,7 +203,28 @@ fn eq_folded(name: &[u8], long: &[u8]) -> bool {
         w.copy_from_slice(&b[at..at + 8]);
         u64::from_le_bytes(w)
     };
+    // Shorter names: two overlapping loads of four (or two) bytes each.
     if n < 8 {
+        if n >= 4 {
+            let word = |b: &[u8], at: usize| {
+                let mut w = [0u8; 4];
+                w.copy_from_slice(&b[at..at + 4]);
+                u32::from_le_bytes(w)
+            };
+            let same = |at: usize| {
+                let l = word(long, at);
+                word(name, at) | ((l & LETTER as u32) >> 1) == l
+            };
+            return same(0) && same(n - 4);
+        }
+        if n >= 2 {
+            let word = |b: &[u8], at: usize| u16::from_le_bytes([b[at], b[at + 1]]);
+            let same = |at: usize| {
+                let l = word(long, at);
+                word(name, at) | ((l & LETTER as u16) >> 1) == l
+            };
+            return same(0) && same(n - 2);
+        }
         return name
             .iter()
             .zip(long)
@@ -316,6 +337,15 @@ mod tests {
         long_upper: b"PROXY-AUTHORIZATION" => HeaderName::ProxyAuthorization,
         last_word_differs: b"proxy-authorizatioN" => HeaderName::ProxyAuthorization,
         last_byte_wrong: b"proxy-authorizaxion" => HeaderName::Other,
+        to_mixed_case: b"tO" => HeaderName::To,
+        to_wrong: b"tp" => HeaderName::Other,
+        via_mixed_case: b"vIA" => HeaderName::Via,
+        via_middle_wrong: b"vxa" => HeaderName::Other,
+        from_upper: b"FROM" => HeaderName::From,
+        from_middle_wrong: b"frxm" => HeaderName::Other,
+        contact_mixed: b"CoNtAcT" => HeaderName::Contact,
+        contact_middle_wrong: b"conxact" => HeaderName::Other,
+        call_id_underscore: b"call_id" => HeaderName::Other,
     }
 
     #[test]

@@ -162,16 +162,43 @@ impl<'a> Out<'a> {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-/// Formats `n` in decimal into `buf` and returns the digits.
-pub(crate) fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+/// The two-digit decimal forms of 0 to 99, in order.
+static DIGIT_PAIRS: [u8; 200] = {
+    let mut table = [0u8; 200];
+    let mut i = 0;
+    while i < 100 {
+        table[2 * i] = b'0' + (i / 10) as u8;
+        table[2 * i + 1] = b'0' + (i % 10) as u8;
+        i += 1;
+    }
+    table
+};
+
+/// Formats `n` in decimal into `buf` and returns the digits (two digits per division; the
+/// ports and lengths written per message fit in 32 bits, where division is cheaper).
+pub(crate) fn itoa(n: u64, buf: &mut [u8; 20]) -> &[u8] {
     let mut i = buf.len();
-    loop {
+    let mut n = n;
+    while n > u64::from(u32::MAX) {
+        let pair = (n % 100) as usize * 2;
+        n /= 100;
+        i -= 2;
+        buf[i..i + 2].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
+    }
+    let mut m = n as u32;
+    while m >= 100 {
+        let pair = (m % 100) as usize * 2;
+        m /= 100;
+        i -= 2;
+        buf[i..i + 2].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
+    }
+    if m >= 10 {
+        let pair = m as usize * 2;
+        i -= 2;
+        buf[i..i + 2].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
+    } else {
         i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
+        buf[i] = b'0' + m as u8;
     }
     &buf[i..]
 }
@@ -240,6 +267,30 @@ mod tests {
         assert_eq!(render(|o| o.put_hex_compact(0x1f00)), "1f00");
         assert_eq!(parse_hex(b"1F00"), Some(0x1f00));
         assert_eq!(parse_hex(b"g"), None);
+    }
+
+    #[test]
+    fn itoa_matches_the_standard_formatting() {
+        let mut values: Vec<u64> = (0..=100_000).collect();
+        for shift in 0..64 {
+            let p = 1u64 << shift;
+            values.extend([p - 1, p, p + 1]);
+        }
+        let mut ten = 1u64;
+        while let Some(next) = ten.checked_mul(10) {
+            values.extend([ten - 1, ten, ten + 1, next - 1]);
+            ten = next;
+        }
+        values.extend([
+            u64::from(u32::MAX),
+            u64::from(u32::MAX) + 1,
+            u64::MAX - 1,
+            u64::MAX,
+        ]);
+        for n in values {
+            let mut buf = [0u8; 20];
+            assert_eq!(itoa(n, &mut buf), n.to_string().as_bytes(), "{n}");
+        }
     }
 
     #[test]

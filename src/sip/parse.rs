@@ -1,7 +1,9 @@
 //! The datagram parser: start line, header lines, typed checks of the headers a proxy uses,
 //! and the body by Content-Length.
 
-use super::chars::{eq_ic, find_line_break, is_call_id, is_token, parse_decimal};
+use super::chars::{
+    eq_ic, find_byte, find_either, find_line_break, is_call_id, is_token, parse_decimal,
+};
 use super::cursor::{ListIter, trim};
 use super::uri::{SipUri, Uri, UriError, parse_uri};
 use super::values::{CSeq, NameAddr, Via, check_name_addr, parse_cseq, parse_name_addr, parse_via};
@@ -269,22 +271,36 @@ fn parse_inner<'h, 'b>(
         if content_end - line_start > limits.max_header_line {
             return Err(err(ErrorKind::HeaderTooLong, line_start, None));
         }
-        let name_len = buf[line_start..content_end]
-            .iter()
-            .position(|&b| !is_token(b))
-            .unwrap_or(content_end - line_start);
-        if name_len == 0 {
-            return Err(err(ErrorKind::HeaderName, line_start, None));
+        // The name is what precedes the first colon, less trailing SP/HT. A recognised name
+        // is all letters and `-` (the comparison is exact), hence a valid token followed by
+        // white space and that colon, so only an unrecognised one needs the token scan; when
+        // that scan passes, it finds this same name and colon.
+        let line = &buf[line_start..content_end];
+        let first_colon = find_byte(line, b':');
+        let mut name_len = first_colon.unwrap_or(0);
+        while name_len > 0 && matches!(line[name_len - 1], b' ' | b'\t') {
+            name_len -= 1;
         }
-        let mut colon = line_start + name_len;
-        while colon < content_end && matches!(buf[colon], b' ' | b'\t') {
-            colon += 1;
-        }
-        if colon >= content_end || buf[colon] != b':' {
-            return Err(err(ErrorKind::HeaderName, line_start, None));
-        }
-        let name = &buf[line_start..line_start + name_len];
+        let name = &line[..name_len];
         let kind = HeaderName::classify(name);
+        if kind == HeaderName::Other {
+            let token_len = line
+                .iter()
+                .position(|&b| !is_token(b))
+                .unwrap_or(line.len());
+            if token_len == 0 {
+                return Err(err(ErrorKind::HeaderName, line_start, None));
+            }
+            let mut colon = token_len;
+            while colon < line.len() && matches!(line[colon], b' ' | b'\t') {
+                colon += 1;
+            }
+            if colon >= line.len() || line[colon] != b':' {
+                return Err(err(ErrorKind::HeaderName, line_start, None));
+            }
+            debug_assert!(first_colon == Some(colon) && token_len == name_len);
+        }
+        let colon = line_start + first_colon.unwrap_or(0);
         // A bare CR inside a line is never legal (RFC 3261 §25.1 excludes it even from
         // quoted-pair). One before the colon has already failed the name check.
         if let Some(cr) = bare_cr {
@@ -545,16 +561,13 @@ fn parse_start_line(buf: &[u8], pos: usize, end: usize) -> Result<StartLine<'_>,
         ));
     }
     let uri_start = method_len + 1;
-    let uri_len = line[uri_start..]
-        .iter()
-        .take_while(|&&b| b != b' ' && b != b'\t')
-        .count();
+    let uri_len = find_either(&line[uri_start..], b' ', b'\t').unwrap_or(line.len() - uri_start);
     let version_start = uri_start + uri_len + 1;
     if uri_len == 0 || line.get(uri_start + uri_len) != Some(&b' ') {
         return Err(bad(ErrorKind::StartLine, pos + uri_start));
     }
     let version = &line[version_start..];
-    if version.iter().any(|&b| b == b' ' || b == b'\t') {
+    if find_either(version, b' ', b'\t').is_some() {
         // Extra SP inside the Request-URI, or trailing SP after the version (RFC 4475 §3.1.2.8-10).
         return Err(bad(
             if looks_like_version(version) {
@@ -583,6 +596,10 @@ fn looks_like_version(v: &[u8]) -> bool {
 
 /// RFC 3261 §7.1: SIP-Version = "SIP" "/" 1*DIGIT "." 1*DIGIT; only 2.0 is supported (505 else).
 fn check_version(v: &[u8], at: usize) -> Result<(), ParseError> {
+    // The version every message carries, which the checks below accept.
+    if v == b"SIP/2.0" {
+        return Ok(());
+    }
     if !looks_like_version(v) {
         return Err(err(ErrorKind::StartLine, at, None));
     }

@@ -40,6 +40,12 @@ impl Transport {
             (b"WS", Transport::Ws),
             (b"WSS", Transport::Wss),
         ];
+        // The tokens as almost every message writes them, before the case-insensitive table.
+        match token {
+            b"UDP" => return Self::Udp,
+            b"TCP" => return Self::Tcp,
+            _ => {}
+        }
         TABLE
             .iter()
             .find(|(name, _)| eq_ic(name, token))

@@ -3,7 +3,8 @@
 use super::Span;
 use super::Transport;
 use super::chars::{
-    eq_ic, is_abs_uri, is_password, is_token, is_uri_headers, is_uri_param, is_user, parse_decimal,
+    contains_byte, eq_ic, is_abs_uri, is_password, is_token, is_uri_headers, is_uri_param, is_user,
+    parse_decimal,
 };
 
 /// The kind of a host (RFC 3261 §25.1 `host = hostname / IPv4address / IPv6reference`).
@@ -37,6 +38,24 @@ impl<'b> Host<'b> {
             _ => self.text,
         }
     }
+}
+
+/// Bytes of a hostname or IPv4 address (RFC 3261 §25.1): letters, digits, `-` and `.`.
+static HOST_CHAR: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut c = 0usize;
+    while c < 256 {
+        let b = c as u8;
+        table[c] = b.is_ascii_alphanumeric() || b == b'-' || b == b'.';
+        c += 1;
+    }
+    table
+};
+
+/// A byte of a hostname or IPv4 address: letter, digit, `-` or `.`.
+#[inline]
+pub(crate) fn is_host_char(b: u8) -> bool {
+    HOST_CHAR[usize::from(b)]
 }
 
 /// Validates and classifies a host. Rejects empty hosts and characters outside the grammar.
@@ -220,8 +239,9 @@ enum SchemeOf {
 #[inline(always)]
 fn scheme_of(buf: &[u8], start: usize, end: usize) -> Result<SchemeOf, UriError> {
     let text = buf.get(start..end).ok_or(UriError::Malformed(start))?;
-    // The usual schemes first, without scanning for the colon.
-    if text.len() >= 4 && eq_ic(&text[..4], b"sip:") {
+    // The usual schemes first, without scanning for the colon; lower case as written almost
+    // always, then in any case.
+    if text.starts_with(b"sip:") || (text.len() >= 4 && eq_ic(&text[..4], b"sip:")) {
         return Ok(SchemeOf::Sip(Scheme::Sip, start + 4));
     }
     if text.len() >= 5 && eq_ic(&text[..5], b"sips:") {
@@ -329,13 +349,13 @@ fn sip_authority(
                     Some(&after[..pass_len]),
                     Some(user_len + 1 + pass_len + 1),
                 )
-            } else if after[pass_len..].contains(&b'@') {
+            } else if contains_byte(&after[pass_len..], b'@') {
                 return Err(bad(pos));
             } else {
                 (None, None, None)
             }
         }
-        Some(_) if text[user_len..].contains(&b'@') => return Err(bad(pos)),
+        Some(_) if contains_byte(&text[user_len..], b'@') => return Err(bad(pos)),
         _ => (None, None, None),
     };
     if let Some(len) = userinfo_len {

@@ -3,9 +3,9 @@
 
 use super::Span;
 use super::Transport;
-use super::chars::{eq_ic, is_gen_value, is_lws, is_token};
+use super::chars::{contains_byte, eq_ic, is_gen_value, is_lws, is_token};
 use super::cursor::Cursor;
-use super::uri::{Host, Uri, UriError, check_uri, parse_host, parse_port, parse_uri};
+use super::uri::{Host, Uri, UriError, check_uri, is_host_char, parse_host, parse_port, parse_uri};
 
 /// One `;name[=value]` parameter of a header value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,7 +218,7 @@ pub(crate) fn parse_via(buf: &[u8], span: Span) -> Result<Via<'_>, usize> {
         }
         Span::new(host_start, cur.pos)
     } else {
-        cur.take_while(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        cur.take_while(is_host_char)
     };
     let host = parse_host(cur.slice(host_span)).ok_or(host_start)?;
     let mut sent_by_end = cur.pos;
@@ -350,7 +350,7 @@ fn name_addr_front(buf: &[u8], span: Span) -> Result<NameAddrFront<'_>, usize> {
             display_name = (!trimmed.is_empty()).then(|| trimmed.slice(buf));
             cur.pos = start + name_len;
             true
-        } else if value[name_len..].contains(&b'<') {
+        } else if contains_byte(&value[name_len..], b'<') {
             return Err(start + name_len);
         } else {
             false
