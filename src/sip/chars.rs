@@ -228,49 +228,46 @@ mod tests {
         past_end: b"ab", 5 => 2;
     }
 
+    /// Runs `check` on every sub-slice of `text` (with its range, for the failure message), so
+    /// the word-at-a-time scans meet every alignment and tail length.
+    fn every_window(text: &[u8], mut check: impl FnMut(&[u8], &str)) {
+        for from in 0..=text.len() {
+            for to in from..=text.len() {
+                check(&text[from..to], &format!("{from}..{to}"));
+            }
+        }
+    }
+
     #[test]
     fn find_byte_matches_a_plain_scan() {
         let text = b"Content-Length : 1\r\nVia:\x3a\xba\x3b:::x\0abcdefghijklmnop:";
-        for from in 0..=text.len() {
-            for to in from..=text.len() {
-                let hay = &text[from..to];
-                for byte in [b':', b'x', 0, 0xba, 0x3b, b'\n'] {
-                    let plain = hay.iter().position(|&b| b == byte);
-                    assert_eq!(find_byte(hay, byte), plain, "{from}..{to} {byte}");
-                }
+        every_window(text, |hay, at| {
+            for byte in [b':', b'x', 0, 0xba, 0x3b, b'\n'] {
+                let plain = hay.iter().position(|&b| b == byte);
+                assert_eq!(find_byte(hay, byte), plain, "{at} {byte}");
             }
-        }
+        });
     }
 
     #[test]
     fn find_either_matches_a_plain_scan() {
         let text = b"INVITE sip:a@b\tSIP/2.0 \x20\x09\xa0\x89 x\0abcdefghijklmnopq\t";
-        for from in 0..=text.len() {
-            for to in from..=text.len() {
-                let hay = &text[from..to];
-                for (a, b) in [(b' ', b'\t'), (b'\t', b' '), (0, 0xa0), (b'q', b'x')] {
-                    let plain = hay.iter().position(|&c| c == a || c == b);
-                    assert_eq!(find_either(hay, a, b), plain, "{from}..{to} {a} {b}");
-                }
+        every_window(text, |hay, at| {
+            for (a, b) in [(b' ', b'\t'), (b'\t', b' '), (0, 0xa0), (b'q', b'x')] {
+                let plain = hay.iter().position(|&c| c == a || c == b);
+                assert_eq!(find_either(hay, a, b), plain, "{at} {a} {b}");
             }
-        }
+        });
     }
 
     #[test]
     fn contains_byte_matches_a_plain_scan() {
         let text = b"Via: SIP/2.0/UDP a,b;x=\"q\\\"\"\r\n f\0oo,\x0c\rbar\nbaz<\x0d\xac\x2c";
-        for from in 0..=text.len() {
-            for to in from..=text.len() {
-                let hay = &text[from..to];
-                for byte in [b',', b'<', b'@', 0, 0xac, 0x2b, 0x2d, b'\r'] {
-                    assert_eq!(
-                        contains_byte(hay, byte),
-                        hay.contains(&byte),
-                        "{from}..{to} {byte}"
-                    );
-                }
+        every_window(text, |hay, at| {
+            for byte in [b',', b'<', b'@', 0, 0xac, 0x2b, 0x2d, b'\r'] {
+                assert_eq!(contains_byte(hay, byte), hay.contains(&byte), "{at} {byte}");
             }
-        }
+        });
     }
 
     #[test]
