@@ -550,10 +550,7 @@ impl Shard {
         match t.dest {
             Dest::Addr(Transport::Udp, addr) => {
                 let from = t.src.unwrap_or(arrived_on);
-                match mode {
-                    SendMode::Now => self.send_udp(from, addr, sbuf, t.len).await,
-                    SendMode::Batched => self.queue_udp(from, addr, sbuf, t.len).await,
-                }
+                self.send_udp(from, addr, sbuf, t.len, mode).await
             }
             Dest::Addr(Transport::Tcp, addr) => {
                 self.send_tcp(addr, bytes);
@@ -653,18 +650,37 @@ impl Shard {
         Some((endpoint, sbuf.get(..len)?))
     }
 
-    /// Sends at once, after whatever a receive loop has batched (it may be for the same
-    /// destination, and a call's messages leave in order).
+    /// Sends one datagram. `Batched` copies it into [`Shard::udp_out`], which the receive loop
+    /// sends when its receive batch is done (or now, when the batch is full). `Now` sends at
+    /// once, after whatever a receive loop has batched (it may be for the same destination,
+    /// and a call's messages leave in order).
     async fn send_udp(
         &self,
         from: SocketAddr,
         to: SocketAddr,
         sbuf: Vec<u8>,
         len: usize,
+        mode: SendMode,
     ) -> Vec<u8> {
         let Some((endpoint, bytes)) = self.udp_datagram(from, to, &sbuf, len) else {
             return sbuf;
         };
+        if mode == SendMode::Batched {
+            // Bounded: each flush empties the batch, and only this task runs between the
+            // flush and the push unless the flush waited for a full socket buffer.
+            for _ in 0..4 {
+                let queued = {
+                    let mut out = self.udp_out.borrow_mut();
+                    !out.is_full()
+                        && !out.conflicts(endpoint.fd, to)
+                        && out.push(endpoint.fd, bytes, to)
+                };
+                if queued {
+                    return sbuf;
+                }
+                self.flush_udp().await;
+            }
+        }
         if !self.udp_out.borrow().is_empty() {
             self.flush_udp().await;
         }
@@ -685,34 +701,6 @@ impl Shard {
             }
         }
         sbuf
-    }
-
-    /// Copies the datagram into [`Shard::udp_out`]; the receive loop sends it when its
-    /// receive batch is done (or now, when the batch is full).
-    async fn queue_udp(
-        &self,
-        from: SocketAddr,
-        to: SocketAddr,
-        sbuf: Vec<u8>,
-        len: usize,
-    ) -> Vec<u8> {
-        let Some((endpoint, bytes)) = self.udp_datagram(from, to, &sbuf, len) else {
-            return sbuf;
-        };
-        let fd = endpoint.fd;
-        // Bounded: each flush empties the batch, and only this task runs between the flush
-        // and the push unless the flush waited for a full socket buffer.
-        for _ in 0..4 {
-            let ready = {
-                let mut out = self.udp_out.borrow_mut();
-                !out.is_full() && !out.conflicts(fd, to) && out.push(fd, bytes, to)
-            };
-            if ready {
-                return sbuf;
-            }
-            self.flush_udp().await;
-        }
-        self.send_udp(from, to, sbuf, len).await
     }
 
     /// Sends every datagram of [`Shard::udp_out`]: one `sendmmsg` per socket, more only when

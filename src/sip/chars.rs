@@ -150,25 +150,10 @@ pub(crate) fn find_either(hay: &[u8], a: u8, b: u8) -> Option<usize> {
         .map(|i| at + i)
 }
 
-/// True when `byte` occurs in `hay`.
-///
-/// Eight bytes at a time, as [`find_line_break`]: XOR with the byte repeated turns a match into
-/// a zero byte, and "has a zero byte" is exact for the question whether there is one.
+/// True when `byte` occurs in `hay` (eight bytes at a time, by [`find_byte`]).
 #[inline]
 pub(crate) fn contains_byte(hay: &[u8], byte: u8) -> bool {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let pattern = ONES * u64::from(byte);
-    let mut words = hay.chunks_exact(8);
-    for w in &mut words {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(w);
-        let x = u64::from_le_bytes(word) ^ pattern;
-        if x.wrapping_sub(ONES) & !x & HIGH != 0 {
-            return true;
-        }
-    }
-    words.remainder().contains(&byte)
+    find_byte(hay, byte).is_some()
 }
 
 /// Linear white space inside a header value. A folded line keeps its CRLF in the value, and

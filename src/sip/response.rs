@@ -1,7 +1,7 @@
 //! Stateless responses (RFC 3261 §8.2.6, §16.7) and the salvage scan that makes them possible
 //! for messages that failed to parse (RFC 3261 §18.2.2, RFC 3581 §4).
 
-use super::chars::{eq_ic, is_lws};
+use super::chars::{eq_ic, find_byte, is_lws};
 use super::cursor::{ListIter, trim};
 use super::out::Out;
 use super::parse::{Message, line_end};
@@ -140,7 +140,7 @@ pub fn salvage_call_id(buf: &[u8]) -> Option<Span> {
         if !first.is_some_and(|&b| matches!(b | 0x20, b'c' | b'i')) {
             continue;
         }
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
+        let Some(colon) = find_byte(line, b':') else {
             continue;
         };
         if HeaderName::classify(line[..colon].trim_ascii()) == HeaderName::CallId {

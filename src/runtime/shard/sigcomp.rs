@@ -212,7 +212,7 @@ impl Shard {
                     .borrow()
                     .write_nack(&failure, message, &mut sbuf);
                 if let Ok(n) = written {
-                    sbuf = self.send_udp(local, src, sbuf, n).await;
+                    sbuf = self.send_udp(local, src, sbuf, n, SendMode::Now).await;
                 }
             }
         }
@@ -364,7 +364,7 @@ impl Shard {
         len: usize,
     ) -> Vec<u8> {
         let Some(sc) = &self.sigcomp else {
-            return self.send_udp(from, to, sbuf, len).await;
+            return self.send_udp(from, to, sbuf, len, SendMode::Now).await;
         };
         let Some(plain) = sbuf.get(..len) else {
             return sbuf;
@@ -380,14 +380,14 @@ impl Shard {
         if compressed.is_ok() {
             self.metrics().sigcomp(SigcompResult::Compressed);
             let n = wire.len();
-            let wire = self.send_udp(from, to, wire, n).await;
+            let wire = self.send_udp(from, to, wire, n, SendMode::Now).await;
             sc.give_buf(wire);
             sbuf
         } else {
             // Compression is a SHOULD (RFC 3486 §4): plain SIP always works.
             self.metrics().sigcomp(SigcompResult::SentPlain);
             sc.give_buf(wire);
-            self.send_udp(from, to, sbuf, len).await
+            self.send_udp(from, to, sbuf, len, SendMode::Now).await
         }
     }
 
