@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use criterion::{Criterion, Throughput, criterion_group};
 use sipedge::balance::{BackendSpec, Blacklist, Pool};
-use sipedge::proxy::{Core, Dest, Inbound, ListenerConfig, ProxyConfig, Verdict};
+use sipedge::proxy::{Core, Dest, Inbound, ListenerConfig, Placement, ProxyConfig, Verdict};
 use sipedge::sip::{self, Transport};
 
 const PROXY: &str = "127.0.0.1:5060";
@@ -130,14 +130,20 @@ impl Fixture {
         usize::from(sipedge::shard::shard_of(call_id, SHARDS))
     }
 
-    fn handle(&mut self, shard: usize, src: SocketAddr, bytes: &[u8]) -> Verdict {
+    fn handle(
+        &mut self,
+        shard: usize,
+        placement: Placement,
+        src: SocketAddr,
+        bytes: &[u8],
+    ) -> Verdict {
         let input = Inbound {
             now: self.now,
             src,
             local: self.local,
             transport: Transport::Udp,
             flow: None,
-            handed_off: false,
+            placement,
             compressed: false,
             bytes,
         };
@@ -146,7 +152,7 @@ impl Fixture {
 
     /// Forwards `bytes` and returns what went out and where.
     fn forward(&mut self, src: SocketAddr, bytes: &[u8]) -> (SocketAddr, Vec<u8>) {
-        match self.handle(Self::owner(bytes), src, bytes) {
+        match self.handle(Self::owner(bytes), Placement::Steered, src, bytes) {
             Verdict::Forward(t) => match t.dest {
                 Dest::Addr(_, to) => (to, self.out[..t.len].to_vec()),
                 other => panic!("forwarded to {other:?}, expected an address"),
@@ -179,14 +185,26 @@ fn response_to(forwarded: &[u8], code: u16, reason: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The cases: (name, source address, datagram, owning shard), each checked to be forwarded.
-fn cases(f: &mut Fixture) -> Vec<(&'static str, SocketAddr, Vec<u8>, usize)> {
+/// One message of the bench, run on the shard owning it.
+struct Case {
+    name: &'static str,
+    src: SocketAddr,
+    bytes: Vec<u8>,
+    shard: usize,
+    placement: Placement,
+}
+
+/// The cases, each checked to be forwarded. They arrive as on a kernel-steered socket (the
+/// default deployment: the owner is checked by the parsed Call-ID), except
+/// `invite_unsteered`, which arrives where any shard may read it (without CAP_BPF) and so
+/// pays for the Call-ID scan before the parse.
+fn cases(f: &mut Fixture) -> Vec<Case> {
     let client = addr(CLIENT);
     let invite = invite();
     let (backend, forwarded_invite) = f.forward(client, &invite);
     let (_, forwarded_bye) = f.forward(client, &in_dialog("BYE", 2));
     let cases = vec![
-        ("invite", client, invite),
+        ("invite", client, invite.clone()),
         (
             "180",
             backend,
@@ -201,19 +219,28 @@ fn cases(f: &mut Fixture) -> Vec<(&'static str, SocketAddr, Vec<u8>, usize)> {
         ("bye", client, in_dialog("BYE", 2)),
         ("200_bye", backend, response_to(&forwarded_bye, 200, b"OK")),
         ("register", client, register()),
+        ("invite_unsteered", client, invite),
     ];
     let cases: Vec<_> = cases
         .into_iter()
-        .map(|(name, src, bytes)| {
-            let shard = Fixture::owner(&bytes);
-            (name, src, bytes, shard)
+        .map(|(name, src, bytes)| Case {
+            name,
+            src,
+            shard: Fixture::owner(&bytes),
+            placement: if name.ends_with("_unsteered") {
+                Placement::Unknown
+            } else {
+                Placement::Steered
+            },
+            bytes,
         })
         .collect();
-    for (name, src, bytes, _) in &cases {
-        let (to, _) = f.forward(*src, bytes);
+    for case in &cases {
+        let (to, _) = f.forward(case.src, &case.bytes);
         assert!(
-            (src == &client) != (to == client),
-            "{name}: requests must go to a backend and responses to the client"
+            (case.src == client) != (to == client),
+            "{}: requests must go to a backend and responses to the client",
+            case.name
         );
     }
     cases
@@ -223,10 +250,12 @@ fn bench_hotpath(c: &mut Criterion) {
     let mut f = Fixture::new();
     let cases = cases(&mut f);
     let mut g = c.benchmark_group("handle_inbound");
-    for (name, src, bytes, shard) in &cases {
-        g.throughput(Throughput::Bytes(bytes.len() as u64));
-        g.bench_function(*name, |b| {
-            b.iter(|| black_box(f.handle(*shard, *src, black_box(bytes))))
+    for case in &cases {
+        g.throughput(Throughput::Bytes(case.bytes.len() as u64));
+        g.bench_function(case.name, |b| {
+            b.iter(|| {
+                black_box(f.handle(case.shard, case.placement, case.src, black_box(&case.bytes)))
+            })
         });
     }
     g.finish();
@@ -286,11 +315,11 @@ fn instructions(case: &str, n: u64) {
                 black_box(f.blacklist.is_blocked(black_box(backend), f.now));
             }
             name => {
-                let Some((_, src, bytes, shard)) = cases.iter().find(|(n, ..)| *n == name) else {
+                let Some(case) = cases.iter().find(|c| c.name == name) else {
                     eprintln!("unknown case {name}");
                     std::process::exit(2);
                 };
-                black_box(f.handle(*shard, *src, black_box(bytes)));
+                black_box(f.handle(case.shard, case.placement, case.src, black_box(&case.bytes)));
             }
         }
     }
@@ -299,8 +328,8 @@ fn instructions(case: &str, n: u64) {
 /// `--size CASE`: the datagram length of a case ("–" for the non-message cases).
 fn size(case: &str) {
     let mut f = Fixture::new();
-    match cases(&mut f).iter().find(|(n, ..)| *n == case) {
-        Some((_, _, bytes, _)) => println!("{}", bytes.len()),
+    match cases(&mut f).iter().find(|c| c.name == case) {
+        Some(found) => println!("{}", found.bytes.len()),
         None if case == "parse_invite" => println!("{}", invite().len()),
         None => println!("–"),
     }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use sipedge::balance::{BackendSpec, Blacklist, Pool};
-use sipedge::proxy::{Core, Dest, Inbound, ProxyConfig, Verdict};
+use sipedge::proxy::{Core, Dest, Inbound, Placement, ProxyConfig, Verdict};
 use sipedge::sip::Transport;
 
 const PROXY: &str = "192.0.2.10:5060";
@@ -59,7 +59,7 @@ fn inbound<'b>(src: SocketAddr, bytes: &'b [u8]) -> Inbound<'b> {
         local: PROXY.parse().unwrap(),
         transport: Transport::Udp,
         flow: None,
-        handed_off: false,
+        placement: Placement::Unknown,
         compressed: false,
         bytes,
     }

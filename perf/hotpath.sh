@@ -22,7 +22,7 @@ ir() {
         sed -n 's/.*Collected : \([0-9]*\).*/\1/p'
 }
 
-CASES="invite 180 200_invite ack bye 200_bye register parse_invite select_backend blacklist_lookup"
+CASES="invite 180 200_invite ack bye 200_bye register invite_unsteered parse_invite select_backend blacklist_lookup"
 {
     echo "## Hot path"
     echo

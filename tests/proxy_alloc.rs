@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use sipedge::balance::{BackendSpec, Blacklist, Pool};
-use sipedge::proxy::{Core, Dest, FlowId, Inbound, ProxyConfig, Verdict};
+use sipedge::proxy::{Core, Dest, FlowId, Inbound, Placement, ProxyConfig, Verdict};
 use sipedge::sip::Transport;
 
 struct Counting;
@@ -63,6 +63,7 @@ fn run(
     out: &mut [u8],
     src: &str,
     tcp: bool,
+    placement: Placement,
     bytes: &[u8],
 ) -> (Verdict, usize) {
     let input = Inbound {
@@ -71,7 +72,7 @@ fn run(
         local: addr("192.0.2.10:5060"),
         transport: if tcp { Transport::Tcp } else { Transport::Udp },
         flow: tcp.then_some(FlowId(9)),
-        handed_off: false,
+        placement,
         compressed: false,
         bytes,
     };
@@ -105,7 +106,16 @@ fn handle_inbound_does_not_allocate() {
              From: <sip:a@example.com>;tag=1\r\nTo: <sip:b@example.org>\r\nCall-ID: warm{i}\r\nCSeq: 1 OPTIONS\r\n\r\n"
         );
         if matches!(
-            run(&mut core, &bl, &mut out, client, false, warm.as_bytes()).0,
+            run(
+                &mut core,
+                &bl,
+                &mut out,
+                client,
+                false,
+                Placement::Unknown,
+                warm.as_bytes()
+            )
+            .0,
             Verdict::Forward(_)
         ) {
             break;
@@ -128,8 +138,21 @@ fn handle_inbound_does_not_allocate() {
                  {extra}From: <sip:a@example.com>;tag=1\r\nTo: <sip:b@example.org>\r\nCall-ID: alloc{i}-{n}\r\n\
                  CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
             );
-            for tcp in [false, true] {
-                let (v, allocs) = run(&mut core, &bl, &mut out, client, tcp, msg.as_bytes());
+            // UDP checks the owner before the parse, or after it when the kernel steers.
+            for (tcp, placement) in [
+                (false, Placement::Unknown),
+                (false, Placement::Steered),
+                (true, Placement::Unknown),
+            ] {
+                let (v, allocs) = run(
+                    &mut core,
+                    &bl,
+                    &mut out,
+                    client,
+                    tcp,
+                    placement,
+                    msg.as_bytes(),
+                );
                 assert_eq!(allocs, 0, "{v:?} allocated for\n{msg}");
                 kinds.push(std::mem::discriminant(&v));
                 // Relay the backend's answer to a forwarded request too.
@@ -153,6 +176,7 @@ fn handle_inbound_does_not_allocate() {
                         &mut out,
                         &input_src,
                         false,
+                        placement,
                         response.as_bytes(),
                     );
                     assert_eq!(allocs, 0, "{v:?} allocated relaying\n{response}");
@@ -167,6 +191,7 @@ fn handle_inbound_does_not_allocate() {
         &mut out,
         client,
         false,
+        Placement::Unknown,
         b"\x16\x03\x01 not sip at all",
     );
     assert_eq!(allocs, 0, "{v:?}");

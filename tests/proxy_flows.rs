@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sipedge::balance::{BackendSpec, Blacklist, Pool};
-use sipedge::proxy::{Core, Dest, FlowId, Inbound, ProxyConfig, Verdict};
+use sipedge::proxy::{Core, Dest, FlowId, Inbound, Placement, ProxyConfig, Verdict};
 use sipedge::sip::{self, EMPTY_HEADER, HeaderName, Limits, Transport};
 
 const DIR: &str = concat!(
@@ -186,7 +186,7 @@ impl Net {
             local: addr(PROXY),
             transport: p.transport,
             flow: p.flow,
-            handed_off: false,
+            placement: Placement::Unknown,
             compressed: false,
             bytes: &p.bytes,
         };
@@ -786,7 +786,7 @@ impl Failover {
             local: addr(PROXY),
             transport: Transport::Udp,
             flow: None,
-            handed_off: false,
+            placement: Placement::Unknown,
             compressed: false,
             bytes,
         };

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use serde_json::Value;
 use sipedge::balance::{BackendSpec, Blacklist, Pool};
-use sipedge::proxy::{Core, Dest, DropReason, Inbound, ProxyConfig, Verdict};
+use sipedge::proxy::{Core, Dest, DropReason, Inbound, Placement, ProxyConfig, Verdict};
 use sipedge::sip::{self, EMPTY_HEADER, Limits, Transport};
 
 const DIR: &str = concat!(
@@ -41,7 +41,7 @@ fn inbound<'a>(bytes: &'a [u8], src: &str) -> Inbound<'a> {
         local: PROXY.parse().unwrap(),
         transport: Transport::Udp,
         flow: None,
-        handed_off: false,
+        placement: Placement::Unknown,
         compressed: false,
         bytes,
     }

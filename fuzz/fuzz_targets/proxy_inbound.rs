@@ -1,5 +1,5 @@
 //! The proxy core's entry point, `Core::handle_inbound`. The first byte picks the source (a
-//! client or a backend) and the transport; the rest is the message. Properties: no panic; a
+//! client or a backend), the transport and the placement; the rest is the message. Properties: no panic; a
 //! forwarded request parses, carries one Via more than it came with (ours, with the magic
 //! cookie), the same Call-ID and body, and Max-Forwards at most 70; a relayed response parses
 //! with one Via fewer; a generated response has a status line; a handoff names another shard.
@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use libfuzzer_sys::fuzz_target;
 use sipedge::balance::{BackendSpec, Blacklist, Pool};
-use sipedge::proxy::{Core, FlowId, Inbound, ProxyConfig, Verdict};
+use sipedge::proxy::{Core, FlowId, Inbound, Placement, ProxyConfig, Verdict};
 use sipedge::sip::{self, EMPTY_HEADER, Limits, Transport};
 
 fn pool() -> Arc<Pool> {
@@ -44,7 +44,13 @@ fuzz_target!(|data: &[u8]| {
         local: "192.0.2.10:5060".parse().expect("addr"),
         transport: if tcp { Transport::Tcp } else { Transport::Udp },
         flow: tcp.then_some(FlowId(u64::from(selector))),
-        handed_off: selector & 4 != 0,
+        placement: if selector & 4 != 0 {
+            Placement::HandedOff
+        } else if selector & 16 != 0 {
+            Placement::Steered
+        } else {
+            Placement::Unknown
+        },
         compressed: selector & 8 != 0,
         bytes,
     };

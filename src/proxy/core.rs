@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use super::branch::{Branch, MAGIC_COOKIE, MAX_BRANCH_LEN, MacKey, ReturnPath};
 use super::config::{ProxyConfig, split_host_port};
 use super::siphash::SipHasher;
-use super::{ConfigError, Dest, DropReason, Event, FlowId, Inbound, Transmit, Verdict};
+use super::{ConfigError, Dest, DropReason, Event, FlowId, Inbound, Placement, Transmit, Verdict};
 use crate::balance::{
     AFFINITY_TOKEN_LEN, AffinityKey, Backend, BackendId, Blacklist, BlockReason, FailoverEvent,
     InviteFailover, InviteRoute, Origin, Pool, ResponseAction, affinity_token, write_ack,
@@ -501,13 +501,13 @@ impl Core {
             sip::DatagramKind::Stun => return Verdict::Drop(DropReason::KeepAlive),
             sip::DatagramKind::SigComp => return Verdict::Drop(DropReason::SigComp),
         }
-        // Shard ownership first, before any parsing: all of a call lives on one shard.
-        if !input.handed_off && self.shard_count > 1 {
-            if let Some(call_id) = sip::salvage_call_id(input.bytes) {
-                let owner = shard_of(call_id.slice(input.bytes), self.shard_count);
-                if owner != self.shard {
-                    return Verdict::Handoff(owner);
-                }
+        // All of a call lives on one shard. A message that may well be another shard's is
+        // placed before it is parsed; a steered one, almost surely ours, after, by the
+        // Call-ID the parse found (which is the one the scan finds: tests/sip_corpus.rs).
+        let check_owner = self.shard_count > 1 && input.placement != Placement::HandedOff;
+        if check_owner && input.placement == Placement::Unknown {
+            if let Some(owner) = self.other_owner(salvaged_call_id(input.bytes)) {
+                return Verdict::Handoff(owner);
             }
         }
         // Few slots first: initialising all 128 (9 KiB) showed as a tenth of a short
@@ -517,6 +517,15 @@ impl Core {
         let mut slots = [EMPTY_HEADER; FEW_HEADER_SLOTS];
         // The parsed message is lent, not moved: it is large, and moving it cost a copy.
         let parsed = self.parse_with(&input, &mut slots);
+        if check_owner && input.placement == Placement::Steered {
+            let call_id = match &parsed {
+                Ok(msg) => Some(msg.call_id()),
+                Err(_) => salvaged_call_id(input.bytes),
+            };
+            if let Some(owner) = self.other_owner(call_id) {
+                return Verdict::Handoff(owner);
+            }
+        }
         match &parsed {
             Err(e) if e.kind == ErrorKind::TooManyHeaders => {
                 self.handle_many_headers(&input, blacklist, out)
@@ -537,6 +546,12 @@ impl Core {
         let mut slots = [EMPTY_HEADER; HEADER_SLOTS];
         let parsed = self.parse_with(input, &mut slots);
         self.handle_parsed(input, &parsed, blacklist, out)
+    }
+
+    /// The shard owning a message with this Call-ID when that is not this one.
+    fn other_owner(&self, call_id: Option<&[u8]>) -> Option<ShardId> {
+        let owner = shard_of(call_id?, self.shard_count);
+        (owner != self.shard).then_some(owner)
     }
 
     fn parse_with<'h, 'b>(
@@ -1714,6 +1729,11 @@ enum FailoverRoute {
     Reject(u32),
 }
 
+/// The Call-ID that decides the shard of a message read before (or without) parsing it.
+fn salvaged_call_id(bytes: &[u8]) -> Option<&[u8]> {
+    sip::salvage_call_id(bytes).map(|span| span.slice(bytes))
+}
+
 /// The message a tracked INVITE was, as if it had just arrived (for a retry or the 503).
 fn origin_inbound<'b>(now: Instant, origin: &Origin, bytes: &'b [u8]) -> Inbound<'b> {
     Inbound {
@@ -1722,7 +1742,7 @@ fn origin_inbound<'b>(now: Instant, origin: &Origin, bytes: &'b [u8]) -> Inbound
         local: origin.local,
         transport: origin.transport,
         flow: origin.flow.map(FlowId),
-        handed_off: true,
+        placement: Placement::HandedOff,
         compressed: origin.compressed,
         bytes,
     }

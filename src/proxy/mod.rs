@@ -34,7 +34,7 @@
 //!         datagram or framed stream message => {
 //!             match core.handle_inbound(Inbound { .. }, &blacklist, &mut out) {
 //!                 Verdict::Forward(t) | Verdict::Respond(t) => send(t.dest, t.src, &out[..t.len]),
-//!                 Verdict::Handoff(shard) => queue_to(shard, datagram),  // re-enter with handed_off
+//!                 Verdict::Handoff(shard) => queue_to(shard, datagram),  // re-enter as HandedOff
 //!                 Verdict::Drop(reason) => count(reason),
 //!             }
 //!         }
@@ -66,7 +66,10 @@
 //! - [`FlowId`]s are unique across shards; [`Dest::Flow`] may name a connection another shard
 //!   owns (a response handed off to the call's shard goes back over the caller's connection).
 //! - [`Verdict::Handoff`]: queue the unchanged bytes to that shard, which calls
-//!   `handle_inbound` with [`Inbound::handed_off`] set.
+//!   `handle_inbound` with [`Placement::HandedOff`].
+//! - [`Placement::Steered`] only for a socket whose datagrams the kernel places on their
+//!   owner's shard (or the shard's own Via port): the core then parses before it checks the
+//!   owner, which saves a Call-ID scan per message but wastes a parse on a stray one.
 //! - [`Inbound::compressed`]: set when the runtime decompressed the message (RFC 3320);
 //!   [`Transmit::compress`]: compress the output for its destination (RFC 3486). The core
 //!   only reads and writes the `comp=sigcomp` parameters; compartments live in the runtime.
@@ -113,14 +116,29 @@ pub struct Inbound<'b> {
     pub transport: Transport,
     /// The connection it arrived on, for connection-oriented transports.
     pub flow: Option<FlowId>,
-    /// True when another shard already handed this message over: never hand it off again.
-    pub handed_off: bool,
+    /// Whether the message may belong to another shard, and so when the core checks.
+    pub placement: Placement,
     /// True when the message arrived SigComp-compressed (RFC 3320) and the runtime
     /// decompressed it: the core then asks the sender to keep compressing toward the proxy
     /// (RFC 3486 §5, `comp=sigcomp` on the client-facing Record-Route).
     pub compressed: bool,
     /// Exactly one message (a datagram, or one framed stream message).
     pub bytes: &'b [u8],
+}
+
+/// What the runtime knows of whether a message reached the shard owning its call (all of a
+/// call lives on the shard its Call-ID hashes to, [`crate::shard::shard_of`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// Read from a socket every shard reads: about `1 - 1/shards` of these belong elsewhere,
+    /// so the owner is found by a Call-ID scan before anything is parsed.
+    Unknown,
+    /// Read from a socket the kernel steers by Call-ID, or from this shard's own Via port
+    /// (where the responses to its requests come back): almost always this shard's, so the
+    /// message is parsed first and its parsed Call-ID decides. A stray one costs a parse.
+    Steered,
+    /// Handed over by the shard that read it: this shard owns it, never hand it off again.
+    HandedOff,
 }
 
 /// Where a [`Transmit`] goes.

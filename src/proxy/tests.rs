@@ -66,7 +66,7 @@ impl Harness {
             local: addr(PROXY),
             transport,
             flow,
-            handed_off: false,
+            placement: Placement::Unknown,
             compressed: false,
             bytes,
         };
@@ -677,7 +677,7 @@ From: <sip:a@x>;tag=1\r\nTo: <sip:b@y>\r\nCall-ID: ncl\r\nCSeq: 1 INVITE\r\n\r\n
 }
 
 #[test]
-fn other_shards_calls_are_handed_off_first() {
+fn other_shards_calls_are_handed_off_in_every_placement() {
     let call_of = |shard: u16| {
         (0..1000)
             .map(|i| format!("call{i}"))
@@ -686,26 +686,44 @@ fn other_shards_calls_are_handed_off_first() {
     };
     let mut h = Harness::with(config(), 0, 2);
     let foreign = request("INVITE", "sip:b@y", &call_of(1), "z9hG4bKh", "");
-    assert_eq!(h.send(CLIENT, &foreign).0, Verdict::Handoff(1));
-    let input = Inbound {
-        now: Instant::now(),
-        src: addr(CLIENT),
-        local: addr(PROXY),
-        transport: Transport::Udp,
-        flow: None,
-        handed_off: true,
-        compressed: false,
-        bytes: &foreign,
-    };
-    assert!(matches!(
-        h.core.handle_inbound(input, &h.blacklist, &mut h.out),
-        Verdict::Forward(_)
-    ));
     let own = request("INVITE", "sip:b@y", &call_of(0), "z9hG4bKh", "");
-    assert!(matches!(h.send(CLIENT, &own).0, Verdict::Forward(_)));
     // Even a broken message goes to its call's shard (it is answered there).
     let broken = String::from_utf8_lossy(&foreign).replace("CSeq: 1 INVITE", "CSeq: x");
-    assert_eq!(h.send(CLIENT, broken.as_bytes()).0, Verdict::Handoff(1));
+    let mut send = |placement: Placement, bytes: &[u8]| {
+        let input = Inbound {
+            now: Instant::now(),
+            src: addr(CLIENT),
+            local: addr(PROXY),
+            transport: Transport::Udp,
+            flow: None,
+            placement,
+            compressed: false,
+            bytes,
+        };
+        h.core.handle_inbound(input, &h.blacklist, &mut h.out)
+    };
+    // Checked before the parse (Unknown) or by the parsed Call-ID (Steered), the same
+    // messages move: a stray steered datagram costs a parse, never a wrong shard.
+    for placement in [Placement::Unknown, Placement::Steered] {
+        assert_eq!(
+            send(placement, &foreign),
+            Verdict::Handoff(1),
+            "{placement:?}"
+        );
+        assert_eq!(
+            send(placement, broken.as_bytes()),
+            Verdict::Handoff(1),
+            "{placement:?}"
+        );
+        assert!(
+            matches!(send(placement, &own), Verdict::Forward(_)),
+            "{placement:?}"
+        );
+    }
+    assert!(matches!(
+        send(Placement::HandedOff, &foreign),
+        Verdict::Forward(_)
+    ));
 }
 
 #[test]
@@ -817,7 +835,7 @@ fn send_compressed(h: &mut Harness, src: &str, bytes: &[u8]) -> (Verdict, Vec<u8
         local: addr(PROXY),
         transport: Transport::Udp,
         flow: None,
-        handed_off: false,
+        placement: Placement::Unknown,
         compressed: true,
         bytes,
     };

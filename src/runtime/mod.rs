@@ -361,7 +361,8 @@ pub fn start(config: Config) -> Result<Running, RunError> {
         }
         setups.push(setup);
     }
-    metrics.set_kernel_steering(shards > 1 && config.kernel_steering && steer_udp(&setups, shards));
+    let udp_steered = shards > 1 && config.kernel_steering && steer_udp(&setups, shards);
+    metrics.set_kernel_steering(udp_steered);
     // Each shard's own UDP port for the Via of the requests it forwards (see
     // `ListenerConfig::via_for`): responses then arrive at the shard owning the call. Not with
     // one shard (nothing to steer) nor behind an advertised address (the port would not be
@@ -401,6 +402,7 @@ pub fn start(config: Config) -> Result<Running, RunError> {
         pool: Arc::new(ArcSwap::from_pointee(pool)),
         post: PostOffice::new(mailboxes),
         shards,
+        udp_steered,
         driver,
         tcp: config.tcp.clone(),
         draining: AtomicBool::new(false),

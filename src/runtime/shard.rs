@@ -44,8 +44,8 @@ use super::sockopt::{self, Sent};
 use crate::balance::{BackendId, Blacklist, BlockReason, FailoverConfig, HealthConfig, Pool};
 use crate::config::TcpConfig;
 use crate::metrics::{Direction, DropReason, ErrorReason, Metrics, ShardMetrics};
-use crate::proxy::MessageKind;
 use crate::proxy::{Event, ProxyConfig};
+use crate::proxy::{MessageKind, Placement};
 use crate::shard::ShardId;
 use crate::sigcomp::SigcompConfig;
 use crate::sip::{Frame, Limits, ResponseOptions, frame, is_sigcomp_byte, salvage, write_response};
@@ -69,6 +69,8 @@ pub(crate) struct Shared {
     pub(crate) pool: Arc<ArcSwap<Pool>>,
     pub(crate) post: PostOffice,
     pub(crate) shards: u16,
+    /// Whether the kernel steers every UDP listener's datagrams to their Call-ID's shard.
+    pub(crate) udp_steered: bool,
     pub(crate) driver: DriverKind,
     pub(crate) tcp: TcpConfig,
     /// Set by SIGTERM or `POST /drain`.
@@ -113,6 +115,8 @@ struct UdpEndpoint {
     sock: UdpSocket,
     local: SocketAddr,
     fd: RawFd,
+    /// Whether the kernel places this socket's datagrams on their call's shard.
+    placement: Placement,
 }
 
 /// A TCP connection of this shard (accepted, or opened toward a next hop).
@@ -260,7 +264,18 @@ async fn shard_main(setup: ShardSetup, shared: Arc<Shared>) -> io::Result<()> {
     let epoll = shared.driver == DriverKind::Epoll;
     let mut udp = Vec::with_capacity(setup.udp.len() + setup.via_udp.len());
     let mut proxy = shared.proxy.clone();
-    let mut sockets = setup.udp;
+    // The kernel steers the shared listeners' datagrams by Call-ID when the steering
+    // program is attached; the shard's own Via ports receive the responses to its requests.
+    let listener_placement = if shared.udp_steered {
+        Placement::Steered
+    } else {
+        Placement::Unknown
+    };
+    let mut sockets: Vec<_> = setup
+        .udp
+        .into_iter()
+        .map(|sock| (sock, listener_placement))
+        .collect();
     for (sock, index) in setup.via_udp {
         let Some(public) = proxy.listeners.get(index) else {
             continue;
@@ -270,9 +285,9 @@ async fn shard_main(setup: ShardSetup, shared: Arc<Shared>) -> io::Result<()> {
         private.advertised_host = public.advertised_host.clone();
         private.via_for = Some(index);
         proxy.listeners.push(private);
-        sockets.push(sock);
+        sockets.push((sock, Placement::Steered));
     }
-    for sock in sockets {
+    for (sock, placement) in sockets {
         let local = sock.local_addr()?;
         let fd = sock.as_raw_fd();
         if epoll {
@@ -282,6 +297,7 @@ async fn shard_main(setup: ShardSetup, shared: Arc<Shared>) -> io::Result<()> {
             sock: UdpSocket::from_std(sock)?,
             local,
             fd,
+            placement,
         });
     }
     let mut listeners = Vec::with_capacity(setup.tcp.len());
@@ -354,7 +370,7 @@ impl Shard {
         let mut sbuf = sbuf;
         let metrics = self.metrics();
         metrics.message();
-        if !input.handed_off {
+        if input.placement != Placement::HandedOff {
             count_message(metrics, input.bytes, true);
         }
         if self.shared.draining.load(Ordering::Relaxed) {
@@ -373,7 +389,7 @@ impl Shard {
                     local: input.local,
                     transport: input.transport,
                     flow: input.flow,
-                    handed_off: input.handed_off,
+                    placement: input.placement,
                     compressed: input.compressed,
                     bytes: input.bytes,
                 },
@@ -968,7 +984,7 @@ async fn udp_loop(shard: Rc<Shard>, index: usize, mut batch: sockopt::RecvBatch)
                     local,
                     transport: Transport::Udp,
                     flow: None,
-                    handed_off: false,
+                    placement: endpoint.placement,
                     compressed: false,
                     bytes: message,
                 };
@@ -1117,7 +1133,7 @@ async fn run_conn(shard: Rc<Shard>, conn: Rc<Conn>, stream: TcpStream) {
                         local: conn.local,
                         transport: Transport::Tcp,
                         flow: Some(conn.id),
-                        handed_off: false,
+                        placement: Placement::Unknown,
                         compressed: false,
                         bytes: &buf[start..start + len],
                     };
@@ -1235,7 +1251,7 @@ async fn handle_parcel(shard: &Rc<Shard>, parcel: &Parcel, sbuf: Vec<u8>) -> Vec
                     Transport::Udp
                 },
                 flow: parcel.flow.map(FlowId),
-                handed_off: true,
+                placement: Placement::HandedOff,
                 compressed: parcel.compressed,
                 bytes: parcel.bytes(),
             };

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use super::{Conn, SendMode, Shard, flow_owner};
 use crate::config::SigcompSettings;
 use crate::metrics::{DropReason, ErrorReason, SigcompResult};
-use crate::proxy::{Dest, FlowId, Inbound, Transmit};
+use crate::proxy::{Dest, FlowId, Inbound, Placement, Transmit};
 use crate::runtime::handoff::ParcelKind;
 use crate::shard::{ShardId, shard_of};
 use crate::sigcomp::compartment::StoreLimits;
@@ -196,7 +196,7 @@ impl Shard {
                         local,
                         transport: Transport::Udp,
                         flow: None,
-                        handed_off: false,
+                        placement: Placement::Unknown,
                         compressed: true,
                         bytes: &sip,
                     };
@@ -278,7 +278,7 @@ impl Shard {
                         local: conn.local,
                         transport: Transport::Tcp,
                         flow: Some(conn.id),
-                        handed_off: false,
+                        placement: Placement::Unknown,
                         compressed: true,
                         bytes: &sip,
                     };
