@@ -203,6 +203,8 @@ class Setup:
         self.media = args.base_port + 100     # sipp media ports, 10 apart per instance
         # Absolute: every process runs with its own working directory.
         self.bin = os.path.abspath(args.bin_dir)
+        baseline = getattr(args, "baseline_bin_dir", None)
+        self.baseline = os.path.join(os.path.abspath(baseline), "sipedge") if baseline else None
 
     def exe(self, name):
         path = os.path.join(self.bin, name)
@@ -240,8 +242,8 @@ def start_kamailio(s, workers, cpus):
     return p
 
 
-def start_sipedge(s, shards, cpus, transport="udp"):
-    cmd = [s.exe("sipedge"), "--listen", f"{transport}:127.0.0.1:{s.port}", "--shards", str(shards),
+def start_sipedge(s, shards, cpus, transport="udp", exe=None):
+    cmd = [exe or s.exe("sipedge"), "--listen", f"{transport}:127.0.0.1:{s.port}", "--shards", str(shards),
            "--metrics", f"127.0.0.1:{s.args.base_port + 50}", "--driver", s.args.sipedge_driver,
            "--drain-grace", "0", "--log-level", "info"]
     suffix = ";transport=tcp" if transport == "tcp" else ""
@@ -267,6 +269,11 @@ def wait_ready(proc, admin_port, timeout=10.0):
             break
         time.sleep(0.02)
     raise Fatal(f"{proc.name} not ready after {timeout} s; log: {proc.log_path}\n{proc.tail()}")
+
+
+def start_baseline(s, shards, cpus):
+    """A marker: `baseline-2` is sipedge from `--baseline-bin-dir` (see `start_system`)."""
+    raise AssertionError("started through start_system")
 
 
 # name -> (starter, argument); None = no proxy (sipp straight to the UAS / loadgen straight to
@@ -402,6 +409,8 @@ def start_system(s, name, cpus=None, transport="udp"):
     starter, arg = entry
     if starter is start_sipedge:
         return starter(s, arg, cpus, transport)
+    if starter is start_baseline:
+        return start_sipedge(s, arg, cpus, transport, exe=s.baseline)
     return starter(s, arg, cpus)
 
 
@@ -696,8 +705,9 @@ def render(res, cmd, smoke):
                 f"{res['plan'].get('rounds', 1)} rounds with the systems interleaved (every round's figure in the line "
                 "below the table).", ""]
         rates = [p[0] for p in res["plan"]["fixed"]]
-        head = "| system | max clean calls/s | × Kamailio | CPU s/10k calls there | " + " | ".join(
-            f"CPU s/10k calls @{r}/s | × Kamailio | × relay | × relay on the same cores" for r in rates) + " | sipp unexpected msgs | RSS / PSS MiB |"
+        head = "| " + " | ".join(["system", "max clean calls/s", "× Kamailio", "CPU s/10k calls there"] + [
+            f"CPU s/10k calls @{r}/s | × Kamailio | × relay | × relay on the same cores" for r in rates] + [
+            "sipp unexpected msgs", "RSS / PSS MiB"]) + " |"
         out += [head, "|" + "---|" * (head.count("|") - 1)]
         kam = udp.get("kamailio-n2", {}).get("max_clean_rate")
         for name, r in udp.items():
@@ -928,7 +938,15 @@ def main():
     ap.add_argument("--results", default=os.path.join(ROOT, "perf", "RESULTS.md"),
                     help="file whose `## Side by side` section is rewritten (not in --smoke)")
     ap.add_argument("--json", help="also write the raw figures here")
+    ap.add_argument("--baseline-bin-dir",
+                    help="also run the sipedge built here, 2 shards, as system `baseline-2` beside "
+                         "sipedge-2 in the sipp phases: an A/B of two builds in one run")
     args = ap.parse_args()
+    if args.baseline_bin_dir:
+        SYSTEMS["baseline-2"] = (start_baseline, 2)
+        SAME_CORES_RELAY["baseline-2"] = "relay-2"
+        if "--systems" not in sys.argv:
+            args.systems += ",baseline-2"
     plan = dict(SMOKE if args.smoke else FULL)
     phases = args.phases.split(",")
     cmd = ("perf/run.sh " if os.environ.get("SIPEDGE_BENCH_VIA_RUN_SH") else "python3 perf/bench.py ") + " ".join(sys.argv[1:])
