@@ -56,31 +56,48 @@ fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
-/// Runs one message through the core and returns the verdict and how many allocations it made.
-fn run(
-    core: &mut Core,
-    bl: &Blacklist,
-    out: &mut [u8],
-    src: &str,
+/// How a message arrives: over TCP or UDP, and placed as the runtime would place it.
+#[derive(Clone, Copy)]
+struct Arrival {
     tcp: bool,
     placement: Placement,
-    bytes: &[u8],
-) -> (Verdict, usize) {
-    let input = Inbound {
-        now: Instant::now(),
-        src: addr(src),
-        local: addr("192.0.2.10:5060"),
-        transport: if tcp { Transport::Tcp } else { Transport::Udp },
-        flow: tcp.then_some(FlowId(9)),
-        placement,
-        compressed: false,
-        bytes,
-    };
-    COUNT.with(|c| c.set(0));
-    WATCHING.with(|w| w.set(true));
-    let v = core.handle_inbound(input, bl, out);
-    WATCHING.with(|w| w.set(false));
-    (v, COUNT.with(Cell::get))
+}
+
+const UDP: Arrival = Arrival {
+    tcp: false,
+    placement: Placement::Unknown,
+};
+
+/// The core under test, the blacklist it reads and its output buffer.
+struct Rig {
+    core: Core,
+    bl: Blacklist,
+    out: Vec<u8>,
+}
+
+impl Rig {
+    /// Runs one message through the core; returns the verdict and how many allocations it made.
+    fn run(&mut self, src: &str, arrival: Arrival, bytes: &[u8]) -> (Verdict, usize) {
+        let input = Inbound {
+            now: Instant::now(),
+            src: addr(src),
+            local: addr("192.0.2.10:5060"),
+            transport: if arrival.tcp {
+                Transport::Tcp
+            } else {
+                Transport::Udp
+            },
+            flow: arrival.tcp.then_some(FlowId(9)),
+            placement: arrival.placement,
+            compressed: false,
+            bytes,
+        };
+        COUNT.with(|c| c.set(0));
+        WATCHING.with(|w| w.set(true));
+        let v = self.core.handle_inbound(input, &self.bl, &mut self.out);
+        WATCHING.with(|w| w.set(false));
+        (v, COUNT.with(Cell::get))
+    }
 }
 
 #[test]
@@ -94,9 +111,11 @@ fn handle_inbound_does_not_allocate() {
     for l in &mut config.listeners {
         l.local = addr("192.0.2.10:5060");
     }
-    let mut core = Core::new(config, 0, 2, pool).unwrap();
-    let bl = Blacklist::default();
-    let mut out = vec![0u8; 65_536];
+    let mut rig = Rig {
+        core: Core::new(config, 0, 2, pool).unwrap(),
+        bl: Blacklist::default(),
+        out: vec![0u8; 65_536],
+    };
     let client = "198.51.100.7:5090";
     // Warm-up: the first lock-free blacklist read on a thread registers that thread with
     // arc-swap (one allocation per thread for its lifetime, not per message).
@@ -105,19 +124,7 @@ fn handle_inbound_does_not_allocate() {
             "OPTIONS sip:b@example.org SIP/2.0\r\nVia: SIP/2.0/UDP 198.51.100.7:5090;branch=z9hG4bKw\r\n\
              From: <sip:a@example.com>;tag=1\r\nTo: <sip:b@example.org>\r\nCall-ID: warm{i}\r\nCSeq: 1 OPTIONS\r\n\r\n"
         );
-        if matches!(
-            run(
-                &mut core,
-                &bl,
-                &mut out,
-                client,
-                false,
-                Placement::Unknown,
-                warm.as_bytes()
-            )
-            .0,
-            Verdict::Forward(_)
-        ) {
+        if matches!(rig.run(client, UDP, warm.as_bytes()).0, Verdict::Forward(_)) {
             break;
         }
     }
@@ -139,27 +146,20 @@ fn handle_inbound_does_not_allocate() {
                  CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
             );
             // UDP checks the owner before the parse, or after it when the kernel steers.
-            for (tcp, placement) in [
-                (false, Placement::Unknown),
-                (false, Placement::Steered),
-                (true, Placement::Unknown),
-            ] {
-                let (v, allocs) = run(
-                    &mut core,
-                    &bl,
-                    &mut out,
-                    client,
-                    tcp,
-                    placement,
-                    msg.as_bytes(),
-                );
+            let steered = Arrival {
+                placement: Placement::Steered,
+                ..UDP
+            };
+            let tcp = Arrival { tcp: true, ..UDP };
+            for arrival in [UDP, steered, tcp] {
+                let (v, allocs) = rig.run(client, arrival, msg.as_bytes());
                 assert_eq!(allocs, 0, "{v:?} allocated for\n{msg}");
                 kinds.push(std::mem::discriminant(&v));
                 // Relay the backend's answer to a forwarded request too.
                 if let Verdict::Forward(t) = v
                     && let Dest::Addr(_, backend) = t.dest
                 {
-                    let fwd = String::from_utf8_lossy(&out[..t.len]).into_owned();
+                    let fwd = String::from_utf8_lossy(&rig.out[..t.len]).into_owned();
                     let vias: String = fwd
                         .lines()
                         .filter(|l| l.starts_with("Via:"))
@@ -169,31 +169,18 @@ fn handle_inbound_does_not_allocate() {
                         "SIP/2.0 180 Ringing\r\n{vias}From: <sip:a@example.com>;tag=1\r\nTo: <sip:b@example.org>;tag=2\r\n\
                          Call-ID: alloc{i}-{n}\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
                     );
-                    let input_src = backend.to_string();
-                    let (v, allocs) = run(
-                        &mut core,
-                        &bl,
-                        &mut out,
-                        &input_src,
-                        false,
-                        placement,
-                        response.as_bytes(),
-                    );
+                    let over_udp = Arrival {
+                        tcp: false,
+                        ..arrival
+                    };
+                    let (v, allocs) = rig.run(&backend.to_string(), over_udp, response.as_bytes());
                     assert_eq!(allocs, 0, "{v:?} allocated relaying\n{response}");
                     kinds.push(std::mem::discriminant(&v));
                 }
             }
         }
     }
-    let (v, allocs) = run(
-        &mut core,
-        &bl,
-        &mut out,
-        client,
-        false,
-        Placement::Unknown,
-        b"\x16\x03\x01 not sip at all",
-    );
+    let (v, allocs) = rig.run(client, UDP, b"\x16\x03\x01 not sip at all");
     assert_eq!(allocs, 0, "{v:?}");
     // Forward, Respond, Handoff and Drop all happened.
     kinds.sort_by_key(|d| format!("{d:?}"));
