@@ -1,7 +1,7 @@
 //! A bounded cursor over a region of the message buffer, with absolute offsets.
 
 use super::Span;
-use super::chars::{contains_byte, is_lws, is_token};
+use super::chars::{contains_byte, find_either, is_lws, is_token};
 
 #[derive(Clone)]
 /// Reads `buf[pos..end]`; every position it reports is an offset into the whole buffer.
@@ -77,29 +77,72 @@ impl<'b> Cursor<'b> {
     }
 
     /// Consumes a quoted-string (RFC 3261 §25.1) including its quotes. Backslash escapes any
-    /// byte except CR and LF.
+    /// byte except CR and LF. On failure the position is where the scan stopped.
     pub(crate) fn quoted_string(&mut self) -> Option<Span> {
         let start = self.pos;
-        if !self.eat(b'"') {
+        if self.peek() != Some(b'"') {
             return None;
         }
-        while let Some(b) = self.peek() {
-            self.pos += 1;
-            match b {
-                b'"' => return Some(Span::new(start, self.pos)),
-                b'\\' => match self.peek() {
-                    Some(b'\r' | b'\n') | None => return None,
-                    Some(_) => self.pos += 1,
-                },
-                _ => {}
+        let region = self.buf.get(..self.end).unwrap_or_default();
+        match quoted_string_end(region, start) {
+            Ok(end) => {
+                self.pos = end;
+                Some(Span::new(start, end))
+            }
+            Err(stop) => {
+                self.pos = stop;
+                None
             }
         }
-        None
     }
 
     #[inline]
     pub(crate) fn slice(&self, span: Span) -> &'b [u8] {
         span.slice(self.buf)
+    }
+}
+
+/// Offset of the first byte at or after `from` in `s` that is not linear white space.
+#[inline]
+pub(crate) fn skip_lws(s: &[u8], from: usize) -> usize {
+    let mut i = from;
+    while s.get(i).is_some_and(|&b| is_lws(b)) {
+        i += 1;
+    }
+    i
+}
+
+/// Offset of the first byte at or after `from` in `s` that is not a token character.
+#[inline]
+pub(crate) fn token_end(s: &[u8], from: usize) -> usize {
+    let rest = s.get(from..).unwrap_or_default();
+    from + rest
+        .iter()
+        .position(|&b| !is_token(b))
+        .unwrap_or(rest.len())
+}
+
+/// The quoted-string (RFC 3261 §25.1: `DQUOTE *(qdtext / quoted-pair) DQUOTE`, where a
+/// quoted-pair is a backslash and any byte but CR and LF) whose opening quote is at
+/// `s[open]`: the offset after its closing quote, or, when it is not closed, the offset where
+/// reading stopped (after a backslash that escapes CR, LF or nothing, or the end of `s`).
+/// Jumps from quote or backslash to the next one, eight bytes at a time in between.
+#[inline]
+pub(crate) fn quoted_string_end(s: &[u8], open: usize) -> Result<usize, usize> {
+    let mut i = open + 1;
+    loop {
+        let rest = s.get(i..).unwrap_or_default();
+        let Some(at) = find_either(rest, b'"', b'\\') else {
+            return Err(s.len().max(i));
+        };
+        i += at + 1;
+        if rest[at] == b'"' {
+            return Ok(i);
+        }
+        match s.get(i) {
+            Some(b'\r' | b'\n') | None => return Err(i),
+            Some(_) => i += 1,
+        }
     }
 }
 

@@ -3,9 +3,12 @@
 
 use super::Span;
 use super::Transport;
-use super::chars::{contains_byte, eq_ic, is_gen_value, is_lws, is_token};
-use super::cursor::Cursor;
-use super::uri::{Host, Uri, UriError, check_uri, is_host_char, parse_host, parse_port, parse_uri};
+use super::chars::{eq_ic, find_byte, is_gen_value, is_lws, is_token};
+use super::cursor::{Cursor, quoted_string_end, skip_lws, token_end};
+use super::uri::{
+    Host, Uri, UriError, check_uri, host_of_host_chars, is_host_char, parse_host, parse_port,
+    parse_uri, port_at,
+};
 
 /// One `;name[=value]` parameter of a header value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,50 +21,60 @@ pub struct Param<'b> {
     pub span: Span,
 }
 
-/// Parses `*( SEMI generic-param )` from the cursor position to the end of the value
-/// (RFC 3261 §25.1), handing each parameter to `each` as it is read (one pass: the typed
-/// parameters are picked out on the way). Fails on an empty parameter or a value that is neither
-/// a token, a host nor a quoted-string, or where `each` fails. Returns the region spanning all
-/// parameters.
+/// Parses `*( SEMI generic-param )` from `pos` to the end of `s`, the value (RFC 3261 §25.1),
+/// handing each parameter to `each` as it is read (one pass: the typed parameters are picked
+/// out on the way). Fails on an empty parameter or a value that is neither a token, a host nor
+/// a quoted-string, or where `each` fails. Returns the region spanning all parameters.
+#[inline(always)]
 fn parse_params<'b>(
-    cur: &mut Cursor<'b>,
+    s: &'b [u8],
+    pos: usize,
     mut each: impl FnMut(Param<'b>) -> Result<(), usize>,
 ) -> Result<Span, usize> {
-    let start = cur.pos;
-    let mut region_end = cur.pos;
+    let start = pos;
+    let mut region_end = pos;
+    let mut i = pos;
     loop {
-        cur.skip_lws();
-        if cur.at_end() {
+        // RFC 3261 §25.1: SEMI = SWS ";" SWS, EQUAL = SWS "=" SWS.
+        i = skip_lws(s, i);
+        let Some(&first) = s.get(i) else {
             return Ok(Span::new(start, region_end));
+        };
+        let param_start = i;
+        if first != b';' {
+            return Err(i);
         }
-        let param_start = cur.pos;
-        if !cur.eat(b';') {
-            return Err(cur.pos);
+        let name_start = skip_lws(s, i + 1);
+        let name_end = token_end(s, name_start);
+        if name_end == name_start {
+            return Err(name_start);
         }
-        cur.skip_lws();
-        let name = cur.token().ok_or(cur.pos)?;
-        region_end = cur.pos;
-        let before_eq = cur.pos;
-        cur.skip_lws();
+        i = name_end;
+        region_end = name_end;
         let mut value = None;
-        if cur.eat(b'=') {
-            cur.skip_lws();
-            let v = if cur.peek() == Some(b'"') {
-                cur.quoted_string().ok_or(cur.pos)?
+        let eq = skip_lws(s, name_end);
+        if s.get(eq) == Some(&b'=') {
+            // gen-value = token / host / quoted-string
+            let value_start = skip_lws(s, eq + 1);
+            let value_end = if s.get(value_start) == Some(&b'"') {
+                quoted_string_end(s, value_start)?
             } else {
-                let v = cur.take_while(is_gen_value);
-                if v.is_empty() {
-                    return Err(cur.pos);
-                }
-                v
+                let rest = s.get(value_start..).unwrap_or_default();
+                value_start
+                    + rest
+                        .iter()
+                        .position(|&b| !is_gen_value(b))
+                        .unwrap_or(rest.len())
             };
-            value = Some(cur.slice(v));
-            region_end = cur.pos;
-        } else {
-            cur.pos = before_eq;
+            if value_end == value_start {
+                return Err(value_start);
+            }
+            value = Some(&s[value_start..value_end]);
+            i = value_end;
+            region_end = value_end;
         }
         each(Param {
-            name: cur.slice(name),
+            name: &s[name_start..name_end],
             value,
             span: Span::new(param_start, region_end),
         })?;
@@ -188,94 +201,127 @@ impl<'b> Via<'b> {
 
 /// Parses one Via value occupying `span`.
 pub(crate) fn parse_via(buf: &[u8], span: Span) -> Result<Via<'_>, usize> {
-    let mut cur = Cursor::new(buf, span);
+    let (s, start) = region(buf, span);
     // RFC 3261 §25.1: sent-protocol = protocol-name SLASH protocol-version SLASH transport,
-    // SLASH = SWS "/" SWS.
-    cur.token().ok_or(cur.pos)?;
-    for _ in 0..2 {
-        cur.skip_lws();
-        if !cur.eat(b'/') {
-            return Err(cur.pos);
+    // SLASH = SWS "/" SWS. Nearly every Via starts with `SIP/2.0/`, which that grammar reads
+    // as two tokens and two slashes; only the transport token is left to read.
+    let mut i = start;
+    let mut tokens = 3;
+    if s.get(start..start + 8) == Some(b"SIP/2.0/") {
+        i = skip_lws(s, start + 8);
+        tokens = 1;
+    }
+    let mut transport_start = i;
+    for n in 0..tokens {
+        if n > 0 {
+            i = skip_lws(s, i);
+            if s.get(i) != Some(&b'/') {
+                return Err(i);
+            }
+            i = skip_lws(s, i + 1);
         }
-        cur.skip_lws();
-        cur.token().ok_or(cur.pos)?;
+        transport_start = i;
+        i = token_end(s, i);
+        if i == transport_start {
+            return Err(i);
+        }
     }
-    let transport_span = Span::new(
-        buf[..cur.pos]
+    let transport_token = &s[transport_start..i];
+    let host_start = skip_lws(s, i);
+    if host_start == i {
+        return Err(i);
+    }
+    // sent-by = host [ COLON port ]
+    let (host, after_host) = if s.get(host_start) == Some(&b'[') {
+        let rest = &s[host_start..];
+        let len = rest
             .iter()
-            .rposition(|&b| !is_token(b))
-            .map_or(0, |p| p + 1),
-        cur.pos,
-    );
-    if !cur.skip_lws() {
-        return Err(cur.pos);
-    }
-    let host_start = cur.pos;
-    let host_span = if cur.peek() == Some(b'[') {
-        cur.take_while(|b| b != b']' && !is_lws(b) && b != b';');
-        if !cur.eat(b']') {
+            .position(|&b| b == b']' || b == b';' || is_lws(b))
+            .unwrap_or(rest.len());
+        if rest.get(len) != Some(&b']') {
             return Err(host_start);
         }
-        Span::new(host_start, cur.pos)
+        let host_end = host_start + len + 1;
+        let host = parse_host(&s[host_start..host_end]).ok_or(host_start)?;
+        (host, host_end)
     } else {
-        cur.take_while(is_host_char)
+        let rest = &s[host_start..];
+        let len = rest
+            .iter()
+            .position(|&b| !is_host_char(b))
+            .unwrap_or(rest.len());
+        if len == 0 {
+            return Err(host_start);
+        }
+        let host_end = host_start + len;
+        (host_of_host_chars(&s[host_start..host_end]), host_end)
     };
-    let host = parse_host(cur.slice(host_span)).ok_or(host_start)?;
-    let mut sent_by_end = cur.pos;
-    let after_host = cur.pos;
-    cur.skip_lws();
+    let mut sent_by_end = after_host;
     let mut port = None;
-    if cur.eat(b':') {
-        cur.skip_lws();
-        let digits = cur.take_while(|b| b.is_ascii_digit());
-        port = Some(parse_port(cur.slice(digits)).ok_or(digits.start)?);
-        sent_by_end = cur.pos;
-    } else {
-        cur.pos = after_host;
+    let colon = skip_lws(s, after_host);
+    if s.get(colon) == Some(&b':') {
+        let digits = skip_lws(s, colon + 1);
+        let (p, digits_end) = port_at(s, digits).ok_or(digits)?;
+        port = Some(p);
+        sent_by_end = digits_end;
     }
-    let mut via = Via {
-        span,
-        transport_token: transport_span.slice(buf),
-        transport: Transport::from_token(transport_span.slice(buf)),
-        host,
-        port,
-        sent_by: Span::new(host_start, sent_by_end),
-        params: Span::new(sent_by_end, sent_by_end),
-        branch: None,
-        received: None,
-        rport: Rport::Absent,
-        rport_param: None,
-        maddr: None,
-        comp: None,
-        alias: false,
-        buf,
-    };
-    let params = parse_params(&mut cur, |p| {
-        let named = |name: &[u8]| eq_ic(p.name, name);
-        if named(b"branch") {
-            via.branch = Some(p.value.ok_or(p.span.start)?);
-        } else if named(b"received") {
-            p.value.ok_or(p.span.start)?;
-            via.received = Some(p);
-        } else if named(b"rport") {
-            via.rport = match p.value {
-                None => Rport::Requested,
-                Some(v) => Rport::Port(parse_port(v).ok_or(p.span.end - v.len())?),
-            };
-            via.rport_param = Some(p.span);
-        } else if named(b"maddr") {
-            via.maddr = Some(p.value.ok_or(p.span.start)?);
-        } else if named(b"comp") {
-            via.comp = Some(p.value.ok_or(p.span.start)?);
-        } else if named(b"alias") {
-            via.alias = true;
+    let mut branch = None;
+    let mut received = None;
+    let mut rport = Rport::Absent;
+    let mut rport_param = None;
+    let mut maddr = None;
+    let mut comp = None;
+    let mut alias = false;
+    let params = parse_params(s, sent_by_end, |p| {
+        // The length first: most parameters are `branch` or unknown and cost one compare.
+        match p.name.len() {
+            6 if eq_ic(p.name, b"branch") => branch = Some(p.value.ok_or(p.span.start)?),
+            8 if eq_ic(p.name, b"received") => {
+                p.value.ok_or(p.span.start)?;
+                received = Some(p);
+            }
+            5 if eq_ic(p.name, b"rport") => {
+                rport = match p.value {
+                    None => Rport::Requested,
+                    Some(v) => Rport::Port(parse_port(v).ok_or(p.span.end - v.len())?),
+                };
+                rport_param = Some(p.span);
+            }
+            5 if eq_ic(p.name, b"maddr") => maddr = Some(p.value.ok_or(p.span.start)?),
+            4 if eq_ic(p.name, b"comp") => comp = Some(p.value.ok_or(p.span.start)?),
+            5 if eq_ic(p.name, b"alias") => alias = true,
+            _ => {}
         }
         Ok(())
     })?;
-    if !params.is_empty() {
-        via.params = params;
-    }
-    Ok(via)
+    Ok(Via {
+        span,
+        transport_token,
+        transport: Transport::from_token(transport_token),
+        host,
+        port,
+        sent_by: Span::new(host_start, sent_by_end),
+        params: if params.is_empty() {
+            Span::new(sent_by_end, sent_by_end)
+        } else {
+            params
+        },
+        branch,
+        received,
+        rport,
+        rport_param,
+        maddr,
+        comp,
+        alias,
+        buf,
+    })
+}
+
+/// The bytes up to the end of `span` (clipped to `buf`) and the offset its value starts at.
+#[inline(always)]
+fn region(buf: &[u8], span: Span) -> (&[u8], usize) {
+    let end = span.end.min(buf.len());
+    (&buf[..end], span.start.min(end))
 }
 
 /// A `name-addr` or `addr-spec` with header parameters: the value of From, To, Contact, Route,
@@ -316,8 +362,10 @@ impl<'b> NameAddr<'b> {
 
 /// The part of a name-addr / addr-spec before its header parameters.
 struct NameAddrFront<'b> {
-    /// Positioned after the URI (and its `>`).
-    cur: Cursor<'b>,
+    /// The bytes up to the end of the value.
+    s: &'b [u8],
+    /// Where the header parameters start: after the URI (and its `>`).
+    after_uri: usize,
     display_name: Option<&'b [u8]>,
     angle: bool,
     uri_span: Span,
@@ -326,53 +374,58 @@ struct NameAddrFront<'b> {
 /// Reads the display name and finds the URI of a name-addr / addr-spec value.
 #[inline(always)]
 fn name_addr_front(buf: &[u8], span: Span) -> Result<NameAddrFront<'_>, usize> {
-    let mut cur = Cursor::new(buf, span);
-    let value = cur.slice(span);
-    let start = cur.pos;
+    let (s, start) = region(buf, span);
+    // The form is read from the span as given (none if it reaches past the buffer), the URI
+    // and parameters from the clipped region.
+    let value = span.slice(buf);
     let mut display_name = None;
-    let angle = if value.first() == Some(&b'"') {
-        let q = cur.quoted_string().ok_or(start)?;
-        display_name = Some(cur.slice(q));
-        cur.skip_lws();
-        if cur.peek() != Some(b'<') {
-            return Err(cur.pos);
+    // Offset of the `<` of a name-addr, if the value is one.
+    let open = if value.first() == Some(&b'"') {
+        let after_quote = quoted_string_end(s, start).map_err(|_| start)?;
+        display_name = Some(&s[start..after_quote]);
+        let open = skip_lws(s, after_quote);
+        if s.get(open) != Some(&b'<') {
+            return Err(open);
         }
-        true
+        Some(open)
     } else {
         // name-addr: everything before '<' must be `*(token LWS)` (RFC 3261 §25.1
         // display-name); without any '<' the value is an addr-spec.
-        let name_len = value
-            .iter()
-            .position(|&b| !is_token(b) && !is_lws(b))
-            .unwrap_or(value.len());
-        if value.get(name_len) == Some(&b'<') {
-            let trimmed = super::cursor::trim(buf, Span::new(start, start + name_len));
-            display_name = (!trimmed.is_empty()).then(|| trimmed.slice(buf));
-            cur.pos = start + name_len;
-            true
-        } else if contains_byte(&value[name_len..], b'<') {
-            return Err(start + name_len);
-        } else {
-            false
+        match find_byte(value, b'<') {
+            None => None,
+            Some(name_len) => {
+                let name = &value[..name_len];
+                if let Some(bad) = name.iter().position(|&b| !is_token(b) && !is_lws(b)) {
+                    return Err(start + bad);
+                }
+                let trimmed = super::cursor::trim(buf, Span::new(start, start + name_len));
+                display_name = (!trimmed.is_empty()).then(|| trimmed.slice(buf));
+                Some(start + name_len)
+            }
         }
     };
-    let uri_span = if angle {
-        let uri_start = cur.pos + 1;
-        let len = buf[uri_start..cur.end]
-            .iter()
-            .position(|&b| b == b'>')
-            .ok_or(uri_start)?;
-        cur.pos = uri_start + len + 1;
-        Span::new(uri_start, uri_start + len)
-    } else {
-        // addr-spec form: header parameters follow the URI, so the URI ends at ';' or LWS;
-        // RFC 3261 §20.10: it may then contain no ',', '?' or ';' of its own.
-        cur.take_while(|b| b != b';' && !is_lws(b))
+    let (uri_span, after_uri) = match open {
+        Some(open) => {
+            let uri_start = open + 1;
+            let len = find_byte(&s[uri_start..], b'>').ok_or(uri_start)?;
+            (Span::new(uri_start, uri_start + len), uri_start + len + 1)
+        }
+        None => {
+            // addr-spec form: header parameters follow the URI, so the URI ends at ';' or LWS;
+            // RFC 3261 §20.10: it may then contain no ',', '?' or ';' of its own.
+            let rest = &s[start..];
+            let len = rest
+                .iter()
+                .position(|&b| b == b';' || is_lws(b))
+                .unwrap_or(rest.len());
+            (Span::new(start, start + len), start + len)
+        }
     };
     Ok(NameAddrFront {
-        cur,
+        s,
+        after_uri,
         display_name,
-        angle,
+        angle: open.is_some(),
         uri_span,
     })
 }
@@ -380,9 +433,9 @@ fn name_addr_front(buf: &[u8], span: Span) -> Result<NameAddrFront<'_>, usize> {
 /// The header parameters of a name-addr: the first `tag` counts and needs a value
 /// (From/To, RFC 3261 §19.3).
 #[inline(always)]
-fn name_addr_params<'b>(cur: &mut Cursor<'b>) -> Result<(Span, Option<&'b [u8]>), usize> {
+fn name_addr_params(s: &[u8], pos: usize) -> Result<(Span, Option<&[u8]>), usize> {
     let mut tag = None;
-    let params = parse_params(cur, |p| {
+    let params = parse_params(s, pos, |p| {
         if tag.is_none() && eq_ic(p.name, b"tag") {
             tag = Some(p.value.ok_or(p.span.start)?);
         }
@@ -394,7 +447,8 @@ fn name_addr_params<'b>(cur: &mut Cursor<'b>) -> Result<(Span, Option<&'b [u8]>)
 /// Parses a name-addr / addr-spec value occupying `span`.
 pub(crate) fn parse_name_addr(buf: &[u8], span: Span) -> Result<NameAddr<'_>, usize> {
     let NameAddrFront {
-        mut cur,
+        s,
+        after_uri,
         display_name,
         angle,
         uri_span,
@@ -402,9 +456,8 @@ pub(crate) fn parse_name_addr(buf: &[u8], span: Span) -> Result<NameAddr<'_>, us
     let uri = parse_uri(buf, uri_span.start, uri_span.end, angle).map_err(|e| match e {
         UriError::Malformed(at) | UriError::Headers(at) => at,
     })?;
-    let (params, tag) = name_addr_params(&mut cur)?;
+    let (params, tag) = name_addr_params(s, after_uri)?;
     let params = if params.is_empty() {
-        let after_uri = uri_span.end + usize::from(angle);
         Span::new(after_uri, after_uri)
     } else {
         params
@@ -425,7 +478,8 @@ pub(crate) fn parse_name_addr(buf: &[u8], span: Span) -> Result<NameAddr<'_>, us
 /// Record-Route and Path are read later, on demand, through [`parse_name_addr`]).
 pub(crate) fn check_name_addr(buf: &[u8], span: Span) -> Result<(), usize> {
     let NameAddrFront {
-        mut cur,
+        s,
+        after_uri,
         angle,
         uri_span,
         ..
@@ -433,7 +487,7 @@ pub(crate) fn check_name_addr(buf: &[u8], span: Span) -> Result<(), usize> {
     check_uri(buf, uri_span.start, uri_span.end, angle).map_err(|e| match e {
         UriError::Malformed(at) | UriError::Headers(at) => at,
     })?;
-    name_addr_params(&mut cur).map(|_| ())
+    name_addr_params(s, after_uri).map(|_| ())
 }
 
 /// The CSeq value (RFC 3261 §20.16).
@@ -510,6 +564,10 @@ mod tests {
         via_branch_without_value: "SIP/2.0/UDP h;branch" => |v| v.is_none();
         via_bad_rport: "SIP/2.0/UDP h;rport=99999" => |v| v.is_none();
         via_trailing_garbage: "SIP/2.0/UDP h x" => |v| v.is_none();
+        via_space_after_version: "SIP/2.0/ TCP h" => |v| v.is_some_and(|v| v.transport == Transport::Tcp && v.transport_token == b"TCP");
+        via_lower_case_protocol: "sip/2.0/udp h;BRANCH=z9hG4bK1" => |v| v.is_some_and(|v| v.transport_token == b"udp" && v.branch == Some(b"z9hG4bK1"));
+        via_ipv4_host: "SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-1" => |v| v.is_some_and(|v| v.host.kind == HostKind::Ipv4 && v.sent_by == Span::new(12, 26) && v.params == Span::new(26, 43));
+        via_port_too_long: "SIP/2.0/UDP h:050600" => |v| v.is_none();
     }
 
     name_addr_table! {
@@ -525,6 +583,10 @@ mod tests {
         na_bare_with_headers: "sip:a@b?Route=x" => |n| n.is_none();
         na_empty_params: "<sip:a@b>;;" => |n| n.is_none();
         na_tag_without_value: "<sip:a@b>;tag" => |n| n.is_none();
+        na_sipp_from: "\"sipp\" <sip:sipp@127.0.0.1:5060>;tag=1234SIPpTag001" => |n| n.is_some_and(|n| n.display_name == Some(&b"\"sipp\""[..]) && n.tag == Some(b"1234SIPpTag001") && n.uri.as_sip().is_some_and(|u| u.host.kind == HostKind::Ipv4 && u.port == Some(5060)));
+        na_first_tag_counts: "<sip:a@b> ; tag = x ; TAG=y" => |n| n.is_some_and(|n| n.tag == Some(b"x") && n.params == Span::new(9, 27));
+        na_quoted_tag_value: "<sip:a@b>;tag=\"x;y\"" => |n| n.is_some_and(|n| n.tag == Some(&b"\"x;y\""[..]));
+        na_unterminated_quote: "\"Bob <sip:a@b>" => |n| n.is_none();
     }
 
     #[test]
