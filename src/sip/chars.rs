@@ -87,24 +87,40 @@ pub(crate) fn is_gen_value(b: u8) -> bool {
 
 /// Offset of the first CR or LF in `buf[from..]`, or `buf.len()` if there is none.
 ///
-/// Eight bytes at a time: a word with no byte below 0x0E holds neither CR nor LF, and most
+/// Sixteen bytes at a time: a word with no byte below 0x0E holds neither CR nor LF, and most
 /// header text is printable, so only the few control bytes are looked at one by one.
 #[inline]
 pub(crate) fn find_line_break(buf: &[u8], from: usize) -> usize {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
+    // "Has a byte below 0x0E": exact for the lowest flagged byte (borrows only run upwards),
+    // which is the only one used.
+    let below = |x: u64| x.wrapping_sub(ONES * 0x0E) & !x & HIGH;
+    let word = |w: &[u8]| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(w);
+        u64::from_le_bytes(b)
+    };
     let mut i = from;
     while i < buf.len() {
-        if let Some(word) = buf.get(i..i + 8).and_then(|w| <[u8; 8]>::try_from(w).ok()) {
-            let x = u64::from_le_bytes(word);
-            // "Has a byte below 0x0E": exact for the lowest flagged byte (borrows only run
-            // upwards), which is the only one used.
-            let below = x.wrapping_sub(ONES * 0x0E) & !x & HIGH;
-            if below == 0 {
+        if let Some(pair) = buf.get(i..i + 16) {
+            let (lo, hi) = (below(word(&pair[..8])), below(word(&pair[8..])));
+            if lo | hi == 0 {
+                i += 16;
+                continue;
+            }
+            i += if lo != 0 {
+                (lo.trailing_zeros() / 8) as usize
+            } else {
+                8 + (hi.trailing_zeros() / 8) as usize
+            };
+        } else if let Some(w) = buf.get(i..i + 8) {
+            let flags = below(word(w));
+            if flags == 0 {
                 i += 8;
                 continue;
             }
-            i += (below.trailing_zeros() / 8) as usize;
+            i += (flags.trailing_zeros() / 8) as usize;
         }
         if matches!(buf[i], b'\r' | b'\n') {
             return i;
@@ -169,6 +185,19 @@ pub(crate) fn is_lws(b: u8) -> bool {
 pub(crate) fn parse_decimal(digits: &[u8], max: u64) -> Option<u64> {
     if digits.is_empty() || digits.len() > 40 {
         return None;
+    }
+    // Nineteen digits cannot overflow a u64, and a value only grows digit by digit, so one
+    // bound check at the end decides as a check after every digit would.
+    if digits.len() <= 19 {
+        let mut value: u64 = 0;
+        for &d in digits {
+            let digit = d.wrapping_sub(b'0');
+            if digit > 9 {
+                return None;
+            }
+            value = value * 10 + u64::from(digit);
+        }
+        return (value <= max).then_some(value);
     }
     let mut value: u64 = 0;
     for &d in digits {

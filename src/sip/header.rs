@@ -76,68 +76,18 @@ pub enum HeaderName {
 
 impl HeaderName {
     /// Classifies a header name as written (long or compact form, any case).
+    #[inline(always)]
     pub fn classify(name: &[u8]) -> Self {
-        if name.len() == 1 {
-            return match name[0].to_ascii_lowercase() {
-                b'v' => Self::Via,
-                b'i' => Self::CallId,
-                b'f' => Self::From,
-                b't' => Self::To,
-                b'l' => Self::ContentLength,
-                b'c' => Self::ContentType,
-                b'e' => Self::ContentEncoding,
-                b'm' => Self::Contact,
-                b'k' => Self::Supported,
-                b's' => Self::Subject,
-                b'o' => Self::Event,
-                b'u' => Self::AllowEvents,
-                b'r' => Self::ReferTo,
-                b'b' => Self::ReferredBy,
-                b'x' => Self::SessionExpires,
-                b'y' => Self::Identity,
-                _ => Self::Other,
-            };
-        }
-        // One candidate per (length, first letter, last letter), then one comparison: no table
-        // scan on the per-message path.
+        // One candidate per (length, first letter, last letter), found by hashing them, then
+        // one comparison: no table scan and no branch tree on the per-message path.
         let (Some(&first), Some(&last)) = (name.first(), name.last()) else {
             return Self::Other;
         };
-        let (long, kind): (&[u8], Self) = match (name.len(), first | 0x20, last | 0x20) {
-            (2, b't', b'o') => (b"to", Self::To),
-            (3, b'v', b'a') => (b"via", Self::Via),
-            (4, b'c', b'q') => (b"cseq", Self::CSeq),
-            (4, b'f', b'm') => (b"from", Self::From),
-            (4, b'p', b'h') => (b"path", Self::Path),
-            (5, b'r', b'e') => (b"route", Self::Route),
-            (5, b'a', b'w') => (b"allow", Self::Allow),
-            (5, b'e', b't') => (b"event", Self::Event),
-            (7, b'c', b'd') => (b"call-id", Self::CallId),
-            (7, b'c', b't') => (b"contact", Self::Contact),
-            (7, b'r', b'e') => (b"require", Self::Require),
-            (7, b's', b't') => (b"subject", Self::Subject),
-            (7, b'e', b's') => (b"expires", Self::Expires),
-            (7, b'w', b'g') => (b"warning", Self::Warning),
-            (8, b'i', b'y') => (b"identity", Self::Identity),
-            (8, b'r', b'o') => (b"refer-to", Self::ReferTo),
-            (9, b's', b'd') => (b"supported", Self::Supported),
-            (10, b'f', b'r') => (b"flow-timer", Self::FlowTimer),
-            (11, b'u', b'd') => (b"unsupported", Self::Unsupported),
-            (11, b'r', b'y') => (b"referred-by", Self::ReferredBy),
-            (11, b'r', b'r') => (b"retry-after", Self::RetryAfter),
-            (12, b'r', b'e') => (b"record-route", Self::RecordRoute),
-            (12, b'm', b's') => (b"max-forwards", Self::MaxForwards),
-            (12, b'c', b'e') => (b"content-type", Self::ContentType),
-            (12, b'a', b's') => (b"allow-events", Self::AllowEvents),
-            (13, b'p', b'e') => (b"proxy-require", Self::ProxyRequire),
-            (13, b'a', b'n') => (b"authorization", Self::Authorization),
-            (14, b'c', b'h') => (b"content-length", Self::ContentLength),
-            (15, b's', b's') => (b"session-expires", Self::SessionExpires),
-            (16, b'c', b'g') => (b"content-encoding", Self::ContentEncoding),
-            (19, b'p', b'n') => (b"proxy-authorization", Self::ProxyAuthorization),
-            _ => return Self::Other,
+        let slot = NAME_SLOTS[name_hash(name.len(), first | 0x20, last | 0x20)];
+        let Some(&(spelled, kind)) = NAMES.get(usize::from(slot)) else {
+            return Self::Other;
         };
-        if eq_folded(name, long) {
+        if eq_folded(name, spelled) {
             kind
         } else {
             Self::Other
@@ -245,6 +195,88 @@ fn eq_folded(name: &[u8], long: &[u8]) -> bool {
     at == n || same(n - 8)
 }
 
+/// Every name [`HeaderName::classify`] recognises, lower case: the long forms, then the compact
+/// forms (RFC 3261 §7.3.3 and the IANA registry).
+const NAMES: [(&[u8], HeaderName); 47] = [
+    (b"via", HeaderName::Via),
+    (b"route", HeaderName::Route),
+    (b"record-route", HeaderName::RecordRoute),
+    (b"call-id", HeaderName::CallId),
+    (b"cseq", HeaderName::CSeq),
+    (b"from", HeaderName::From),
+    (b"to", HeaderName::To),
+    (b"max-forwards", HeaderName::MaxForwards),
+    (b"content-length", HeaderName::ContentLength),
+    (b"content-type", HeaderName::ContentType),
+    (b"content-encoding", HeaderName::ContentEncoding),
+    (b"contact", HeaderName::Contact),
+    (b"require", HeaderName::Require),
+    (b"proxy-require", HeaderName::ProxyRequire),
+    (b"supported", HeaderName::Supported),
+    (b"unsupported", HeaderName::Unsupported),
+    (b"path", HeaderName::Path),
+    (b"expires", HeaderName::Expires),
+    (b"allow", HeaderName::Allow),
+    (b"subject", HeaderName::Subject),
+    (b"event", HeaderName::Event),
+    (b"allow-events", HeaderName::AllowEvents),
+    (b"refer-to", HeaderName::ReferTo),
+    (b"referred-by", HeaderName::ReferredBy),
+    (b"session-expires", HeaderName::SessionExpires),
+    (b"identity", HeaderName::Identity),
+    (b"proxy-authorization", HeaderName::ProxyAuthorization),
+    (b"authorization", HeaderName::Authorization),
+    (b"flow-timer", HeaderName::FlowTimer),
+    (b"warning", HeaderName::Warning),
+    (b"retry-after", HeaderName::RetryAfter),
+    (b"v", HeaderName::Via),
+    (b"i", HeaderName::CallId),
+    (b"f", HeaderName::From),
+    (b"t", HeaderName::To),
+    (b"l", HeaderName::ContentLength),
+    (b"c", HeaderName::ContentType),
+    (b"e", HeaderName::ContentEncoding),
+    (b"m", HeaderName::Contact),
+    (b"k", HeaderName::Supported),
+    (b"s", HeaderName::Subject),
+    (b"o", HeaderName::Event),
+    (b"u", HeaderName::AllowEvents),
+    (b"r", HeaderName::ReferTo),
+    (b"b", HeaderName::ReferredBy),
+    (b"x", HeaderName::SessionExpires),
+    (b"y", HeaderName::Identity),
+];
+
+/// Bits of [`name_hash`]: 128 slots for the 47 names.
+const HASH_BITS: u32 = 7;
+
+/// The slot of a name by its length and its first and last bytes with bit 0x20 set (every name
+/// in [`NAMES`] starts and ends with a letter, which that bit folds to lower case). A
+/// multiplicative hash; [`NAME_SLOTS`] fails to compile if two names of [`NAMES`] collide, and
+/// anything else that lands on a name's slot is turned away by the comparison.
+#[inline]
+const fn name_hash(len: usize, first: u8, last: u8) -> usize {
+    let key = (len as u32) ^ ((first as u32) << 8) ^ ((last as u32) << 16);
+    (key.wrapping_mul(0xc028_d2af) >> (32 - HASH_BITS)) as usize
+}
+
+/// Index into [`NAMES`] by [`name_hash`]; `NAMES.len()` marks an empty slot.
+static NAME_SLOTS: [u8; 1 << HASH_BITS] = {
+    let mut slots = [NAMES.len() as u8; 1 << HASH_BITS];
+    let mut i = 0;
+    while i < NAMES.len() {
+        let name = NAMES[i].0;
+        let h = name_hash(name.len(), name[0], name[name.len() - 1]);
+        assert!(
+            slots[h] as usize == NAMES.len(),
+            "two header names share a hash slot"
+        );
+        slots[h] = i as u8;
+        i += 1;
+    }
+    slots
+};
+
 const LONG_NAMES: [(&[u8], HeaderName); 31] = [
     (b"Via", HeaderName::Via),
     (b"Route", HeaderName::Route),
@@ -346,6 +378,42 @@ mod tests {
         contact_mixed: b"CoNtAcT" => HeaderName::Contact,
         contact_middle_wrong: b"conxact" => HeaderName::Other,
         call_id_underscore: b"call_id" => HeaderName::Other,
+    }
+
+    /// The plain reading of the name table: a case-insensitive match of a long or compact form.
+    fn plain(name: &[u8]) -> HeaderName {
+        NAMES
+            .iter()
+            .find(|(spelled, _)| name.eq_ignore_ascii_case(spelled))
+            .map_or(HeaderName::Other, |&(_, kind)| kind)
+    }
+
+    #[test]
+    fn classify_matches_a_plain_lookup() {
+        let mut names: Vec<Vec<u8>> = vec![b"".to_vec(), b"x-".to_vec(), b"-".to_vec()];
+        for (spelled, _) in NAMES {
+            names.push(spelled.to_vec());
+            names.push(spelled.to_ascii_uppercase());
+            names.push(spelled[..spelled.len() - 1].to_vec());
+            names.push([spelled, &b"s"[..]].concat());
+            names.push([&b"x"[..], spelled].concat());
+        }
+        for name in names {
+            assert_eq!(HeaderName::classify(&name), plain(&name), "{name:?}");
+            // Every byte at every position: a letter's other case, '-' against '\r' or '_',
+            // high bytes whose low bits look like a letter.
+            for at in 0..name.len() {
+                for byte in 0..=255u8 {
+                    let mut changed = name.clone();
+                    changed[at] = byte;
+                    assert_eq!(
+                        HeaderName::classify(&changed),
+                        plain(&changed),
+                        "{changed:?}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! and the body by Content-Length.
 
 use super::chars::{
-    eq_ic, find_byte, find_either, find_line_break, is_call_id, is_token, parse_decimal,
+    contains_byte, eq_ic, find_byte, find_either, find_line_break, is_call_id, is_lws, is_token,
+    parse_decimal,
 };
 use super::cursor::{ListIter, trim};
 use super::uri::{SipUri, Uri, UriError, parse_uri};
@@ -147,6 +148,31 @@ pub struct Message<'h, 'b> {
     second_via: Option<Via<'b>>,
     max_forwards: Option<MaxForwards>,
     content_length: Option<u32>,
+    /// Per list kind (by [`list_index`]), one past the slot of its last header line, 0 when
+    /// absent: the value iterators stop there instead of scanning the remaining lines.
+    list_ends: [usize; LIST_KINDS],
+}
+
+/// How many header kinds [`HeaderName::is_list`] holds.
+const LIST_KINDS: usize = 11;
+
+/// A dense index of the list header kinds ([`HeaderName::is_list`]).
+#[inline(always)]
+fn list_index(kind: HeaderName) -> Option<usize> {
+    Some(match kind {
+        HeaderName::Via => 0,
+        HeaderName::Route => 1,
+        HeaderName::RecordRoute => 2,
+        HeaderName::Contact => 3,
+        HeaderName::Require => 4,
+        HeaderName::ProxyRequire => 5,
+        HeaderName::Supported => 6,
+        HeaderName::Unsupported => 7,
+        HeaderName::Path => 8,
+        HeaderName::Allow => 9,
+        HeaderName::AllowEvents => 10,
+        _ => return None,
+    })
 }
 
 /// Parses one message from a datagram (RFC 3261 §7, §18.3: one message per datagram;
@@ -182,22 +208,199 @@ fn err(kind: ErrorKind, offset: usize, header: Option<HeaderName>) -> ParseError
 /// Finds the end of the line starting at `pos`: returns (end of content, start of next line).
 /// A line ends with CRLF or a bare LF.
 pub(crate) fn line_end(buf: &[u8], pos: usize) -> Option<(usize, usize)> {
-    if pos > buf.len() {
-        return None;
-    }
-    let mut nl = find_line_break(buf, pos);
-    while buf.get(nl) == Some(&b'\r') {
-        nl = find_line_break(buf, nl + 1);
-    }
-    if nl >= buf.len() {
-        return None;
-    }
+    // The first LF ends the line whatever CRs precede it; one CR right before it is part of
+    // the line break.
+    let nl = pos + find_byte(buf.get(pos..)?, b'\n')?;
     let content_end = if nl > pos && buf[nl - 1] == b'\r' {
         nl - 1
     } else {
         nl
     };
     Some((content_end, nl + 1))
+}
+
+/// One header line: its name as written and classified, its trimmed value and where the
+/// next line starts.
+struct Line<'b> {
+    kind: HeaderName,
+    name: &'b [u8],
+    value: &'b [u8],
+    value_span: Span,
+    next: usize,
+}
+
+/// What [`header_line_exact`] found at a line start.
+enum Scanned<'b> {
+    /// A header line.
+    Line(Line<'b>),
+    /// The empty line ending the headers, and where the body starts.
+    End(usize),
+}
+
+/// Reads a well-formed header line in one pass: the colon, the name before it, then the value
+/// up to the first CRLF or LF not followed by SP/HT (RFC 3261 §7.3.1 folding). `None` for
+/// anything else (no colon, a name that is not a token, a bare CR, no line end, a line over
+/// `max_line`); [`header_line_exact`] then judges the line and names its defect. Where this
+/// returns a line, it is the one [`header_line_exact`] returns.
+#[inline(always)]
+fn header_line_fast(buf: &[u8], start: usize, max_line: usize) -> Option<Line<'_>> {
+    // The first colon, a word at a time (names are short: usually the first word holds it).
+    let colon = 'found: {
+        let mut i = start;
+        while let Some(word) = word_at(buf, i) {
+            let hits = zero_bytes(word ^ (ONES * u64::from(b':')));
+            if hits != 0 {
+                break 'found i + (hits.trailing_zeros() / 8) as usize;
+            }
+            i += 8;
+        }
+        i + find_byte(buf.get(i..)?, b':')?
+    };
+    let mut name_end = colon;
+    while name_end > start && matches!(buf[name_end - 1], b' ' | b'\t') {
+        name_end -= 1;
+    }
+    let name = &buf[start..name_end];
+    let kind = HeaderName::classify(name);
+    // A recognised name is all letters and `-`, any other must be a token: either way the
+    // name and the white space after it hold no line break, so the colon is this line's.
+    if kind == HeaderName::Other && (name.is_empty() || !name.iter().all(|&b| is_token(b))) {
+        return None;
+    }
+    // The name and its white space hold no line break, so the first break from here is the
+    // line's first.
+    let value_start = colon + 1;
+    let mut scan = value_start;
+    let (content_end, next) = loop {
+        let at = find_line_break(buf, scan);
+        let next = match buf.get(at..) {
+            Some([b'\n', ..]) => at + 1,
+            Some([b'\r', b'\n', ..]) => at + 2,
+            _ => return None,
+        };
+        if !matches!(buf.get(next), Some(b' ' | b'\t')) {
+            break (at, next);
+        }
+        scan = next;
+    };
+    if content_end - start > max_line {
+        return None;
+    }
+    // The value less surrounding LWS; a fold right after the colon is LWS too.
+    let (mut s, mut e) = (value_start, content_end);
+    while s < e && is_lws(buf[s]) {
+        s += 1;
+    }
+    while e > s && is_lws(buf[e - 1]) {
+        e -= 1;
+    }
+    Some(Line {
+        kind,
+        name,
+        value: &buf[s..e],
+        value_span: Span::new(s, e),
+        next,
+    })
+}
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+
+/// The bytes of `buf` from `at` as a little-endian word, if there are eight.
+#[inline(always)]
+fn word_at(buf: &[u8], at: usize) -> Option<u64> {
+    let mut word = [0u8; 8];
+    word.copy_from_slice(buf.get(at..at.checked_add(8)?)?);
+    Some(u64::from_le_bytes(word))
+}
+
+/// Flags the zero bytes of `x`: exact for the lowest one flagged (borrows only run upwards),
+/// which is the only one used.
+#[inline(always)]
+fn zero_bytes(x: u64) -> u64 {
+    x.wrapping_sub(ONES) & !x & (ONES << 7)
+}
+
+/// Reads the header line at `line_start` with every check and the error each defect deserves:
+/// one scan finds its end, its folds and any bare CR (RFC 3261 §7.3.1 folding, §25.1 no bare
+/// CR); the name is then read and classified. `End` for the empty line.
+#[inline(never)]
+fn header_line_exact(
+    buf: &[u8],
+    line_start: usize,
+    max_line: usize,
+) -> Result<Scanned<'_>, ParseError> {
+    let mut segment_start = line_start;
+    let mut scan = line_start;
+    let mut bare_cr = None;
+    let (content_end, line_next) = loop {
+        let at = find_line_break(buf, scan);
+        match buf.get(at) {
+            None => return Err(err(ErrorKind::Framing, segment_start, None)),
+            Some(b'\r') if buf.get(at + 1) != Some(&b'\n') => {
+                bare_cr.get_or_insert(at);
+                scan = at + 1;
+                continue;
+            }
+            Some(b'\r') => scan = at + 2,
+            _ => scan = at + 1,
+        }
+        // Unfold: continuation lines start with SP or HT (RFC 3261 §7.3.1); the empty
+        // line never continues.
+        if at != line_start && matches!(buf.get(scan), Some(b' ' | b'\t')) {
+            segment_start = scan;
+            continue;
+        }
+        break (at, scan);
+    };
+    if content_end == line_start {
+        return Ok(Scanned::End(line_next));
+    }
+    if content_end - line_start > max_line {
+        return Err(err(ErrorKind::HeaderTooLong, line_start, None));
+    }
+    // The name is what precedes the first colon, less trailing SP/HT. A recognised name
+    // is all letters and `-` (the comparison is exact), hence a valid token followed by
+    // white space and that colon, so only an unrecognised one needs the token scan; when
+    // that scan passes, it finds this same name and colon.
+    let line = &buf[line_start..content_end];
+    let first_colon = find_byte(line, b':');
+    let mut name_len = first_colon.unwrap_or(0);
+    while name_len > 0 && matches!(line[name_len - 1], b' ' | b'\t') {
+        name_len -= 1;
+    }
+    let name = &line[..name_len];
+    let kind = HeaderName::classify(name);
+    if kind == HeaderName::Other {
+        let token_len = line
+            .iter()
+            .position(|&b| !is_token(b))
+            .unwrap_or(line.len());
+        if token_len == 0 {
+            return Err(err(ErrorKind::HeaderName, line_start, None));
+        }
+        let mut colon = token_len;
+        while colon < line.len() && matches!(line[colon], b' ' | b'\t') {
+            colon += 1;
+        }
+        if colon >= line.len() || line[colon] != b':' {
+            return Err(err(ErrorKind::HeaderName, line_start, None));
+        }
+        debug_assert!(first_colon == Some(colon) && token_len == name_len);
+    }
+    let colon = line_start + first_colon.unwrap_or(0);
+    // A bare CR inside a line is never legal (RFC 3261 §25.1 excludes it even from
+    // quoted-pair). One before the colon has already failed the name check.
+    if let Some(cr) = bare_cr {
+        return Err(err(ErrorKind::HeaderValue, cr, Some(kind)));
+    }
+    let value_span = trim(buf, Span::new(colon + 1, content_end));
+    Ok(Scanned::Line(Line {
+        kind,
+        name,
+        value: value_span.slice(buf),
+        value_span,
+        next: line_next,
+    }))
 }
 
 fn parse_inner<'h, 'b>(
@@ -226,92 +429,46 @@ fn parse_inner<'h, 'b>(
     let start_line_span = Span::new(start_pos, next);
     pos = next;
 
-    // Header lines. One scan per line finds its end, its folds and any bare CR
-    // (RFC 3261 §7.3.1 folding, §25.1 no bare CR); the name is then read and classified.
+    // Header lines: the common well-formed line in one pass, anything else by the exact scan.
     let max_headers = slots.len().min(limits.max_headers);
+    let slots = &mut slots[..max_headers];
     let mut count = 0usize;
     let mut known = Known::default();
     loop {
-        if pos >= buf.len() {
-            // A datagram that ends right after a header line lacks the empty line; accept it
-            // with an empty body (liberal, as common UDP stacks are). Streams cannot do this.
-            if stream || pos > buf.len() {
-                return Err(err(ErrorKind::Framing, pos, None));
-            }
-            break;
-        }
-        let line_start = pos;
-        let mut segment_start = pos;
-        let mut scan = pos;
-        let mut bare_cr = None;
-        let (content_end, line_next) = loop {
-            let at = find_line_break(buf, scan);
-            match buf.get(at) {
-                None => return Err(err(ErrorKind::Framing, segment_start, None)),
-                Some(b'\r') if buf.get(at + 1) != Some(&b'\n') => {
-                    bare_cr.get_or_insert(at);
-                    scan = at + 1;
-                    continue;
+        let line = match buf.get(pos) {
+            None => {
+                // A datagram that ends right after a header line lacks the empty line; accept
+                // it with an empty body (liberal, as common UDP stacks are). Streams cannot.
+                if stream || pos > buf.len() {
+                    return Err(err(ErrorKind::Framing, pos, None));
                 }
-                Some(b'\r') => scan = at + 2,
-                _ => scan = at + 1,
+                break;
             }
-            // Unfold: continuation lines start with SP or HT (RFC 3261 §7.3.1); the empty
-            // line never continues.
-            if at != line_start && matches!(buf.get(scan), Some(b' ' | b'\t')) {
-                segment_start = scan;
-                continue;
+            // The empty line (RFC 3261 §7): the body follows.
+            Some(b'\r') if buf.get(pos + 1) == Some(&b'\n') => {
+                pos += 2;
+                break;
             }
-            break (at, scan);
+            Some(b'\n') => {
+                pos += 1;
+                break;
+            }
+            Some(_) => match header_line_fast(buf, pos, limits.max_header_line) {
+                Some(line) => line,
+                None => match header_line_exact(buf, pos, limits.max_header_line)? {
+                    Scanned::Line(line) => line,
+                    Scanned::End(next) => {
+                        pos = next;
+                        break;
+                    }
+                },
+            },
         };
-        if content_end == line_start {
-            pos = line_next;
-            break;
-        }
-        if content_end - line_start > limits.max_header_line {
-            return Err(err(ErrorKind::HeaderTooLong, line_start, None));
-        }
-        // The name is what precedes the first colon, less trailing SP/HT. A recognised name
-        // is all letters and `-` (the comparison is exact), hence a valid token followed by
-        // white space and that colon, so only an unrecognised one needs the token scan; when
-        // that scan passes, it finds this same name and colon.
-        let line = &buf[line_start..content_end];
-        let first_colon = find_byte(line, b':');
-        let mut name_len = first_colon.unwrap_or(0);
-        while name_len > 0 && matches!(line[name_len - 1], b' ' | b'\t') {
-            name_len -= 1;
-        }
-        let name = &line[..name_len];
-        let kind = HeaderName::classify(name);
-        if kind == HeaderName::Other {
-            let token_len = line
-                .iter()
-                .position(|&b| !is_token(b))
-                .unwrap_or(line.len());
-            if token_len == 0 {
-                return Err(err(ErrorKind::HeaderName, line_start, None));
-            }
-            let mut colon = token_len;
-            while colon < line.len() && matches!(line[colon], b' ' | b'\t') {
-                colon += 1;
-            }
-            if colon >= line.len() || line[colon] != b':' {
-                return Err(err(ErrorKind::HeaderName, line_start, None));
-            }
-            debug_assert!(first_colon == Some(colon) && token_len == name_len);
-        }
-        let colon = line_start + first_colon.unwrap_or(0);
-        // A bare CR inside a line is never legal (RFC 3261 §25.1 excludes it even from
-        // quoted-pair). One before the colon has already failed the name check.
-        if let Some(cr) = bare_cr {
-            return Err(err(ErrorKind::HeaderValue, cr, Some(kind)));
-        }
-        let value_span = trim(buf, Span::new(colon + 1, content_end));
-        if count >= max_headers {
-            return Err(err(ErrorKind::TooManyHeaders, line_start, Some(kind)));
-        }
+        let Some(slot) = slots.get_mut(count) else {
+            return Err(err(ErrorKind::TooManyHeaders, pos, Some(line.kind)));
+        };
         let idx = count as u16;
-        let slot_ref = match kind {
+        let known_ref = match line.kind {
             HeaderName::CallId => Some(&mut known.call_id),
             HeaderName::CSeq => Some(&mut known.cseq),
             HeaderName::From => Some(&mut known.from),
@@ -320,21 +477,21 @@ fn parse_inner<'h, 'b>(
             HeaderName::ContentLength => Some(&mut known.content_length),
             _ => None,
         };
-        if let Some(slot) = slot_ref {
-            if slot.is_some() {
-                return Err(err(ErrorKind::DuplicateHeader, line_start, Some(kind)));
+        if let Some(known_ref) = known_ref {
+            if known_ref.is_some() {
+                return Err(err(ErrorKind::DuplicateHeader, pos, Some(line.kind)));
             }
-            *slot = Some(idx);
+            *known_ref = Some(idx);
         }
-        slots[count] = Header {
-            kind,
-            name,
-            value: value_span.slice(buf),
-            value_span,
-            line: Span::new(line_start, line_next),
+        *slot = Header {
+            kind: line.kind,
+            name: line.name,
+            value: line.value,
+            value_span: line.value_span,
+            line: Span::new(pos, line.next),
         };
         count += 1;
-        pos = line_next;
+        pos = line.next;
     }
     let headers: &'h [Header<'b>] = &slots[..count];
     let body_start = pos;
@@ -439,60 +596,72 @@ fn parse_inner<'h, 'b>(
     let mut values = 0usize;
     let mut top_via = None;
     let mut second_via = None;
-    for h in headers {
-        if !h.kind.is_list() {
-            continue;
+    let mut check = |h: &Header<'b>, v: Span| -> Result<(), ParseError> {
+        values += 1;
+        if values > limits.max_values {
+            return Err(err(ErrorKind::TooManyValues, v.start, Some(h.kind)));
         }
-        if h.kind == HeaderName::Contact && h.value == b"*" {
-            continue;
-        }
-        for v in ListIter::new(buf, h.value_span) {
-            values += 1;
-            if values > limits.max_values {
-                return Err(err(ErrorKind::TooManyValues, v.start, Some(h.kind)));
-            }
-            let fail = |kind: ErrorKind| move |at: usize| err(kind, at, Some(h.kind));
-            if v.is_empty() {
-                let kind = match h.kind {
-                    HeaderName::Via => ErrorKind::Via,
-                    HeaderName::Require
-                    | HeaderName::ProxyRequire
-                    | HeaderName::Supported
-                    | HeaderName::Unsupported => ErrorKind::OptionTag,
-                    HeaderName::Allow | HeaderName::AllowEvents => ErrorKind::HeaderValue,
-                    _ => ErrorKind::NameAddr,
-                };
-                // RFC 3261 allows an empty Supported header (no option tags at all).
-                if h.kind == HeaderName::Supported && h.value.is_empty() {
-                    continue;
-                }
-                return Err(err(kind, v.start, Some(h.kind)));
-            }
-            match h.kind {
-                HeaderName::Via => {
-                    let via = parse_via(buf, v).map_err(fail(ErrorKind::Via))?;
-                    if top_via.is_none() {
-                        top_via = Some(via);
-                    } else if second_via.is_none() {
-                        second_via = Some(via);
-                    }
-                }
-                HeaderName::Route
-                | HeaderName::RecordRoute
-                | HeaderName::Path
-                | HeaderName::Contact => {
-                    check_name_addr(buf, v).map_err(fail(ErrorKind::NameAddr))?;
-                }
+        let fail = |kind: ErrorKind| move |at: usize| err(kind, at, Some(h.kind));
+        if v.is_empty() {
+            let kind = match h.kind {
+                HeaderName::Via => ErrorKind::Via,
                 HeaderName::Require
                 | HeaderName::ProxyRequire
                 | HeaderName::Supported
-                | HeaderName::Unsupported
-                    if !v.slice(buf).iter().all(|&b| is_token(b)) =>
-                {
-                    return Err(err(ErrorKind::OptionTag, v.start, Some(h.kind)));
-                }
-                _ => {}
+                | HeaderName::Unsupported => ErrorKind::OptionTag,
+                HeaderName::Allow | HeaderName::AllowEvents => ErrorKind::HeaderValue,
+                _ => ErrorKind::NameAddr,
+            };
+            // RFC 3261 allows an empty Supported header (no option tags at all).
+            if h.kind == HeaderName::Supported && h.value.is_empty() {
+                return Ok(());
             }
+            return Err(err(kind, v.start, Some(h.kind)));
+        }
+        match h.kind {
+            HeaderName::Via => {
+                let via = parse_via(buf, v).map_err(fail(ErrorKind::Via))?;
+                if top_via.is_none() {
+                    top_via = Some(via);
+                } else if second_via.is_none() {
+                    second_via = Some(via);
+                }
+            }
+            HeaderName::Route
+            | HeaderName::RecordRoute
+            | HeaderName::Path
+            | HeaderName::Contact => {
+                check_name_addr(buf, v).map_err(fail(ErrorKind::NameAddr))?;
+            }
+            HeaderName::Require
+            | HeaderName::ProxyRequire
+            | HeaderName::Supported
+            | HeaderName::Unsupported
+                if !v.slice(buf).iter().all(|&b| is_token(b)) =>
+            {
+                return Err(err(ErrorKind::OptionTag, v.start, Some(h.kind)));
+            }
+            _ => {}
+        }
+        Ok(())
+    };
+    let mut list_ends = [0usize; LIST_KINDS];
+    for (i, h) in headers.iter().enumerate() {
+        let Some(list) = list_index(h.kind) else {
+            continue;
+        };
+        list_ends[list] = i + 1;
+        if h.kind == HeaderName::Contact && h.value == b"*" {
+            continue;
+        }
+        // Most values hold no comma: then the value, already trimmed, is the one element
+        // the list split would give.
+        if !contains_byte(h.value, b',') {
+            check(h, h.value_span)?;
+            continue;
+        }
+        for v in ListIter::new(buf, h.value_span) {
+            check(h, v)?;
         }
     }
     let top_via = top_via.ok_or(err(
@@ -517,6 +686,7 @@ fn parse_inner<'h, 'b>(
         second_via,
         max_forwards,
         content_length,
+        list_ends,
     })
 }
 
@@ -789,20 +959,30 @@ impl<'h, 'b> Message<'h, 'b> {
         Values {
             first: Some(self.top_via),
             second: self.second_via,
-            ..Values::new(self.buf, self.headers, HeaderName::Via, parse_via)
+            ..Values::new(
+                self.buf,
+                self.lines_of(HeaderName::Via),
+                HeaderName::Via,
+                parse_via,
+            )
         }
     }
 
     /// All Route values in order (RFC 3261 §16.4 removes the first when it names this proxy).
     pub fn routes(&self) -> Values<'h, 'b, NameAddr<'b>> {
-        Values::new(self.buf, self.headers, HeaderName::Route, parse_name_addr)
+        Values::new(
+            self.buf,
+            self.lines_of(HeaderName::Route),
+            HeaderName::Route,
+            parse_name_addr,
+        )
     }
 
     /// All Record-Route values in order.
     pub fn record_routes(&self) -> Values<'h, 'b, NameAddr<'b>> {
         Values::new(
             self.buf,
-            self.headers,
+            self.lines_of(HeaderName::RecordRoute),
             HeaderName::RecordRoute,
             parse_name_addr,
         )
@@ -810,12 +990,22 @@ impl<'h, 'b> Message<'h, 'b> {
 
     /// All Path values in order (RFC 3327).
     pub fn paths(&self) -> Values<'h, 'b, NameAddr<'b>> {
-        Values::new(self.buf, self.headers, HeaderName::Path, parse_name_addr)
+        Values::new(
+            self.buf,
+            self.lines_of(HeaderName::Path),
+            HeaderName::Path,
+            parse_name_addr,
+        )
     }
 
     /// All Contact values in order (`Contact: *` yields nothing; see [`Self::is_contact_star`]).
     pub fn contacts(&self) -> Values<'h, 'b, NameAddr<'b>> {
-        Values::new(self.buf, self.headers, HeaderName::Contact, parse_name_addr)
+        Values::new(
+            self.buf,
+            self.lines_of(HeaderName::Contact),
+            HeaderName::Contact,
+            parse_name_addr,
+        )
     }
 
     /// True for `Contact: *` (RFC 3261 §10.2.2 remove all bindings).
@@ -829,7 +1019,19 @@ impl<'h, 'b> Message<'h, 'b> {
         fn tag(buf: &[u8], span: Span) -> Result<&[u8], usize> {
             Ok(span.slice(buf))
         }
-        Values::new(self.buf, self.headers, kind, tag)
+        Values::new(self.buf, self.lines_of(kind), kind, tag)
+    }
+
+    /// The header slots up to the last line of `kind` when it is a list kind (none when it is
+    /// absent), else all: the values of that kind all lie within.
+    fn lines_of(&self, kind: HeaderName) -> &'h [Header<'b>] {
+        match list_index(kind) {
+            Some(list) => self
+                .headers
+                .get(..self.list_ends[list])
+                .unwrap_or(self.headers),
+            None => self.headers,
+        }
     }
 
     /// Converts a sub-slice of the buffer (any `&[u8]` this message handed out) back into its
@@ -1033,6 +1235,60 @@ mod tests {
         sigcomp_first_byte, "\u{f8}rest", |m| kind(m).is_some();
         only_crlf, "\r\n\r\n", |m| kind(m) == Some(ErrorKind::Empty);
         no_empty_line_datagram, BASE.split("Content-Length").next().unwrap_or_default(), |m| m.is_ok();
+        fold_after_colon, replace("Via: SIP", "Via:\r\n SIP"), |m| m.is_ok_and(|m| m.top_via().host.text == b"pc33.atlanta.example.com" && m.headers()[0].value.starts_with(b"SIP/2.0"));
+        unknown_header_space_before_colon, replace("Max-Forwards: 70\r\n", "Max-Forwards: 70\r\nX-Custom.Header \t:  v1 \r\n"), |m| m.is_ok_and(|m| m.header_named(b"x-custom.header").is_some_and(|h| h.value == b"v1" && h.kind == HeaderName::Other));
+        lf_only_lines, BASE.replace("\r\n", "\n"), |m| m.is_ok_and(|m| m.body() == b"body" && m.headers().len() == 9);
+        space_inside_name, replace("Max-Forwards:", "Max Forwards:"), |m| m.err().is_some_and(|e| e.kind == ErrorKind::HeaderName && e.offset == BASE.find("Max-Forwards").unwrap_or(0));
+        empty_value, replace("Max-Forwards: 70\r\n", "Max-Forwards: 70\r\nSubject:\r\n"), |m| m.is_ok_and(|m| m.header_named(b"subject").is_some_and(|h| h.value.is_empty()));
+        bare_cr_after_recognised_name, replace("CSeq: 314159", "CSeq:\r314159"), |m| m.err().is_some_and(|e| e.kind == ErrorKind::HeaderValue && e.header == Some(HeaderName::CSeq));
+        unterminated_header_line, "OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nl:0", |m| m.err().is_some_and(|e| e.kind == ErrorKind::Framing);
+    }
+
+    #[test]
+    fn list_index_covers_the_list_kinds() {
+        let mut seen = [false; LIST_KINDS];
+        let names = [
+            "via",
+            "route",
+            "record-route",
+            "call-id",
+            "cseq",
+            "from",
+            "to",
+            "max-forwards",
+            "content-length",
+            "content-type",
+            "content-encoding",
+            "contact",
+            "require",
+            "proxy-require",
+            "supported",
+            "unsupported",
+            "path",
+            "expires",
+            "allow",
+            "subject",
+            "event",
+            "allow-events",
+            "refer-to",
+            "referred-by",
+            "session-expires",
+            "identity",
+            "proxy-authorization",
+            "authorization",
+            "flow-timer",
+            "warning",
+            "retry-after",
+            "x",
+        ];
+        for name in names {
+            let kind = HeaderName::classify(name.as_bytes());
+            assert_eq!(list_index(kind).is_some(), kind.is_list(), "{kind:?}");
+            if let Some(i) = list_index(kind) {
+                seen[i] = true;
+            }
+        }
+        assert!(seen.iter().all(|&s| s));
     }
 
     #[test]
@@ -1040,6 +1296,21 @@ mod tests {
         let mut slots = [EMPTY_HEADER; 4];
         let r = parse(BASE.as_bytes(), &mut slots, &Limits::default());
         assert_eq!(r.err().map(|e| e.kind), Some(ErrorKind::TooManyHeaders));
+    }
+
+    #[test]
+    fn header_line_too_long() {
+        let limits = Limits {
+            max_header_line: 50,
+            ..Limits::default()
+        };
+        let mut slots = [EMPTY_HEADER; 32];
+        let r = parse(BASE.as_bytes(), &mut slots, &limits);
+        let via = BASE.find("Via:").unwrap_or(0);
+        assert_eq!(
+            r.err().map(|e| (e.kind, e.offset)),
+            Some((ErrorKind::HeaderTooLong, via))
+        );
     }
 
     #[test]
