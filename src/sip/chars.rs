@@ -131,29 +131,47 @@ pub(crate) fn find_line_break(buf: &[u8], from: usize) -> usize {
 }
 
 /// Offset of the first `byte` in `hay`.
-#[inline]
+#[inline(always)]
 pub(crate) fn find_byte(hay: &[u8], byte: u8) -> Option<usize> {
-    find_either(hay, byte, byte)
+    let pattern = SWAR_ONES * u64::from(byte);
+    first_match(hay, |x| zero_bytes(x ^ pattern), |c| c == byte)
 }
 
 /// Offset of the first byte of `hay` that is `a` or `b`.
-///
-/// Eight bytes at a time: XOR with a byte repeated turns a match into a zero byte, and the
-/// lowest byte the zero test flags is exact (borrows only run upwards), for each of the two
-/// tests and so for their union.
-#[inline]
+#[inline(always)]
 pub(crate) fn find_either(hay: &[u8], a: u8, b: u8) -> Option<usize> {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
-    let (pa, pb) = (ONES * u64::from(a), ONES * u64::from(b));
+    let (pa, pb) = (SWAR_ONES * u64::from(a), SWAR_ONES * u64::from(b));
+    first_match(
+        hay,
+        |x| zero_bytes(x ^ pa) | zero_bytes(x ^ pb),
+        |c| c == a || c == b,
+    )
+}
+
+const SWAR_ONES: u64 = 0x0101_0101_0101_0101;
+
+/// Flags the zero bytes of `x` in their high bits. XOR with a byte repeated turns a match
+/// into a zero byte; the lowest byte flagged is exact (borrows only run upwards), which is
+/// the only one [`first_match`] reads, also for a union of such tests.
+#[inline(always)]
+fn zero_bytes(x: u64) -> u64 {
+    x.wrapping_sub(SWAR_ONES) & !x & (SWAR_ONES << 7)
+}
+
+/// The first byte of `hay` that `flags` marks eight bytes at a time (by its lowest flagged
+/// byte), and `matches` one at a time in the last partial word.
+#[inline(always)]
+fn first_match(
+    hay: &[u8],
+    flags: impl Fn(u64) -> u64,
+    matches: impl Fn(u8) -> bool,
+) -> Option<usize> {
     let mut words = hay.chunks_exact(8);
     let mut at = 0;
     for w in &mut words {
         let mut word = [0u8; 8];
         word.copy_from_slice(w);
-        let x = u64::from_le_bytes(word);
-        let found = zero(x ^ pa) | zero(x ^ pb);
+        let found = flags(u64::from_le_bytes(word));
         if found != 0 {
             return Some(at + (found.trailing_zeros() / 8) as usize);
         }
@@ -162,7 +180,7 @@ pub(crate) fn find_either(hay: &[u8], a: u8, b: u8) -> Option<usize> {
     words
         .remainder()
         .iter()
-        .position(|&c| c == a || c == b)
+        .position(|&c| matches(c))
         .map(|i| at + i)
 }
 

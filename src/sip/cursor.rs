@@ -215,6 +215,7 @@ impl Iterator for ListIter<'_> {
 }
 
 /// Trims linear white space from both ends of a span.
+#[inline]
 pub(crate) fn trim(buf: &[u8], span: Span) -> Span {
     let mut s = span.start;
     let mut e = span.end.min(buf.len());

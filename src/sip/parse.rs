@@ -2,7 +2,7 @@
 //! and the body by Content-Length.
 
 use super::chars::{
-    contains_byte, eq_ic, find_byte, find_either, find_line_break, is_call_id, is_lws, is_token,
+    contains_byte, eq_ic, find_byte, find_either, find_line_break, is_call_id, is_token,
     parse_decimal,
 };
 use super::cursor::{ListIter, trim};
@@ -244,18 +244,7 @@ enum Scanned<'b> {
 /// returns a line, it is the one [`header_line_exact`] returns.
 #[inline(always)]
 fn header_line_fast(buf: &[u8], start: usize, max_line: usize) -> Option<Line<'_>> {
-    // The first colon, a word at a time (names are short: usually the first word holds it).
-    let colon = 'found: {
-        let mut i = start;
-        while let Some(word) = word_at(buf, i) {
-            let hits = zero_bytes(word ^ (ONES * u64::from(b':')));
-            if hits != 0 {
-                break 'found i + (hits.trailing_zeros() / 8) as usize;
-            }
-            i += 8;
-        }
-        i + find_byte(buf.get(i..)?, b':')?
-    };
+    let colon = start + find_byte(buf.get(start..)?, b':')?;
     let mut name_end = colon;
     while name_end > start && matches!(buf[name_end - 1], b' ' | b'\t') {
         name_end -= 1;
@@ -287,37 +276,14 @@ fn header_line_fast(buf: &[u8], start: usize, max_line: usize) -> Option<Line<'_
         return None;
     }
     // The value less surrounding LWS; a fold right after the colon is LWS too.
-    let (mut s, mut e) = (value_start, content_end);
-    while s < e && is_lws(buf[s]) {
-        s += 1;
-    }
-    while e > s && is_lws(buf[e - 1]) {
-        e -= 1;
-    }
+    let value_span = trim(buf, Span::new(value_start, content_end));
     Some(Line {
         kind,
         name,
-        value: &buf[s..e],
-        value_span: Span::new(s, e),
+        value: value_span.slice(buf),
+        value_span,
         next,
     })
-}
-
-const ONES: u64 = 0x0101_0101_0101_0101;
-
-/// The bytes of `buf` from `at` as a little-endian word, if there are eight.
-#[inline(always)]
-fn word_at(buf: &[u8], at: usize) -> Option<u64> {
-    let mut word = [0u8; 8];
-    word.copy_from_slice(buf.get(at..at.checked_add(8)?)?);
-    Some(u64::from_le_bytes(word))
-}
-
-/// Flags the zero bytes of `x`: exact for the lowest one flagged (borrows only run upwards),
-/// which is the only one used.
-#[inline(always)]
-fn zero_bytes(x: u64) -> u64 {
-    x.wrapping_sub(ONES) & !x & (ONES << 7)
 }
 
 /// Reads the header line at `line_start` with every check and the error each defect deserves:
