@@ -214,8 +214,8 @@ impl Iterator for ListIter<'_> {
     }
 }
 
-/// Trims linear white space from both ends of a span.
-#[inline]
+/// Trims linear white space from both ends of a span (inlined: it runs for every header line).
+#[inline(always)]
 pub(crate) fn trim(buf: &[u8], span: Span) -> Span {
     let mut s = span.start;
     let mut e = span.end.min(buf.len());
