@@ -451,7 +451,13 @@ fn run(
                 current.push(spec.clone());
             }
         }
-        if published.as_ref() != Some(&current) {
+        // Only changes are news. The pool starts without these members, so an empty set before
+        // any answer is none: a name server still starting up must not publish an empty pool.
+        let news = match &published {
+            Some(last) => *last != current,
+            None => !current.is_empty(),
+        };
+        if news {
             publish(current.clone());
             published = Some(current);
         }
