@@ -247,9 +247,9 @@ pub(crate) fn run(setup: ShardSetup, shared: Arc<Shared>) -> io::Result<()> {
         DriverKind::IoUring => {
             // Only this thread ever enters the shard's ring, so the kernel may leave a
             // completion's task work for the shard's next system call instead of interrupting
-            // it (COOP_TASKRUN, Linux 5.19; SINGLE_ISSUER, 6.0): measured 5-15 % less CPU per
-            // call at 1,000 calls/s (perf/RESULTS.md). An older kernel refuses the flags and
-            // gets a plain ring.
+            // it (COOP_TASKRUN, Linux 5.19; SINGLE_ISSUER, 6.0): less CPU per call at 1,000
+            // calls/s in 7 of 7 interleaved pairs, median -8 % (perf/RESULTS.md). An older
+            // kernel refuses the flags and gets a plain ring.
             let build = |cooperative: bool| {
                 let mut ring = io_uring::IoUring::builder();
                 if cooperative {
