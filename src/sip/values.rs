@@ -3,7 +3,7 @@
 
 use super::Span;
 use super::Transport;
-use super::chars::{eq_ic, find_byte, is_gen_value, is_lws, is_token};
+use super::chars::{contains_byte, eq_ic, find_byte, is_gen_value, is_lws, is_token};
 use super::cursor::{Cursor, quoted_string_end, skip_lws, token_end};
 use super::uri::{
     Host, Uri, UriError, check_uri, host_of_host_chars, is_host_char, parse_host, parse_port,
@@ -445,6 +445,7 @@ fn name_addr_params(s: &[u8], pos: usize) -> Result<(Span, Option<&[u8]>), usize
 }
 
 /// Parses a name-addr / addr-spec value occupying `span`.
+#[inline(always)]
 pub(crate) fn parse_name_addr(buf: &[u8], span: Span) -> Result<NameAddr<'_>, usize> {
     let NameAddrFront {
         s,
@@ -476,7 +477,12 @@ pub(crate) fn parse_name_addr(buf: &[u8], span: Span) -> Result<NameAddr<'_>, us
 /// Accepts exactly what [`parse_name_addr`] accepts, failing at the same offset, without
 /// building the typed value (for the values the parser only validates: Contact, Route,
 /// Record-Route and Path are read later, on demand, through [`parse_name_addr`]).
-pub(crate) fn check_name_addr(buf: &[u8], span: Span) -> Result<(), usize> {
+///
+/// On success, also says whether every comma of the value (if any) lies inside a quoted
+/// string or inside `<>`, so that splitting the list there (RFC 3261 §7.3.1) would give the
+/// value whole: true for a name-addr (commas can only be in its quoted display name, its
+/// bracketed URI or quoted parameter values), and for an addr-spec whose URI has no comma.
+pub(crate) fn check_name_addr(buf: &[u8], span: Span) -> Result<bool, usize> {
     let NameAddrFront {
         s,
         after_uri,
@@ -487,7 +493,8 @@ pub(crate) fn check_name_addr(buf: &[u8], span: Span) -> Result<(), usize> {
     check_uri(buf, uri_span.start, uri_span.end, angle).map_err(|e| match e {
         UriError::Malformed(at) | UriError::Headers(at) => at,
     })?;
-    name_addr_params(s, after_uri).map(|_| ())
+    name_addr_params(s, after_uri)?;
+    Ok(angle || !contains_byte(uri_span.slice(buf), b','))
 }
 
 /// The CSeq value (RFC 3261 §20.16).
