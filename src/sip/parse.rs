@@ -2,7 +2,7 @@
 //! and the body by Content-Length.
 
 use super::chars::{
-    contains_byte, eq_ic, find_byte, find_either, find_line_break, is_call_id, is_token,
+    CALL_ID, class_len, contains_byte, eq_ic, find_byte, find_either, find_line_break, is_token,
     parse_decimal,
 };
 use super::cursor::{ListIter, trim};
@@ -517,7 +517,7 @@ fn parse_inner<'h, 'b>(
 
     let call_id = call_id_h.value;
     // RFC 3261 §25.1: callid = word [ "@" word ].
-    if call_id.is_empty() || !call_id.iter().all(|&b| is_call_id(b)) {
+    if call_id.is_empty() || class_len(call_id, &CALL_ID) != call_id.len() {
         return Err(err(
             ErrorKind::CallId,
             call_id_h.value_span.start,

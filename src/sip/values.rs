@@ -3,10 +3,13 @@
 
 use super::Span;
 use super::Transport;
-use super::chars::{contains_byte, eq_ic, find_byte, is_gen_value, is_lws, is_token};
+use super::chars::{
+    GEN_VALUE, class_len, contains_byte, eq_ic, eq_ic_letters, find_byte, is_gen_value, is_lws,
+    is_token,
+};
 use super::cursor::{Cursor, quoted_string_end, skip_lws, token_end};
 use super::uri::{
-    Host, Uri, UriError, check_uri, host_of_host_chars, is_host_char, parse_host, parse_port,
+    HOST_CHAR, Host, Uri, UriError, check_uri, host_of_host_chars, parse_host, parse_port,
     parse_uri, port_at,
 };
 
@@ -59,12 +62,7 @@ fn parse_params<'b>(
             let value_end = if s.get(value_start) == Some(&b'"') {
                 quoted_string_end(s, value_start)?
             } else {
-                let rest = s.get(value_start..).unwrap_or_default();
-                value_start
-                    + rest
-                        .iter()
-                        .position(|&b| !is_gen_value(b))
-                        .unwrap_or(rest.len())
+                value_start + class_len(s.get(value_start..).unwrap_or_default(), &GEN_VALUE)
             };
             if value_end == value_start {
                 return Err(value_start);
@@ -246,10 +244,7 @@ pub(crate) fn parse_via(buf: &[u8], span: Span) -> Result<Via<'_>, usize> {
         (host, host_end)
     } else {
         let rest = &s[host_start..];
-        let len = rest
-            .iter()
-            .position(|&b| !is_host_char(b))
-            .unwrap_or(rest.len());
+        let len = class_len(rest, &HOST_CHAR);
         if len == 0 {
             return Err(host_start);
         }
@@ -275,21 +270,21 @@ pub(crate) fn parse_via(buf: &[u8], span: Span) -> Result<Via<'_>, usize> {
     let params = parse_params(s, sent_by_end, |p| {
         // The length first: most parameters are `branch` or unknown and cost one compare.
         match p.name.len() {
-            6 if eq_ic(p.name, b"branch") => branch = Some(p.value.ok_or(p.span.start)?),
-            8 if eq_ic(p.name, b"received") => {
+            6 if eq_ic_letters(p.name, b"branch") => branch = Some(p.value.ok_or(p.span.start)?),
+            8 if eq_ic_letters(p.name, b"received") => {
                 p.value.ok_or(p.span.start)?;
                 received = Some(p);
             }
-            5 if eq_ic(p.name, b"rport") => {
+            5 if eq_ic_letters(p.name, b"rport") => {
                 rport = match p.value {
                     None => Rport::Requested,
                     Some(v) => Rport::Port(parse_port(v).ok_or(p.span.end - v.len())?),
                 };
                 rport_param = Some(p.span);
             }
-            5 if eq_ic(p.name, b"maddr") => maddr = Some(p.value.ok_or(p.span.start)?),
-            4 if eq_ic(p.name, b"comp") => comp = Some(p.value.ok_or(p.span.start)?),
-            5 if eq_ic(p.name, b"alias") => alias = true,
+            5 if eq_ic_letters(p.name, b"maddr") => maddr = Some(p.value.ok_or(p.span.start)?),
+            4 if eq_ic_letters(p.name, b"comp") => comp = Some(p.value.ok_or(p.span.start)?),
+            5 if eq_ic_letters(p.name, b"alias") => alias = true,
             _ => {}
         }
         Ok(())
@@ -436,7 +431,7 @@ fn name_addr_front(buf: &[u8], span: Span) -> Result<NameAddrFront<'_>, usize> {
 fn name_addr_params(s: &[u8], pos: usize) -> Result<(Span, Option<&[u8]>), usize> {
     let mut tag = None;
     let params = parse_params(s, pos, |p| {
-        if tag.is_none() && eq_ic(p.name, b"tag") {
+        if tag.is_none() && eq_ic_letters(p.name, b"tag") {
             tag = Some(p.value.ok_or(p.span.start)?);
         }
         Ok(())
