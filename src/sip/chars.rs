@@ -21,41 +21,49 @@ const fn build(set: &[u8], alnum: bool) -> [bool; 256] {
 }
 
 /// RFC 3261 §25.1: `token = 1*(alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" / "`" / "'" / "~")`.
-static TOKEN: [bool; 256] = build(b"-.!%*_+`'~", true);
+pub(crate) static TOKEN: [bool; 256] = build(b"-.!%*_+`'~", true);
 
 /// Characters allowed in the user part of a SIP URI (unreserved, escaped, user-unreserved).
-static URI_USER: [bool; 256] = build(b"-_.!~*'()%&=+$,;?/", true);
+pub(crate) static URI_USER: [bool; 256] = build(b"-_.!~*'()%&=+$,;?/", true);
 
 /// Characters allowed in a URI password.
-static URI_PASSWORD: [bool; 256] = build(b"-_.!~*'()%&=+$,", true);
+pub(crate) static URI_PASSWORD: [bool; 256] = build(b"-_.!~*'()%&=+$,", true);
 
 /// Characters of a URI parameter name or value (paramchar) and of header names/values of a URI.
-static URI_PARAM: [bool; 256] = build(b"-_.!~*'()%[]/:&+$", true);
+pub(crate) static URI_PARAM: [bool; 256] = build(b"-_.!~*'()%[]/:&+$", true);
 
 /// Characters of URI headers (hnv-unreserved plus unreserved and escaped, plus `=` and `&`).
-static URI_HEADERS: [bool; 256] = build(b"-_.!~*'()%[]/?:+$=&", true);
+pub(crate) static URI_HEADERS: [bool; 256] = build(b"-_.!~*'()%[]/?:+$=&", true);
 
 /// Characters allowed in a URI of an unknown scheme (RFC 3986 reserved + unreserved + `%`).
-static ABS_URI: [bool; 256] = build(b"-_.!~*'()%;/?:@&=+$,[]#", true);
+pub(crate) static ABS_URI: [bool; 256] = build(b"-_.!~*'()%;/?:@&=+$,[]#", true);
+
+/// How many bytes at the start of `bytes` are in the class `table`: four at a time (one test
+/// for the four table entries together), then one at a time. Values, tokens and hosts run to
+/// tens of bytes, where a byte-by-byte scan pays a compare and a branch for every byte.
+#[inline(always)]
+pub(crate) fn class_len(bytes: &[u8], table: &[bool; 256]) -> usize {
+    let mut at = 0;
+    for quad in bytes.chunks_exact(4) {
+        let all = table[usize::from(quad[0])]
+            & table[usize::from(quad[1])]
+            & table[usize::from(quad[2])]
+            & table[usize::from(quad[3])];
+        if !all {
+            break;
+        }
+        at += 4;
+    }
+    let rest = bytes.get(at..).unwrap_or_default();
+    at + rest
+        .iter()
+        .position(|&b| !table[usize::from(b)])
+        .unwrap_or(rest.len())
+}
 
 #[inline]
 pub(crate) fn is_token(b: u8) -> bool {
     TOKEN[b as usize]
-}
-
-#[inline]
-pub(crate) fn is_user(b: u8) -> bool {
-    URI_USER[b as usize]
-}
-
-#[inline]
-pub(crate) fn is_password(b: u8) -> bool {
-    URI_PASSWORD[b as usize]
-}
-
-#[inline]
-pub(crate) fn is_uri_param(b: u8) -> bool {
-    URI_PARAM[b as usize]
 }
 
 #[inline]
@@ -70,15 +78,10 @@ pub(crate) fn is_abs_uri(b: u8) -> bool {
 
 /// `callid = word [ "@" word ]` characters (RFC 3261 §25.1): `word` (token characters plus
 /// `( ) < > : \ " / [ ] ? { }`) and `@`.
-static CALL_ID: [bool; 256] = build(b"-.!%*_+`'~()<>:\\\"/[]?{}@", true);
+pub(crate) static CALL_ID: [bool; 256] = build(b"-.!%*_+`'~()<>:\\\"/[]?{}@", true);
 
 /// A generic-param value without quotes (RFC 3261 §25.1 `gen-value = token / host`).
-static GEN_VALUE: [bool; 256] = build(b"-.!%*_+`'~[]:", true);
-
-#[inline]
-pub(crate) fn is_call_id(b: u8) -> bool {
-    CALL_ID[b as usize]
-}
+pub(crate) static GEN_VALUE: [bool; 256] = build(b"-.!%*_+`'~[]:", true);
 
 #[inline]
 pub(crate) fn is_gen_value(b: u8) -> bool {
@@ -236,6 +239,41 @@ pub(crate) fn eq_ic(a: &[u8], b: &[u8]) -> bool {
     a.eq_ignore_ascii_case(b)
 }
 
+/// [`eq_ic`] against a name spelled in lower-case letters only (`branch`, `tag`, `lr` ...), a
+/// word at a time. For a lower-case letter `l`, `a | 0x20 == l` holds exactly when `a` is `l`
+/// or its upper case, which is what a case-insensitive compare asks; so setting bit 0x20 of
+/// every byte of `name` and comparing words decides it for all the bytes at once.
+#[inline(always)]
+pub(crate) fn eq_ic_letters(name: &[u8], lower: &[u8]) -> bool {
+    debug_assert!(lower.iter().all(u8::is_ascii_lowercase));
+    let n = name.len();
+    if n != lower.len() {
+        return false;
+    }
+    let word4 = |b: &[u8], at: usize| {
+        let mut w = [0u8; 4];
+        w.copy_from_slice(&b[at..at + 4]);
+        u32::from_le_bytes(w)
+    };
+    let word8 = |b: &[u8], at: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&b[at..at + 8]);
+        u64::from_le_bytes(w)
+    };
+    match n {
+        // Two overlapping words cover the name.
+        4..=7 => {
+            let same = |at: usize| word4(name, at) | 0x2020_2020 == word4(lower, at);
+            same(0) && same(n - 4)
+        }
+        8..=16 => {
+            let same = |at: usize| word8(name, at) | 0x2020_2020_2020_2020 == word8(lower, at);
+            same(0) && same(n - 8)
+        }
+        _ => name.iter().zip(lower).all(|(&a, &l)| a | 0x20 == l),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,6 +338,63 @@ mod tests {
                 assert_eq!(contains_byte(hay, byte), hay.contains(&byte), "{at} {byte}");
             }
         });
+    }
+
+    #[test]
+    fn class_len_matches_a_plain_scan() {
+        let text = b"z9hG4bK-25317-1-0;rport=5060 x\x80y127.0.0.1:5060;lr>abc\"d";
+        every_window(text, |hay, at| {
+            for table in [&TOKEN, &GEN_VALUE, &URI_USER, &URI_PARAM, &CALL_ID] {
+                let plain = hay
+                    .iter()
+                    .position(|&b| !table[usize::from(b)])
+                    .unwrap_or(hay.len());
+                assert_eq!(class_len(hay, table), plain, "{at}");
+            }
+        });
+    }
+
+    #[test]
+    fn eq_ic_letters_matches_eq_ic() {
+        let names: [&[u8]; 12] = [
+            b"lr",
+            b"ob",
+            b"tag",
+            b"comp",
+            b"rport",
+            b"alias",
+            b"maddr",
+            b"branch",
+            b"received",
+            b"transport",
+            b"averyveryverylongname",
+            b"",
+        ];
+        let mut cases: Vec<Vec<u8>> = Vec::new();
+        for name in names {
+            cases.push(name.to_vec());
+            cases.push(name.to_ascii_uppercase());
+            for i in 0..name.len() {
+                for flip in [0x20u8, 0x01, 0x40, 0x80, 0x21] {
+                    let mut m = name.to_vec();
+                    m[i] ^= flip;
+                    cases.push(m);
+                }
+            }
+            cases.push([name, &b"x"[..]].concat());
+        }
+        cases.push(b"BRAnch".to_vec());
+        cases.push(b"br@nch".to_vec());
+        cases.push(b"\x02\x12\x01\x0e\x03\x08".to_vec());
+        for name in names {
+            for case in &cases {
+                assert_eq!(
+                    eq_ic_letters(case, name),
+                    eq_ic(case, name),
+                    "{case:?} {name:?}"
+                );
+            }
+        }
     }
 
     #[test]

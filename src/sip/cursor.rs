@@ -1,7 +1,7 @@
 //! A bounded cursor over a region of the message buffer, with absolute offsets.
 
 use super::Span;
-use super::chars::{contains_byte, find_either, is_lws, is_token};
+use super::chars::{TOKEN, class_len, contains_byte, find_either, is_lws, is_token};
 
 #[derive(Clone)]
 /// Reads `buf[pos..end]`; every position it reports is an offset into the whole buffer.
@@ -115,11 +115,7 @@ pub(crate) fn skip_lws(s: &[u8], from: usize) -> usize {
 /// Offset of the first byte at or after `from` in `s` that is not a token character.
 #[inline]
 pub(crate) fn token_end(s: &[u8], from: usize) -> usize {
-    let rest = s.get(from..).unwrap_or_default();
-    from + rest
-        .iter()
-        .position(|&b| !is_token(b))
-        .unwrap_or(rest.len())
+    from + class_len(s.get(from..).unwrap_or_default(), &TOKEN)
 }
 
 /// The quoted-string (RFC 3261 §25.1: `DQUOTE *(qdtext / quoted-pair) DQUOTE`, where a

@@ -2,7 +2,7 @@
 //! and the body by Content-Length.
 
 use super::chars::{
-    contains_byte, eq_ic, find_byte, find_either, find_line_break, is_call_id, is_token,
+    CALL_ID, class_len, contains_byte, eq_ic, find_byte, find_either, find_line_break, is_token,
     parse_decimal,
 };
 use super::cursor::{ListIter, trim};
@@ -517,7 +517,7 @@ fn parse_inner<'h, 'b>(
 
     let call_id = call_id_h.value;
     // RFC 3261 §25.1: callid = word [ "@" word ].
-    if call_id.is_empty() || !call_id.iter().all(|&b| is_call_id(b)) {
+    if call_id.is_empty() || class_len(call_id, &CALL_ID) != call_id.len() {
         return Err(err(
             ErrorKind::CallId,
             call_id_h.value_span.start,
@@ -559,57 +559,12 @@ fn parse_inner<'h, 'b>(
     };
 
     // Multi-value headers: every value must parse; count them against the limit.
-    let mut values = 0usize;
-    let mut top_via = None;
-    let mut second_via = None;
-    let mut check = |h: &Header<'b>, v: Span| -> Result<(), ParseError> {
-        values += 1;
-        if values > limits.max_values {
-            return Err(err(ErrorKind::TooManyValues, v.start, Some(h.kind)));
-        }
-        let fail = |kind: ErrorKind| move |at: usize| err(kind, at, Some(h.kind));
-        if v.is_empty() {
-            let kind = match h.kind {
-                HeaderName::Via => ErrorKind::Via,
-                HeaderName::Require
-                | HeaderName::ProxyRequire
-                | HeaderName::Supported
-                | HeaderName::Unsupported => ErrorKind::OptionTag,
-                HeaderName::Allow | HeaderName::AllowEvents => ErrorKind::HeaderValue,
-                _ => ErrorKind::NameAddr,
-            };
-            // RFC 3261 allows an empty Supported header (no option tags at all).
-            if h.kind == HeaderName::Supported && h.value.is_empty() {
-                return Ok(());
-            }
-            return Err(err(kind, v.start, Some(h.kind)));
-        }
-        match h.kind {
-            HeaderName::Via => {
-                let via = parse_via(buf, v).map_err(fail(ErrorKind::Via))?;
-                if top_via.is_none() {
-                    top_via = Some(via);
-                } else if second_via.is_none() {
-                    second_via = Some(via);
-                }
-            }
-            HeaderName::Route
-            | HeaderName::RecordRoute
-            | HeaderName::Path
-            | HeaderName::Contact => {
-                check_name_addr(buf, v).map_err(fail(ErrorKind::NameAddr))?;
-            }
-            HeaderName::Require
-            | HeaderName::ProxyRequire
-            | HeaderName::Supported
-            | HeaderName::Unsupported
-                if !v.slice(buf).iter().all(|&b| is_token(b)) =>
-            {
-                return Err(err(ErrorKind::OptionTag, v.start, Some(h.kind)));
-            }
-            _ => {}
-        }
-        Ok(())
+    let mut lists = ListCheck {
+        buf,
+        max_values: limits.max_values,
+        values: 0,
+        top_via: None,
+        second_via: None,
     };
     let mut list_ends = [0usize; LIST_KINDS];
     for (i, h) in headers.iter().enumerate() {
@@ -617,19 +572,13 @@ fn parse_inner<'h, 'b>(
             continue;
         };
         list_ends[list] = i + 1;
-        if h.kind == HeaderName::Contact && h.value == b"*" {
-            continue;
-        }
-        // Most values hold no comma: then the value, already trimmed, is the one element
-        // the list split would give.
-        if !contains_byte(h.value, b',') {
-            check(h, h.value_span)?;
-            continue;
-        }
-        for v in ListIter::new(buf, h.value_span) {
-            check(h, v)?;
-        }
+        lists.header(h)?;
     }
+    let ListCheck {
+        top_via,
+        second_via,
+        ..
+    } = lists;
     let top_via = top_via.ok_or(err(
         ErrorKind::MissingHeader,
         body_start,
@@ -654,6 +603,119 @@ fn parse_inner<'h, 'b>(
         content_length,
         list_ends,
     })
+}
+
+/// The checks of the values of list headers, in message order, with what they keep.
+struct ListCheck<'b> {
+    buf: &'b [u8],
+    max_values: usize,
+    /// Values checked so far, over all list headers.
+    values: usize,
+    top_via: Option<Via<'b>>,
+    second_via: Option<Via<'b>>,
+}
+
+impl<'b> ListCheck<'b> {
+    /// Checks every value of the list header `h`.
+    #[inline(always)]
+    fn header(&mut self, h: &Header<'b>) -> Result<(), ParseError> {
+        if h.kind == HeaderName::Contact && h.value == b"*" {
+            return Ok(());
+        }
+        // A value that parses whole as one Via or name-addr, or is one option tag, holds no
+        // comma outside quoted strings and `<>`: the list split would give it whole, so it is
+        // checked once, without looking for commas first. Anything else takes the split below,
+        // which then finds what it would have found anyway (a failed attempt changes nothing:
+        // the count and the kept Vias change only on success).
+        if !h.value.is_empty() && self.values < self.max_values {
+            let single = match h.kind {
+                HeaderName::Via => match parse_via(self.buf, h.value_span) {
+                    Ok(via) => {
+                        self.keep_via(via);
+                        true
+                    }
+                    Err(_) => false,
+                },
+                HeaderName::Route
+                | HeaderName::RecordRoute
+                | HeaderName::Path
+                | HeaderName::Contact => check_name_addr(self.buf, h.value_span) == Ok(true),
+                HeaderName::Require
+                | HeaderName::ProxyRequire
+                | HeaderName::Supported
+                | HeaderName::Unsupported => h.value.iter().all(|&b| is_token(b)),
+                _ => false,
+            };
+            if single {
+                self.values += 1;
+                return Ok(());
+            }
+        }
+        // Most values hold no comma: then the value, already trimmed, is the one element
+        // the list split would give.
+        if !contains_byte(h.value, b',') {
+            return self.value(h, h.value_span);
+        }
+        for v in ListIter::new(self.buf, h.value_span) {
+            self.value(h, v)?;
+        }
+        Ok(())
+    }
+
+    fn keep_via(&mut self, via: Via<'b>) {
+        if self.top_via.is_none() {
+            self.top_via = Some(via);
+        } else if self.second_via.is_none() {
+            self.second_via = Some(via);
+        }
+    }
+
+    /// Checks one value `v` of the list header `h` and counts it against the limit.
+    fn value(&mut self, h: &Header<'b>, v: Span) -> Result<(), ParseError> {
+        self.values += 1;
+        if self.values > self.max_values {
+            return Err(err(ErrorKind::TooManyValues, v.start, Some(h.kind)));
+        }
+        let fail = |kind: ErrorKind| move |at: usize| err(kind, at, Some(h.kind));
+        if v.is_empty() {
+            let kind = match h.kind {
+                HeaderName::Via => ErrorKind::Via,
+                HeaderName::Require
+                | HeaderName::ProxyRequire
+                | HeaderName::Supported
+                | HeaderName::Unsupported => ErrorKind::OptionTag,
+                HeaderName::Allow | HeaderName::AllowEvents => ErrorKind::HeaderValue,
+                _ => ErrorKind::NameAddr,
+            };
+            // RFC 3261 allows an empty Supported header (no option tags at all).
+            if h.kind == HeaderName::Supported && h.value.is_empty() {
+                return Ok(());
+            }
+            return Err(err(kind, v.start, Some(h.kind)));
+        }
+        match h.kind {
+            HeaderName::Via => {
+                let via = parse_via(self.buf, v).map_err(fail(ErrorKind::Via))?;
+                self.keep_via(via);
+            }
+            HeaderName::Route
+            | HeaderName::RecordRoute
+            | HeaderName::Path
+            | HeaderName::Contact => {
+                check_name_addr(self.buf, v).map_err(fail(ErrorKind::NameAddr))?;
+            }
+            HeaderName::Require
+            | HeaderName::ProxyRequire
+            | HeaderName::Supported
+            | HeaderName::Unsupported
+                if !v.slice(self.buf).iter().all(|&b| is_token(b)) =>
+            {
+                return Err(err(ErrorKind::OptionTag, v.start, Some(h.kind)));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
 }
 
 fn parse_start_line(buf: &[u8], pos: usize, end: usize) -> Result<StartLine<'_>, ParseError> {

@@ -3,8 +3,8 @@
 use super::Span;
 use super::Transport;
 use super::chars::{
-    contains_byte, eq_ic, find_byte, is_abs_uri, is_password, is_token, is_uri_headers,
-    is_uri_param, is_user,
+    URI_PARAM, URI_PASSWORD, URI_USER, class_len, contains_byte, eq_ic, eq_ic_letters, find_byte,
+    is_abs_uri, is_token, is_uri_headers,
 };
 
 /// The kind of a host (RFC 3261 §25.1 `host = hostname / IPv4address / IPv6reference`).
@@ -41,7 +41,7 @@ impl<'b> Host<'b> {
 }
 
 /// Bytes of a hostname or IPv4 address (RFC 3261 §25.1): letters, digits, `-` and `.`.
-static HOST_CHAR: [bool; 256] = {
+pub(crate) static HOST_CHAR: [bool; 256] = {
     let mut table = [false; 256];
     let mut c = 0usize;
     while c < 256 {
@@ -436,15 +436,12 @@ fn sip_authority(
     // Neither user nor password characters include '@' or ':', so one scan of each finds
     // the userinfo; a scan that stops elsewhere means there is none, unless an '@' follows
     // (then the userinfo holds a bad character).
-    let user_len = text.iter().position(|&b| !is_user(b)).unwrap_or(text.len());
+    let user_len = class_len(text, &URI_USER);
     let (user, password, userinfo_len) = match text.get(user_len) {
         Some(b'@') => (Some(&text[..user_len]), None, Some(user_len + 1)),
         Some(b':') => {
             let after = &text[user_len + 1..];
-            let pass_len = after
-                .iter()
-                .position(|&b| !is_password(b))
-                .unwrap_or(after.len());
+            let pass_len = class_len(after, &URI_PASSWORD);
             if after.get(pass_len) == Some(&b'@') {
                 (
                     Some(&text[..user_len]),
@@ -474,10 +471,7 @@ fn sip_authority(
         // The host runs to the first ':', ';' or '?' (or the end) and must hold only host
         // characters, none of which is one of those three: one scan of host characters finds
         // it and checks it.
-        let len = rest
-            .iter()
-            .position(|&b| !is_host_char(b))
-            .unwrap_or(rest.len());
+        let len = class_len(rest, &HOST_CHAR);
         if len == 0 || !matches!(rest.get(len), None | Some(b':' | b';' | b'?')) {
             return Err(bad(pos));
         }
@@ -504,11 +498,7 @@ fn sip_authority(
 /// Offset of the first byte at or after `from` in `s` that is not a URI `paramchar`.
 #[inline(always)]
 fn uri_param_end(s: &[u8], from: usize) -> usize {
-    let rest = s.get(from..).unwrap_or_default();
-    from + rest
-        .iter()
-        .position(|&b| !is_uri_param(b))
-        .unwrap_or(rest.len())
+    from + class_len(s.get(from..).unwrap_or_default(), &URI_PARAM)
 }
 
 /// Reads the `;name[=value]` URI parameters from `pos`, handing each to `each` with the
@@ -550,12 +540,12 @@ fn sip_params<'b>(
 #[inline(always)]
 fn check_param(name: &[u8], value: Option<&[u8]>) -> Result<(), ()> {
     match name.len() {
-        9 if eq_ic(name, b"transport") => match value {
+        9 if eq_ic_letters(name, b"transport") => match value {
             Some(v) if v.iter().all(|&b| is_token(b)) => Ok(()),
             _ => Err(()),
         },
-        5 if value.is_none() && eq_ic(name, b"maddr") => Err(()),
-        4 if value.is_none() && eq_ic(name, b"comp") => Err(()),
+        5 if value.is_none() && eq_ic_letters(name, b"maddr") => Err(()),
+        4 if value.is_none() && eq_ic_letters(name, b"comp") => Err(()),
         _ => Ok(()),
     }
 }
@@ -612,11 +602,13 @@ fn parse_sip_rest(
         check_param(name, value).map_err(|()| UriError::Malformed(name_start))?;
         // The length first: most parameters are none of these and cost one compare.
         match name.len() {
-            2 if eq_ic(name, b"lr") => uri.lr = true,
-            2 if eq_ic(name, b"ob") => uri.ob = true,
-            9 if eq_ic(name, b"transport") => uri.transport = value.map(Transport::from_token),
-            5 if eq_ic(name, b"maddr") => uri.maddr = value,
-            4 if eq_ic(name, b"comp") => uri.comp = value,
+            2 if eq_ic_letters(name, b"lr") => uri.lr = true,
+            2 if eq_ic_letters(name, b"ob") => uri.ob = true,
+            9 if eq_ic_letters(name, b"transport") => {
+                uri.transport = value.map(Transport::from_token)
+            }
+            5 if eq_ic_letters(name, b"maddr") => uri.maddr = value,
+            4 if eq_ic_letters(name, b"comp") => uri.comp = value,
             _ => {}
         }
         Ok(())

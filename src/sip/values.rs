@@ -3,10 +3,13 @@
 
 use super::Span;
 use super::Transport;
-use super::chars::{eq_ic, find_byte, is_gen_value, is_lws, is_token};
+use super::chars::{
+    GEN_VALUE, class_len, contains_byte, eq_ic, eq_ic_letters, find_byte, is_gen_value, is_lws,
+    is_token,
+};
 use super::cursor::{Cursor, quoted_string_end, skip_lws, token_end};
 use super::uri::{
-    Host, Uri, UriError, check_uri, host_of_host_chars, is_host_char, parse_host, parse_port,
+    HOST_CHAR, Host, Uri, UriError, check_uri, host_of_host_chars, parse_host, parse_port,
     parse_uri, port_at,
 };
 
@@ -59,12 +62,7 @@ fn parse_params<'b>(
             let value_end = if s.get(value_start) == Some(&b'"') {
                 quoted_string_end(s, value_start)?
             } else {
-                let rest = s.get(value_start..).unwrap_or_default();
-                value_start
-                    + rest
-                        .iter()
-                        .position(|&b| !is_gen_value(b))
-                        .unwrap_or(rest.len())
+                value_start + class_len(s.get(value_start..).unwrap_or_default(), &GEN_VALUE)
             };
             if value_end == value_start {
                 return Err(value_start);
@@ -246,10 +244,7 @@ pub(crate) fn parse_via(buf: &[u8], span: Span) -> Result<Via<'_>, usize> {
         (host, host_end)
     } else {
         let rest = &s[host_start..];
-        let len = rest
-            .iter()
-            .position(|&b| !is_host_char(b))
-            .unwrap_or(rest.len());
+        let len = class_len(rest, &HOST_CHAR);
         if len == 0 {
             return Err(host_start);
         }
@@ -275,21 +270,21 @@ pub(crate) fn parse_via(buf: &[u8], span: Span) -> Result<Via<'_>, usize> {
     let params = parse_params(s, sent_by_end, |p| {
         // The length first: most parameters are `branch` or unknown and cost one compare.
         match p.name.len() {
-            6 if eq_ic(p.name, b"branch") => branch = Some(p.value.ok_or(p.span.start)?),
-            8 if eq_ic(p.name, b"received") => {
+            6 if eq_ic_letters(p.name, b"branch") => branch = Some(p.value.ok_or(p.span.start)?),
+            8 if eq_ic_letters(p.name, b"received") => {
                 p.value.ok_or(p.span.start)?;
                 received = Some(p);
             }
-            5 if eq_ic(p.name, b"rport") => {
+            5 if eq_ic_letters(p.name, b"rport") => {
                 rport = match p.value {
                     None => Rport::Requested,
                     Some(v) => Rport::Port(parse_port(v).ok_or(p.span.end - v.len())?),
                 };
                 rport_param = Some(p.span);
             }
-            5 if eq_ic(p.name, b"maddr") => maddr = Some(p.value.ok_or(p.span.start)?),
-            4 if eq_ic(p.name, b"comp") => comp = Some(p.value.ok_or(p.span.start)?),
-            5 if eq_ic(p.name, b"alias") => alias = true,
+            5 if eq_ic_letters(p.name, b"maddr") => maddr = Some(p.value.ok_or(p.span.start)?),
+            4 if eq_ic_letters(p.name, b"comp") => comp = Some(p.value.ok_or(p.span.start)?),
+            5 if eq_ic_letters(p.name, b"alias") => alias = true,
             _ => {}
         }
         Ok(())
@@ -436,7 +431,7 @@ fn name_addr_front(buf: &[u8], span: Span) -> Result<NameAddrFront<'_>, usize> {
 fn name_addr_params(s: &[u8], pos: usize) -> Result<(Span, Option<&[u8]>), usize> {
     let mut tag = None;
     let params = parse_params(s, pos, |p| {
-        if tag.is_none() && eq_ic(p.name, b"tag") {
+        if tag.is_none() && eq_ic_letters(p.name, b"tag") {
             tag = Some(p.value.ok_or(p.span.start)?);
         }
         Ok(())
@@ -445,6 +440,7 @@ fn name_addr_params(s: &[u8], pos: usize) -> Result<(Span, Option<&[u8]>), usize
 }
 
 /// Parses a name-addr / addr-spec value occupying `span`.
+#[inline(always)]
 pub(crate) fn parse_name_addr(buf: &[u8], span: Span) -> Result<NameAddr<'_>, usize> {
     let NameAddrFront {
         s,
@@ -476,7 +472,12 @@ pub(crate) fn parse_name_addr(buf: &[u8], span: Span) -> Result<NameAddr<'_>, us
 /// Accepts exactly what [`parse_name_addr`] accepts, failing at the same offset, without
 /// building the typed value (for the values the parser only validates: Contact, Route,
 /// Record-Route and Path are read later, on demand, through [`parse_name_addr`]).
-pub(crate) fn check_name_addr(buf: &[u8], span: Span) -> Result<(), usize> {
+///
+/// On success, also says whether every comma of the value (if any) lies inside a quoted
+/// string or inside `<>`, so that splitting the list there (RFC 3261 §7.3.1) would give the
+/// value whole: true for a name-addr (commas can only be in its quoted display name, its
+/// bracketed URI or quoted parameter values), and for an addr-spec whose URI has no comma.
+pub(crate) fn check_name_addr(buf: &[u8], span: Span) -> Result<bool, usize> {
     let NameAddrFront {
         s,
         after_uri,
@@ -487,7 +488,8 @@ pub(crate) fn check_name_addr(buf: &[u8], span: Span) -> Result<(), usize> {
     check_uri(buf, uri_span.start, uri_span.end, angle).map_err(|e| match e {
         UriError::Malformed(at) | UriError::Headers(at) => at,
     })?;
-    name_addr_params(s, after_uri).map(|_| ())
+    name_addr_params(s, after_uri)?;
+    Ok(angle || !contains_byte(uri_span.slice(buf), b','))
 }
 
 /// The CSeq value (RFC 3261 §20.16).
