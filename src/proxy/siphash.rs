@@ -22,7 +22,7 @@ pub(crate) struct SipHasher {
 
 /// Up to 8 bytes as a little-endian word (missing high bytes zero), with at most two loads:
 /// two overlapping 4-byte reads for 4..=8 bytes, three single bytes below that.
-#[inline]
+#[inline(always)]
 fn load_le(b: &[u8]) -> u64 {
     let n = b.len();
     debug_assert!(n <= 8);
@@ -40,7 +40,7 @@ fn load_le(b: &[u8]) -> u64 {
     }
 }
 
-#[inline]
+#[inline(always)]
 fn sipround(v0: &mut u64, v1: &mut u64, v2: &mut u64, v3: &mut u64) {
     *v0 = v0.wrapping_add(*v1);
     *v1 = v1.rotate_left(13);
@@ -78,7 +78,7 @@ impl SipHasher {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn compress(&mut self, m: u64) {
         self.v3 ^= m;
         sipround(&mut self.v0, &mut self.v1, &mut self.v2, &mut self.v3);
@@ -90,44 +90,63 @@ impl SipHasher {
     ///
     /// Whole words go straight to the compression function; the partial words at either end
     /// are assembled with at most two loads each ([`load_le`]) rather than byte by byte, since
-    /// the fields fed per message are short and most of them leave a partial word.
-    #[inline]
-    pub(crate) fn write(&mut self, mut bytes: &[u8]) {
-        self.length = self.length.wrapping_add(bytes.len());
-        if self.ntail != 0 {
-            let take = (8 - self.ntail).min(bytes.len());
-            // INVARIANT: `take <= 8 - ntail`, so the shifted bytes stay inside the word.
-            self.tail |= load_le(&bytes[..take]) << (8 * self.ntail);
-            self.ntail += take;
-            bytes = &bytes[take..];
-            if self.ntail < 8 {
-                return;
-            }
-            let m = self.tail;
-            self.compress(m);
-            self.tail = 0;
-            self.ntail = 0;
+    /// the fields fed per message are short and most of them leave a partial word. Always
+    /// inlined: the few hashes per message feed a handful of short fields each, and as a call
+    /// every one of them spilled and reloaded the whole state.
+    #[inline(always)]
+    pub(crate) fn write(&mut self, bytes: &[u8]) {
+        let len = bytes.len();
+        self.length = self.length.wrapping_add(len);
+        let pending = self.ntail;
+        // INVARIANT: `pending < 8`, so every shift below is less than 64.
+        if pending + len < 8 {
+            self.tail |= load_le(bytes) << (8 * pending);
+            self.ntail = pending + len;
+            return;
         }
-        let mut chunks = bytes.chunks_exact(8);
-        for chunk in &mut chunks {
+        let fill = 8 - pending;
+        let first = self.tail | (load_le(&bytes[..fill]) << (8 * pending));
+        self.compress(first);
+        let mut words = bytes[fill..].chunks_exact(8);
+        for chunk in &mut words {
             let mut word = [0u8; 8];
             word.copy_from_slice(chunk);
             self.compress(u64::from_le_bytes(word));
         }
-        let rest = chunks.remainder();
-        // Here `ntail` is 0: either it was, or the pending word was just compressed.
+        let rest = words.remainder();
         self.tail = load_le(rest);
         self.ntail = rest.len();
     }
 
-    /// Feeds bytes followed by a separator that cannot be confused with the field's end, so
-    /// that ("ab","c") and ("a","bc") hash differently.
+    /// Feeds the four little-endian bytes of `n` (the same as `write(&n.to_le_bytes())`),
+    /// without the slice handling: they always straddle at most one word boundary.
+    #[inline(always)]
+    fn write_u32(&mut self, n: u32) {
+        self.length = self.length.wrapping_add(4);
+        let pending = self.ntail;
+        let n = u64::from(n);
+        if pending < 4 {
+            self.tail |= n << (8 * pending);
+            self.ntail = pending + 4;
+        } else {
+            // The low `8 - pending` bytes complete the word; the other `pending - 4` remain
+            // (a shift of 32 for `pending == 4` leaves none: `n` has 32 bits).
+            self.compress(self.tail | (n << (8 * pending)));
+            self.tail = n >> (8 * (8 - pending));
+            self.ntail = pending - 4;
+        }
+    }
+
+    /// Feeds bytes preceded by their length (32-bit little-endian), so that ("ab","c") and
+    /// ("a","bc") hash differently.
+    #[inline(always)]
     pub(crate) fn field(&mut self, bytes: &[u8]) {
-        self.write(&(bytes.len() as u32).to_le_bytes());
+        self.write_u32(bytes.len() as u32);
         self.write(bytes);
     }
 
     /// The 64-bit hash of everything fed.
+    #[inline(always)]
     pub(crate) fn finish(mut self) -> u64 {
         let b = ((self.length as u64 & 0xff) << 56) | self.tail;
         self.compress(b);
@@ -192,6 +211,26 @@ mod tests {
                 h.write(part);
             }
             assert_eq!(h.finish(), one, "step {step}");
+        }
+    }
+
+    #[test]
+    fn field_is_its_length_then_its_bytes() {
+        let msg: Vec<u8> = (0..40u8).collect();
+        for lead in 0..=9 {
+            for len in [0, 1, 3, 4, 5, 7, 8, 9, 17, 31] {
+                let mut a = SipHasher::new(&key());
+                a.write(&msg[..lead]);
+                a.field(&msg[lead..lead + len]);
+                a.field(&msg[..3]);
+                let mut b = SipHasher::new(&key());
+                b.write(&msg[..lead]);
+                b.write(&(len as u32).to_le_bytes());
+                b.write(&msg[lead..lead + len]);
+                b.write(&3u32.to_le_bytes());
+                b.write(&msg[..3]);
+                assert_eq!(a.finish(), b.finish(), "lead {lead} len {len}");
+            }
         }
     }
 
