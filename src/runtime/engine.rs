@@ -1,10 +1,12 @@
 //! The proxy core as a shard drives it: one [`Core`] per shard, kept in step with pool reloads.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use crate::balance::BlockReason;
+use crate::balance::{BackendId, BlockReason, Pool};
+use crate::metrics::BackendMetrics;
 use crate::proxy::{ConfigError, Core, Event, MessageInfo, ProxyConfig};
 pub(crate) use crate::proxy::{Dest, FlowId, Inbound, Transmit, Verdict};
 pub(crate) use crate::sip::Transport;
@@ -16,6 +18,10 @@ use crate::shard::ShardId;
 pub(crate) struct Engine {
     core: Core,
     epoch: u64,
+    /// The pool and the backend metrics table (in pool order) as of `epoch`: the shard
+    /// counts each forwarded request against them without loading either per message.
+    pool: Arc<Pool>,
+    backend_metrics: Arc<Vec<Arc<BackendMetrics>>>,
 }
 
 impl Engine {
@@ -26,8 +32,17 @@ impl Engine {
         shared: &Shared,
     ) -> Result<Self, ConfigError> {
         let epoch = shared.pool_epoch.load(Ordering::SeqCst);
-        let core = Core::new(config, shard, shared.shards, shared.pool.load_full())?;
-        Ok(Self { core, epoch })
+        // The pool before the metrics table: a reload replaces the table first, so a table
+        // loaded after a pool is at least as new as that pool.
+        let pool = shared.pool.load_full();
+        let backend_metrics = shared.metrics.backends();
+        let core = Core::new(config, shard, shared.shards, Arc::clone(&pool))?;
+        Ok(Self {
+            core,
+            epoch,
+            pool,
+            backend_metrics,
+        })
     }
 
     /// Picks up a reloaded pool, if any.
@@ -35,8 +50,26 @@ impl Engine {
         let epoch = shared.pool_epoch.load(Ordering::Relaxed);
         if epoch != self.epoch {
             self.epoch = epoch;
-            self.core.set_pool(shared.pool.load_full());
+            // As in `new`: the pool first, then the table.
+            self.pool = shared.pool.load_full();
+            self.backend_metrics = shared.metrics.backends();
+            self.core.set_pool(Arc::clone(&self.pool));
         }
+    }
+
+    /// The pool as of the last message, timer or transport error handled.
+    pub(crate) fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// The metrics of the pool member `backend`, if it is still a member.
+    pub(crate) fn backend_metrics(&self, backend: BackendId) -> Option<&BackendMetrics> {
+        let i = self
+            .pool
+            .backends()
+            .iter()
+            .position(|b| b.id() == backend)?;
+        self.backend_metrics.get(i).map(|m| &**m)
     }
 
     /// Runs one message through the core (after picking up a reloaded pool, if any).
@@ -74,9 +107,10 @@ impl Engine {
             .handle_transport_error(Instant::now(), addr, reason, &shared.blacklist);
     }
 
-    /// The next message the core sends on its own (a retried INVITE or a 503), in `out`.
-    pub(crate) fn poll_transmit(&mut self, out: &mut [u8]) -> Option<Transmit> {
-        self.core.poll_transmit(Instant::now(), out)
+    /// The next message the core sends on its own (a retried INVITE or a 503), in `out`;
+    /// `now` is the time of whatever the shard just handled (a message, a timer).
+    pub(crate) fn poll_transmit(&mut self, now: Instant, out: &mut [u8]) -> Option<Transmit> {
+        self.core.poll_transmit(now, out)
     }
 
     /// The summary of the last message handled (or produced by `poll_transmit`).

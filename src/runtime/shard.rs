@@ -392,7 +392,7 @@ impl Shard {
                 return self.transmit(t, input.local, sbuf, mode).await;
             }
         }
-        let (verdict, info) = {
+        let verdict = {
             let mut engine = self.engine.borrow_mut();
             let verdict = engine.handle_inbound(
                 &self.shared,
@@ -411,18 +411,16 @@ impl Shard {
             while let Some(event) = engine.poll_event() {
                 self.handle_event(event);
             }
-            (verdict, engine.last_message())
+            let info = engine.last_message();
+            if let (Verdict::Forward(_), Some(backend), MessageKind::Request(_)) =
+                (&verdict, info.backend, info.kind)
+            {
+                self.count_forwarded_request(&engine, backend, &input);
+            }
+            verdict
         };
         let sbuf = match verdict {
-            Verdict::Forward(t) => {
-                if let (Some(backend), MessageKind::Request(_)) = (info.backend, info.kind) {
-                    self.count_backend(backend);
-                    if !self.shared.pool.load().is_backend(input.src) {
-                        self.count_failover(input.bytes, backend);
-                    }
-                }
-                self.transmit(t, input.local, sbuf, mode).await
-            }
+            Verdict::Forward(t) => self.transmit(t, input.local, sbuf, mode).await,
             Verdict::Respond(t) => {
                 if let Some(status) = sbuf.get(..t.len).and_then(status_of) {
                     metrics.local_response(status);
@@ -451,7 +449,7 @@ impl Shard {
                 sbuf
             }
         };
-        self.drain_core(sbuf, mode).await
+        self.drain_core(sbuf, mode, input.now).await
     }
 
     /// Acts on an event of the core.
@@ -465,25 +463,30 @@ impl Shard {
     }
 
     /// Sends what the core queued on its own (INVITE failover: retries and 503s), after a
-    /// message, a timer or a transport error. Bounded per call; the timer loop sends the rest.
-    async fn drain_core(self: &Rc<Self>, sbuf: Vec<u8>, mode: SendMode) -> Vec<u8> {
+    /// message, a timer or a transport error handled at `now`. Bounded per call; the timer
+    /// loop sends the rest.
+    async fn drain_core(self: &Rc<Self>, sbuf: Vec<u8>, mode: SendMode, now: Instant) -> Vec<u8> {
         let mut sbuf = sbuf;
+        // Nothing is queued almost always: the time of what was just handled serves for the
+        // first look; a look after a send (which may have waited) reads the clock again.
+        let mut now = now;
         for _ in 0..CORE_TRANSMITS_PER_DRAIN {
-            let (t, info) = {
+            let t = {
                 let mut engine = self.engine.borrow_mut();
-                let Some(t) = engine.poll_transmit(&mut sbuf) else {
+                let Some(t) = engine.poll_transmit(now, &mut sbuf) else {
                     break;
                 };
                 while let Some(event) = engine.poll_event() {
                     self.handle_event(event);
                 }
-                (t, engine.last_message())
+                let info = engine.last_message();
+                if let Some(status) = info.responded {
+                    self.metrics().local_response(status);
+                } else if let Some(metrics) = info.backend.and_then(|b| engine.backend_metrics(b)) {
+                    metrics.request(usize::from(self.id));
+                }
+                t
             };
-            if let Some(status) = info.responded {
-                self.metrics().local_response(status);
-            } else if let Some(backend) = info.backend {
-                self.count_backend(backend);
-            }
             let from = t
                 .src
                 .or_else(|| self.udp.first().map(|e| e.local))
@@ -492,6 +495,7 @@ impl Shard {
                 continue;
             };
             sbuf = self.transmit(t, from, sbuf, mode).await;
+            now = Instant::now();
         }
         sbuf
     }
@@ -607,24 +611,30 @@ impl Shard {
         }
     }
 
-    fn count_backend(&self, backend: BackendId) {
-        let pool = self.shared.pool.load();
-        if let Some(i) = pool.backends().iter().position(|b| b.id() == backend) {
-            if let Some(b) = self.shared.metrics.backends().get(i) {
-                b.request(usize::from(self.id));
-            }
+    /// Counts a request the core forwarded to `backend` and, when it came from outside the
+    /// pool, a failover if it went elsewhere than its home. The engine's pool and metrics
+    /// table serve both (no load of either per message).
+    fn count_forwarded_request(&self, engine: &Engine, backend: BackendId, input: &Inbound<'_>) {
+        if let Some(metrics) = engine.backend_metrics(backend) {
+            metrics.request(usize::from(self.id));
+        }
+        if !engine.pool().is_backend(input.src) {
+            self.count_failover(engine, input.bytes, backend, input.now);
         }
     }
 
     /// Counts a failover when a new call went to another member than the one it belongs to
-    /// when all are healthy. The Call-ID is looked up only while some member is unusable.
-    fn count_failover(&self, bytes: &[u8], chosen: BackendId) {
-        let pool = self.shared.pool.load();
-        let now = Instant::now();
-        let degraded = pool
-            .backends()
-            .iter()
-            .any(|b| !b.accepts_new_calls() || self.shared.blacklist.is_blocked(b.addr(), now));
+    /// when all are healthy. The Call-ID is looked up only while some member is unusable at
+    /// `now` (when the request arrived).
+    fn count_failover(&self, engine: &Engine, bytes: &[u8], chosen: BackendId, now: Instant) {
+        let pool = engine.pool();
+        // Health first: it needs no load of the blacklist, which is then read once.
+        let degraded = pool.backends().iter().any(|b| !b.accepts_new_calls()) || {
+            let blacklist = self.shared.blacklist.view();
+            pool.backends()
+                .iter()
+                .any(|b| blacklist.is_blocked(b.addr(), now))
+        };
         if !degraded {
             return;
         }
@@ -647,10 +657,8 @@ impl Shard {
             return;
         };
         if home.id() != chosen {
-            if let Some(i) = pool.backends().iter().position(|b| b.id() == home.id()) {
-                if let Some(m) = self.shared.metrics.backends().get(i) {
-                    m.failover(usize::from(self.id));
-                }
+            if let Some(metrics) = engine.backend_metrics(home.id()) {
+                metrics.failover(usize::from(self.id));
             }
         }
     }
@@ -925,8 +933,17 @@ fn flow_owner(flow: FlowId) -> ShardId {
 /// The status code of a response's status line, `None` for a request.
 fn status_of(bytes: &[u8]) -> Option<u16> {
     let rest = bytes.strip_prefix(b"SIP/2.0 ")?;
-    let code = rest.get(..3)?;
-    std::str::from_utf8(code).ok()?.parse().ok()
+    let &[first, second, third] = rest.get(..3)? else {
+        return None;
+    };
+    let digit = |d: u8| d.is_ascii_digit().then(|| u16::from(d - b'0'));
+    // The three bytes as `str::parse::<u16>` reads them (a leading `+` included), without
+    // its UTF-8 check and generic loop.
+    if first == b'+' {
+        Some(digit(second)? * 10 + digit(third)?)
+    } else {
+        Some(digit(first)? * 100 + digit(second)? * 10 + digit(third)?)
+    }
 }
 
 /// Counts a message by method or response class from its start line alone (no parse).
@@ -971,7 +988,9 @@ async fn udp_loop(shard: Rc<Shard>, index: usize, mut batch: sockopt::RecvBatch)
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 shard.udp_error(endpoint, None, &e);
-                sbuf = shard.drain_core(sbuf, SendMode::Batched).await;
+                sbuf = shard
+                    .drain_core(sbuf, SendMode::Batched, Instant::now())
+                    .await;
                 if !matches!(
                     e.raw_os_error(),
                     Some(libc::ECONNREFUSED | libc::EHOSTUNREACH | libc::ENETUNREACH)
@@ -981,6 +1000,9 @@ async fn udp_loop(shard: Rc<Shard>, index: usize, mut batch: sockopt::RecvBatch)
                 0
             }
         };
+        // One recvmmsg read the whole batch: its datagrams arrived by now, and the core takes
+        // this as their arrival time (timers, blacklist) without a clock read per datagram.
+        let mut arrived = Instant::now();
         for i in 0..n {
             let Some((message, src)) = batch.get(i) else {
                 continue;
@@ -992,7 +1014,7 @@ async fn udp_loop(shard: Rc<Shard>, index: usize, mut batch: sockopt::RecvBatch)
                     .await;
             } else if !message.is_empty() {
                 let input = Inbound {
-                    now: Instant::now(),
+                    now: arrived,
                     src,
                     local,
                     transport: Transport::Udp,
@@ -1009,6 +1031,8 @@ async fn udp_loop(shard: Rc<Shard>, index: usize, mut batch: sockopt::RecvBatch)
                 // Nothing waits in the batch while other tasks run.
                 shard.flush_udp().await;
                 YieldNow(false).await;
+                // Other tasks ran: the rest of the batch is handled later than it arrived.
+                arrived = Instant::now();
             }
         }
         // The receive batch is done: what it produced leaves now, with one sendmmsg per
@@ -1053,7 +1077,7 @@ async fn core_timer_loop(shard: Rc<Shard>, failover: FailoverConfig) {
                 engine.handle_timeout(&shard.shared, now);
             }
         }
-        sbuf = shard.drain_core(sbuf, SendMode::Now).await;
+        sbuf = shard.drain_core(sbuf, SendMode::Now, now).await;
     }
 }
 
@@ -1091,7 +1115,9 @@ async fn outbound_conn(shard: Rc<Shard>, conn: Rc<Conn>) {
         // INVITEs queued on this connection are lost: the core retries them elsewhere
         // (a cold path, so a buffer of its own is fine).
         shard.core_transport_error(conn.peer, BlockReason::ConnectRefused);
-        let _ = shard.drain_core(vec![0u8; BUF_SIZE], SendMode::Now).await;
+        let _ = shard
+            .drain_core(vec![0u8; BUF_SIZE], SendMode::Now, Instant::now())
+            .await;
         return;
     };
     if conn.closed.get() {

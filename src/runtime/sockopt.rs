@@ -2,7 +2,7 @@
 
 use std::io;
 use std::mem::MaybeUninit;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::RawFd;
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
@@ -142,44 +142,57 @@ pub(crate) struct RecvBatch {
     /// `RECV_BATCH` buffers of `size` bytes, back to back.
     bufs: Vec<u8>,
     size: usize,
+    /// Where the kernel writes each datagram's source.
     names: [libc::sockaddr_storage; RECV_BATCH],
-    namelens: [libc::socklen_t; RECV_BATCH],
+    /// One iovec per buffer of `bufs` (which is on the heap, so they never go stale).
+    iovs: [libc::iovec; RECV_BATCH],
+    /// The headers `recvmmsg` reads, built once; a call only points them at `names` and
+    /// `iovs` again (the batch may have moved) and resets the name lengths.
+    msgs: [libc::mmsghdr; RECV_BATCH],
     lens: [usize; RECV_BATCH],
 }
 
 impl RecvBatch {
     /// Buffers for `RECV_BATCH` datagrams of up to `size` bytes each.
     pub(crate) fn new(size: usize) -> Self {
+        let mut bufs = resident_zeroes(size * RECV_BATCH);
+        // SAFETY: iovec is plain data; all zeroes is a valid value.
+        let mut iovs: [libc::iovec; RECV_BATCH] = unsafe { std::mem::zeroed() };
+        for (chunk, iov) in bufs.chunks_exact_mut(size).zip(iovs.iter_mut()) {
+            iov.iov_base = chunk.as_mut_ptr().cast();
+            iov.iov_len = chunk.len();
+        }
+        // SAFETY: mmsghdr is plain data; all zeroes is a valid value.
+        let mut msgs: [libc::mmsghdr; RECV_BATCH] = unsafe { std::mem::zeroed() };
+        for msg in &mut msgs {
+            msg.msg_hdr.msg_iovlen = 1;
+        }
         Self {
-            bufs: resident_zeroes(size * RECV_BATCH),
+            bufs,
             size,
             // SAFETY: sockaddr_storage is plain data; all zeroes is a valid value.
             names: unsafe { std::mem::zeroed() },
-            namelens: [0; RECV_BATCH],
+            iovs,
+            msgs,
             lens: [0; RECV_BATCH],
         }
     }
 
     /// One non-blocking `recvmmsg`: how many datagrams were read (at least one), or
-    /// `WouldBlock` when none was queued. Allocation-free: the message headers live on the
-    /// stack and point into `self`.
+    /// `WouldBlock` when none was queued. Allocation-free: the message headers were built by
+    /// [`RecvBatch::new`] and point into `self`.
     pub(crate) fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
-        let size = self.size;
-        // SAFETY: iovec and mmsghdr are plain data; all zeroes is a valid value.
-        let mut iovs: [libc::iovec; RECV_BATCH] = unsafe { std::mem::zeroed() };
-        // SAFETY: as above.
-        let mut msgs: [libc::mmsghdr; RECV_BATCH] = unsafe { std::mem::zeroed() };
-        for (chunk, (iov, (msg, name))) in self.bufs.chunks_exact_mut(size).zip(
-            iovs.iter_mut()
-                .zip(msgs.iter_mut().zip(self.names.iter_mut())),
-        ) {
-            iov.iov_base = chunk.as_mut_ptr().cast();
-            iov.iov_len = chunk.len();
+        // The kernel writes each header's name length (the room, on the way in), received
+        // length, control length and flags; the rest of a header stays as `new` built it.
+        for (msg, (iov, name)) in self
+            .msgs
+            .iter_mut()
+            .zip(self.iovs.iter_mut().zip(self.names.iter_mut()))
+        {
             msg.msg_hdr.msg_name = (name as *mut libc::sockaddr_storage).cast();
             msg.msg_hdr.msg_namelen =
                 std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
             msg.msg_hdr.msg_iov = iov;
-            msg.msg_hdr.msg_iovlen = 1;
         }
         // SAFETY: `fd` is an open socket; every header points to a live buffer of the stated
         // length (a chunk of `bufs`, one of `names`) and to its own iovec, all of which
@@ -187,7 +200,7 @@ impl RecvBatch {
         let n = unsafe {
             libc::recvmmsg(
                 fd,
-                msgs.as_mut_ptr(),
+                self.msgs.as_mut_ptr(),
                 RECV_BATCH as libc::c_uint,
                 libc::MSG_DONTWAIT,
                 std::ptr::null_mut(),
@@ -197,13 +210,8 @@ impl RecvBatch {
             return Err(io::Error::last_os_error());
         }
         let n = usize::try_from(n).unwrap_or(0).min(RECV_BATCH);
-        for (msg, (len, namelen)) in msgs
-            .iter()
-            .zip(self.lens.iter_mut().zip(self.namelens.iter_mut()))
-            .take(n)
-        {
-            *len = (msg.msg_len as usize).min(size);
-            *namelen = msg.msg_hdr.msg_namelen;
+        for (msg, len) in self.msgs.iter().zip(self.lens.iter_mut()).take(n) {
+            *len = (msg.msg_len as usize).min(self.size);
         }
         Ok(n)
     }
@@ -211,14 +219,76 @@ impl RecvBatch {
     /// Datagram `i` of the last [`recv`](Self::recv) and its source, `None` past the batch or
     /// for a source address that is not IP.
     pub(crate) fn get(&self, i: usize) -> Option<(&[u8], SocketAddr)> {
-        let name = *self.names.get(i)?;
-        let namelen = *self.namelens.get(i)?;
+        let addr = read_sockaddr(self.names.get(i)?)?;
         let len = *self.lens.get(i)?;
-        // SAFETY: the kernel initialised `namelen` bytes of this sockaddr_storage (zeroed
-        // before the first call, rewritten by each one).
-        let addr = unsafe { SockAddr::new(name, namelen) }.as_socket()?;
         let start = i * self.size;
         Some((self.bufs.get(start..start + len)?, addr))
+    }
+}
+
+/// The IP socket address the kernel wrote into `name`, `None` for another family (what
+/// `SockAddr::as_socket` reads, without copying the whole `sockaddr_storage` twice).
+fn read_sockaddr(name: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match libc::c_int::from(name.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in; a sockaddr_storage is
+            // larger than and aligned for any socket address.
+            let sin =
+                unsafe { &*(name as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes()),
+                u16::from_be(sin.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: as above, for a sockaddr_in6.
+            let sin6 =
+                unsafe { &*(name as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(sin6.sin6_addr.s6_addr),
+                u16::from_be(sin6.sin6_port),
+                sin6.sin6_flowinfo,
+                sin6.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+/// Writes `addr` into `name` as the kernel reads a socket address; its length. What
+/// `SockAddr::from` builds, without zeroing a whole `sockaddr_storage` per datagram.
+fn write_sockaddr(
+    addr: SocketAddr,
+    name: &mut MaybeUninit<libc::sockaddr_storage>,
+) -> libc::socklen_t {
+    match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: a sockaddr_storage is larger than and aligned for a sockaddr_in.
+            unsafe { name.as_mut_ptr().cast::<libc::sockaddr_in>().write(sin) };
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+            };
+            // SAFETY: as above, for a sockaddr_in6.
+            unsafe { name.as_mut_ptr().cast::<libc::sockaddr_in6>().write(sin6) };
+            std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t
+        }
     }
 }
 
@@ -375,13 +445,12 @@ impl SendBatch {
         };
         let head = usize::from(head);
         let fd = self.fds[head];
-        // SAFETY: iovec, mmsghdr and sockaddr_storage are plain data; all zeroes is a valid
-        // value.
-        let mut iovs: [libc::iovec; SEND_BATCH] = unsafe { std::mem::zeroed() };
-        // SAFETY: as above.
-        let mut msgs: [libc::mmsghdr; SEND_BATCH] = unsafe { std::mem::zeroed() };
-        // SAFETY: as above.
-        let mut names: [libc::sockaddr_storage; SEND_BATCH] = unsafe { std::mem::zeroed() };
+        // Only the first `count` entries are written, and only they are read (by the kernel):
+        // a batch is mostly one or two datagrams, and zeroing the headers and addresses of a
+        // full one would cost more than the rest of the call.
+        let mut iovs = [const { MaybeUninit::<libc::iovec>::uninit() }; SEND_BATCH];
+        let mut msgs = [const { MaybeUninit::<libc::mmsghdr>::uninit() }; SEND_BATCH];
+        let mut names = [const { MaybeUninit::<libc::sockaddr_storage>::uninit() }; SEND_BATCH];
         let mut count = 0;
         for &slot in &self.order[..self.pending] {
             let slot = usize::from(slot);
@@ -395,7 +464,6 @@ impl SendBatch {
                 .bufs
                 .get_mut(start..start + self.lens[slot])
                 .unwrap_or_default();
-            let addr = SockAddr::from(self.dests[slot]);
             let (Some(iov), Some(msg), Some(name)) = (
                 iovs.get_mut(count),
                 msgs.get_mut(count),
@@ -403,30 +471,28 @@ impl SendBatch {
             ) else {
                 break;
             };
-            // SAFETY: `addr.len()` bytes of a sockaddr_storage are initialised and fit in
-            // another sockaddr_storage.
-            unsafe {
-                std::ptr::copy_nonoverlapping(
-                    addr.as_ptr().cast::<u8>(),
-                    (name as *mut libc::sockaddr_storage).cast::<u8>(),
-                    addr.len() as usize,
-                );
-            }
-            iov.iov_base = chunk.as_mut_ptr().cast();
-            iov.iov_len = chunk.len();
-            msg.msg_hdr.msg_name = (name as *mut libc::sockaddr_storage).cast();
-            msg.msg_hdr.msg_namelen = addr.len();
-            msg.msg_hdr.msg_iov = iov;
-            msg.msg_hdr.msg_iovlen = 1;
+            let namelen = write_sockaddr(self.dests[slot], name);
+            let iov = iov.write(libc::iovec {
+                iov_base: chunk.as_mut_ptr().cast(),
+                iov_len: chunk.len(),
+            });
+            // SAFETY: mmsghdr is plain data; all zeroes is a valid value.
+            let mut header: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            header.msg_hdr.msg_name = name.as_mut_ptr().cast();
+            header.msg_hdr.msg_namelen = namelen;
+            header.msg_hdr.msg_iov = iov;
+            header.msg_hdr.msg_iovlen = 1;
+            msg.write(header);
             count += 1;
         }
-        // SAFETY: `fd` is an open socket; each of the first `count` headers points to its own
-        // iovec (a live chunk of `bufs` of the stated length) and to its own initialised
-        // address of the stated length, all of which outlive the call.
+        // SAFETY: `fd` is an open socket; each of the first `count` headers is initialised and
+        // points to its own iovec (a live chunk of `bufs` of the stated length) and to its own
+        // initialised address of the stated length, all of which outlive the call; the
+        // kernel reads no header past `count`.
         let n = unsafe {
             libc::sendmmsg(
                 fd,
-                msgs.as_mut_ptr(),
+                msgs.as_mut_ptr().cast::<libc::mmsghdr>(),
                 count as libc::c_uint,
                 libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
             )
@@ -554,6 +620,30 @@ mod tests {
             &[b'a' + (RECV_BATCH - 1) as u8]
         );
         assert_eq!(batch.recv(sock.as_raw_fd()).unwrap(), 2);
+    }
+
+    #[test]
+    fn socket_addresses_read_and_write_as_socket2_does() {
+        for text in ["192.0.2.7:5060", "[2001:db8::1]:5061", "[fe80::1%3]:7"] {
+            let addr: SocketAddr = text.parse().unwrap();
+            let mut name = MaybeUninit::<libc::sockaddr_storage>::zeroed();
+            let len = write_sockaddr(addr, &mut name);
+            let reference = SockAddr::from(addr);
+            assert_eq!(len, reference.len());
+            // SAFETY: zeroed, then written; both are plain data of at least `len` bytes.
+            let (ours, theirs) = unsafe {
+                (
+                    std::slice::from_raw_parts(name.as_ptr().cast::<u8>(), len as usize),
+                    std::slice::from_raw_parts(reference.as_ptr().cast::<u8>(), len as usize),
+                )
+            };
+            assert_eq!(ours, theirs, "{text}");
+            // SAFETY: zeroed, then written.
+            assert_eq!(read_sockaddr(unsafe { name.assume_init_ref() }), Some(addr));
+        }
+        // SAFETY: all zeroes is a valid sockaddr_storage (family AF_UNSPEC).
+        let unspec: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        assert_eq!(read_sockaddr(&unspec), None);
     }
 
     fn recv_all(sock: &std::net::UdpSocket) -> Vec<(Vec<u8>, SocketAddr)> {
