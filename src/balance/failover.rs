@@ -30,6 +30,8 @@
 use std::collections::VecDeque;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
+
+use crate::proxy::siphash::SipHasher13;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -159,10 +161,20 @@ pub enum FailoverEvent {
     },
 }
 
+/// 128 bits no caller can predict: std's per-process random seed (varied per `RandomState`)
+/// run through its keyed hash.
+fn random_key() -> [u8; 16] {
+    let random = RandomState::new();
+    let mut key = [0u8; 16];
+    key[..8].copy_from_slice(&random.hash_one(0u8).to_le_bytes());
+    key[8..].copy_from_slice(&random.hash_one(1u8).to_le_bytes());
+    key
+}
+
 /// Identity of an INVITE transaction for one table ([`InviteFailover::key`]): Call-ID and CSeq
 /// number (a CANCEL and the ACK of a non-2xx response carry the same pair, RFC 3261 §9.1,
-/// §17.1.1.3). Both are hashed together with a per-table random key (SipHash-1-3, std's
-/// `RandomState`), so a caller cannot craft Call-IDs or CSeqs that collide with another
+/// §17.1.1.3). Both are hashed together with a per-table random key (SipHash-1-3, as std's
+/// `RandomState` does), so a caller cannot craft Call-IDs or CSeqs that collide with another
 /// call's entry or pile up in one probe run of the index (the stored Call-ID is compared too).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TxKey {
@@ -240,7 +252,11 @@ pub struct InviteFailover {
     /// Head and tail of each deadline list.
     lists: [(u32, u32); 3],
     events: VecDeque<FailoverEvent>,
-    hasher: RandomState,
+    /// Keyed with 128 random bits per table. The crate's own SipHash, fed the Call-ID and
+    /// the CSeq number as raw bytes: through `BuildHasher::hash_one` the same SipHash-1-3
+    /// also hashed a length prefix and paid the generic `Hasher` plumbing on every INVITE
+    /// and every response to one.
+    hasher: SipHasher13,
 }
 
 impl InviteFailover {
@@ -267,7 +283,7 @@ impl InviteFailover {
             bytes: vec![0; config.capacity * config.slot_bytes],
             lists: [(NIL, NIL); 3],
             events: VecDeque::with_capacity(config.capacity.saturating_add(1)),
-            hasher: RandomState::new(),
+            hasher: SipHasher13::new(&random_key()),
         }
     }
 
@@ -278,8 +294,14 @@ impl InviteFailover {
 
     /// The key of the INVITE transaction with this Call-ID and CSeq number in this table.
     pub fn key(&self, call_id: &[u8], cseq: u32) -> TxKey {
+        // Unambiguous without a length prefix: the CSeq number has a fixed size and comes
+        // last. Collisions would be harmless anyway: the CSeq and the stored Call-ID are
+        // compared.
+        let mut h = self.hasher.clone();
+        h.write(call_id);
+        h.write_u32(cseq);
         TxKey {
-            hash: self.hasher.hash_one((call_id, cseq)),
+            hash: h.finish(),
             cseq,
         }
     }

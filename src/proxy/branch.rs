@@ -71,6 +71,9 @@ impl Branch {
     }
 
     /// Decodes and verifies a branch value; `None` unless it is one of ours, unaltered.
+    ///
+    /// The fields sit at fixed offsets (16 and 8 hex digits, the MAC last), so they are read
+    /// in place rather than by splitting at the dots; a dot anywhere else fails a hex parse.
     pub(crate) fn verify(value: &[u8], key: &MacKey) -> Option<Self> {
         if value.len() > MAX_BRANCH_LEN || value.len() < MAGIC_COOKIE.len() + 16 {
             return None;
@@ -78,24 +81,26 @@ impl Branch {
         // The cookie is case-sensitive in practice; branches are compared byte for byte
         // (RFC 3261 §17.2.3), so an altered case is not ours.
         let body = value.strip_prefix(MAGIC_COOKIE)?;
-        let mac_dot = value.iter().rposition(|&b| b == b'.')?;
-        let (signed, mac_text) = (&value[..=mac_dot], &value[mac_dot + 1..]);
-        if mac_text.len() != 8 || parse_hex(mac_text)? != u64::from(mac32(key, signed)) {
+        let (signed, mac_text) = value.split_at(value.len() - 8);
+        if signed.last() != Some(&b'.') {
             return None;
         }
-        let mut parts = body[..body.len() - 9].split(|&b| b == b'.');
-        let tx = parts.next().filter(|t| t.len() == 16).and_then(parse_hex)?;
-        let loop_hash = parts.next().filter(|t| t.len() == 8).and_then(parse_hex)?;
-        let ret = parts.next()?;
-        if parts.next().is_some() {
-            return None;
-        }
+        let fields = &body[..body.len() - 9];
+        let (tx, rest) = fields.split_at_checked(16)?;
+        let rest = rest.strip_prefix(b".")?;
+        let (loop_hash, rest) = rest.split_at_checked(8)?;
+        let ret = rest.strip_prefix(b".")?;
+        let tx = parse_hex(tx)?;
+        let loop_hash = parse_hex(loop_hash)?;
         let ret = ret.strip_prefix(b"l")?;
         let (listener, flow) = match ret.iter().position(|&b| b == b'x') {
             Some(f) => (&ret[..f], Some(FlowId(parse_hex(&ret[f + 1..])?))),
             None => (ret, None),
         };
         let listener = u8::try_from(parse_hex(listener)?).ok()?;
+        if parse_hex(mac_text)? != u64::from(mac32(key, signed)) {
+            return None;
+        }
         Some(Self {
             tx,
             loop_hash: u32::try_from(loop_hash).ok()?,

@@ -1408,7 +1408,7 @@ impl Core {
             return Err(Rejection::Respond(513, b"Message Too Large"));
         }
         let generated = w.len();
-        let mut splice: Splice<'_, 24> = Splice::new();
+        let mut splice: Splice<'_, MAX_EDITS> = Splice::new();
         for step in &plan.steps[..plan.len] {
             let bytes = match step.source {
                 Source::Scratch(a, b) => &scratch[a..b.min(generated)],
@@ -1814,9 +1814,15 @@ struct Step {
     source: Source,
 }
 
+/// Edits one forwarded request may need: our Via, Max-Forwards, received, rport, the
+/// Request-URI and a Route for a strict router (two), up to four Route removals,
+/// Record-Route and Content-Length make 12. Both edit lists are initialised for every
+/// request, so they are no larger than that needs.
+const MAX_EDITS: usize = 16;
+
 /// The edits of one forwarded request, before their bytes are borrowed.
 struct Plan {
-    steps: [Step; 24],
+    steps: [Step; MAX_EDITS],
     len: usize,
 }
 
@@ -1826,7 +1832,7 @@ impl Default for Plan {
             steps: [Step {
                 op: Op::Remove(Span::default()),
                 source: Source::Scratch(0, 0),
-            }; 24],
+            }; MAX_EDITS],
             len: 0,
         }
     }

@@ -85,7 +85,8 @@
 mod branch;
 mod config;
 mod core;
-mod siphash;
+/// Keyed hashes; the failover table keys its index with one too.
+pub(crate) mod siphash;
 #[cfg(test)]
 mod tests;
 

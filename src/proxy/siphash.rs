@@ -5,9 +5,16 @@
 //! gives both at a few nanoseconds per short input, without allocating. It is fed
 //! incrementally so the request fields need not be copied into one buffer.
 
-/// Incremental SipHash-2-4 state.
+/// Incremental SipHash-2-4 state: the branch, its MAC and the loop hash.
+pub(crate) type SipHasher = Sip<2, 4>;
+
+/// Incremental SipHash-1-3 state (what std's `RandomState` uses): for the lookup tables keyed
+/// from wire data, which need a keyed hash against flooding but authenticate nothing.
+pub(crate) type SipHasher13 = Sip<1, 3>;
+
+/// Incremental SipHash-c-d state, `C` compression and `D` finalisation rounds.
 #[derive(Clone)]
-pub(crate) struct SipHasher {
+pub(crate) struct Sip<const C: usize, const D: usize> {
     v0: u64,
     v1: u64,
     v2: u64,
@@ -18,6 +25,13 @@ pub(crate) struct SipHasher {
     ntail: usize,
     /// Total bytes fed so far (only its low byte is used in the finalisation).
     length: usize,
+}
+
+/// Opaque: the state is the key, which must not reach a log.
+impl<const C: usize, const D: usize> std::fmt::Debug for Sip<C, D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sip").finish_non_exhaustive()
+    }
 }
 
 /// Up to 8 bytes as a little-endian word (missing high bytes zero), with at most two loads:
@@ -58,7 +72,7 @@ fn sipround(v0: &mut u64, v1: &mut u64, v2: &mut u64, v3: &mut u64) {
     *v2 = v2.rotate_left(32);
 }
 
-impl SipHasher {
+impl<const C: usize, const D: usize> Sip<C, D> {
     /// A hasher keyed with 128 bits.
     pub(crate) fn new(key: &[u8; 16]) -> Self {
         let mut k0 = [0u8; 8];
@@ -81,8 +95,9 @@ impl SipHasher {
     #[inline(always)]
     fn compress(&mut self, m: u64) {
         self.v3 ^= m;
-        sipround(&mut self.v0, &mut self.v1, &mut self.v2, &mut self.v3);
-        sipround(&mut self.v0, &mut self.v1, &mut self.v2, &mut self.v3);
+        for _ in 0..C {
+            sipround(&mut self.v0, &mut self.v1, &mut self.v2, &mut self.v3);
+        }
         self.v0 ^= m;
     }
 
@@ -121,7 +136,7 @@ impl SipHasher {
     /// Feeds the four little-endian bytes of `n` (the same as `write(&n.to_le_bytes())`),
     /// without the slice handling: they always straddle at most one word boundary.
     #[inline(always)]
-    fn write_u32(&mut self, n: u32) {
+    pub(crate) fn write_u32(&mut self, n: u32) {
         self.length = self.length.wrapping_add(4);
         let pending = self.ntail;
         let n = u64::from(n);
@@ -151,7 +166,7 @@ impl SipHasher {
         let b = ((self.length as u64 & 0xff) << 56) | self.tail;
         self.compress(b);
         self.v2 ^= 0xff;
-        for _ in 0..4 {
+        for _ in 0..D {
             sipround(&mut self.v0, &mut self.v1, &mut self.v2, &mut self.v3);
         }
         self.v0 ^ self.v1 ^ self.v2 ^ self.v3
@@ -184,6 +199,23 @@ mod tests {
             let mut h = SipHasher::new(&key());
             h.write(&msg);
             assert_eq!(h.finish(), want, "length {n}");
+        }
+    }
+
+    #[test]
+    fn siphash13_matches_std() {
+        // std's `DefaultHasher::new()` is SipHash-1-3 with a zero key; a `u32` is hashed as
+        // its four little-endian bytes.
+        use std::hash::Hasher;
+        for n in [0usize, 1, 7, 8, 9, 17, 40] {
+            let msg: Vec<u8> = (0..n as u8).collect();
+            let mut std_hasher = std::hash::DefaultHasher::new();
+            std_hasher.write(&msg);
+            std_hasher.write_u32(0xdead_beef);
+            let mut ours = SipHasher13::new(&[0; 16]);
+            ours.write(&msg);
+            ours.write_u32(0xdead_beef);
+            assert_eq!(ours.finish(), std_hasher.finish(), "length {n}");
         }
     }
 
