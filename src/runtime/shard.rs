@@ -11,8 +11,9 @@
 //! Every loop owns its receive buffer and one send buffer, allocated once when the loop
 //! starts; the engine writes into the send buffer and the socket borrows it back, so a
 //! message costs no allocation. The engine is borrowed only between awaits. The UDP receive
-//! loops copy what they send into the shard's send batch instead, allocated once too, and
-//! send it with one `sendmmsg` per socket when their receive batch is done.
+//! loops trade their send buffer for a spare one of the shard's send batch instead (no copy;
+//! the batch's buffers are allocated once too), and send the batch with one `sendmmsg` per
+//! socket when their receive batch is done.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -671,26 +672,11 @@ impl Shard {
             .or_else(|| self.udp.iter().find(|e| e.local.is_ipv4() == to.is_ipv4()))
     }
 
-    /// The socket and the bytes of a datagram to send, or `None` (counted as a drop when
-    /// no socket can reach `to`).
-    fn udp_datagram<'a>(
-        &self,
-        from: SocketAddr,
-        to: SocketAddr,
-        sbuf: &'a [u8],
-        len: usize,
-    ) -> Option<(&UdpEndpoint, &'a [u8])> {
-        let Some(endpoint) = self.udp_endpoint(from, to) else {
-            self.metrics().drop(DropReason::NoRoute);
-            return None;
-        };
-        Some((endpoint, sbuf.get(..len)?))
-    }
-
-    /// Sends one datagram. `Batched` copies it into [`Shard::udp_out`], which the receive loop
-    /// sends when its receive batch is done (or now, when the batch is full). `Now` sends at
-    /// once, after whatever a receive loop has batched (it may be for the same destination,
-    /// and a call's messages leave in order).
+    /// Sends `sbuf[..len]` as one datagram. `Batched` hands `sbuf` to [`Shard::udp_out`]
+    /// (which the receive loop sends when its receive batch is done, or now when the batch is
+    /// full) and returns a spare buffer of the batch in its place, so the bytes are not
+    /// copied. `Now` sends at once, after whatever a receive loop has batched (it may be for
+    /// the same destination, and a call's messages leave in order).
     async fn send_udp(
         &self,
         from: SocketAddr,
@@ -699,25 +685,36 @@ impl Shard {
         len: usize,
         mode: SendMode,
     ) -> Vec<u8> {
-        let Some((endpoint, bytes)) = self.udp_datagram(from, to, &sbuf, len) else {
+        let Some(endpoint) = self.udp_endpoint(from, to) else {
+            self.metrics().drop(DropReason::NoRoute);
             return sbuf;
         };
+        if len > sbuf.len() {
+            return sbuf;
+        }
+        let mut sbuf = sbuf;
         if mode == SendMode::Batched {
             // Bounded: each flush empties the batch, and only this task runs between the
             // flush and the push unless the flush waited for a full socket buffer.
             for _ in 0..4 {
                 let queued = {
                     let mut out = self.udp_out.borrow_mut();
-                    !out.is_full()
-                        && !out.conflicts(endpoint.fd, to)
-                        && out.push(endpoint.fd, bytes, to)
+                    if out.is_full() || out.conflicts(endpoint.fd, to) {
+                        Err(sbuf)
+                    } else {
+                        out.push_owned(endpoint.fd, sbuf, len, to)
+                    }
                 };
-                if queued {
-                    return sbuf;
+                match queued {
+                    Ok(spare) => return spare,
+                    Err(buf) => sbuf = buf,
                 }
                 self.flush_udp().await;
             }
         }
+        let Some(bytes) = sbuf.get(..len) else {
+            return sbuf;
+        };
         if !self.udp_out.borrow().is_empty() {
             self.flush_udp().await;
         }
