@@ -421,12 +421,18 @@ impl Shard {
             verdict
         };
         let sbuf = match verdict {
-            Verdict::Forward(t) => self.transmit(t, input.local, sbuf, mode).await,
+            Verdict::Forward(t) => match self.transmit_batched(&t, input.local, sbuf, mode) {
+                Ok(spare) => spare,
+                Err(sbuf) => self.transmit(t, input.local, sbuf, mode).await,
+            },
             Verdict::Respond(t) => {
                 if let Some(status) = sbuf.get(..t.len).and_then(status_of) {
                     metrics.local_response(status);
                 }
-                self.transmit(t, input.local, sbuf, mode).await
+                match self.transmit_batched(&t, input.local, sbuf, mode) {
+                    Ok(spare) => spare,
+                    Err(sbuf) => self.transmit(t, input.local, sbuf, mode).await,
+                }
             }
             Verdict::Handoff(owner) => {
                 let result = self.shared.post.send(
@@ -450,7 +456,13 @@ impl Shard {
                 sbuf
             }
         };
-        self.drain_core(sbuf, mode, input.now).await
+        // The core has queued nothing of its own almost always: one look without an await
+        // (see `drain_core`).
+        let mut sbuf = sbuf;
+        match self.poll_core(&mut sbuf, input.now) {
+            Some(first) => self.send_core_transmits(first, sbuf, mode).await,
+            None => sbuf,
+        }
     }
 
     /// Acts on an event of the core.
@@ -470,35 +482,60 @@ impl Shard {
         let mut sbuf = sbuf;
         // Nothing is queued almost always: the time of what was just handled serves for the
         // first look; a look after a send (which may have waited) reads the clock again.
-        let mut now = now;
-        for _ in 0..CORE_TRANSMITS_PER_DRAIN {
-            let t = {
-                let mut engine = self.engine.borrow_mut();
-                let Some(t) = engine.poll_transmit(now, &mut sbuf) else {
-                    break;
-                };
-                while let Some(event) = engine.poll_event() {
-                    self.handle_event(event);
-                }
-                let info = engine.last_message();
-                if let Some(status) = info.responded {
-                    self.metrics().local_response(status);
-                } else if let Some(metrics) = info.backend.and_then(|b| engine.backend_metrics(b)) {
-                    metrics.request(usize::from(self.id));
-                }
-                t
-            };
+        match self.poll_core(&mut sbuf, now) {
+            Some(first) => self.send_core_transmits(first, sbuf, mode).await,
+            None => sbuf,
+        }
+    }
+
+    /// Sends `first` (which [`Shard::poll_core`] wrote into `sbuf`) and whatever else the core
+    /// has queued, [`CORE_TRANSMITS_PER_DRAIN`] in all at most.
+    async fn send_core_transmits(
+        self: &Rc<Self>,
+        first: Transmit,
+        sbuf: Vec<u8>,
+        mode: SendMode,
+    ) -> Vec<u8> {
+        let mut sbuf = sbuf;
+        let mut t = first;
+        for taken in 1..=CORE_TRANSMITS_PER_DRAIN {
             let from = t
                 .src
                 .or_else(|| self.udp.first().map(|e| e.local))
                 .or_else(|| self.tcp_locals.first().copied());
-            let Some(from) = from else {
-                continue;
-            };
-            sbuf = self.transmit(t, from, sbuf, mode).await;
-            now = Instant::now();
+            if let Some(from) = from {
+                sbuf = match self.transmit_batched(&t, from, sbuf, mode) {
+                    Ok(spare) => spare,
+                    Err(sbuf) => self.transmit(t, from, sbuf, mode).await,
+                };
+            }
+            // Taken from the core means sent: stop before taking one past the bound.
+            if taken == CORE_TRANSMITS_PER_DRAIN {
+                break;
+            }
+            match self.poll_core(&mut sbuf, Instant::now()) {
+                Some(next) => t = next,
+                None => break,
+            }
         }
         sbuf
+    }
+
+    /// Takes the next message the core queued on its own into `sbuf`, counted (a 503 it
+    /// generated, or a request to a backend), after acting on the core's events.
+    fn poll_core(&self, sbuf: &mut [u8], now: Instant) -> Option<Transmit> {
+        let mut engine = self.engine.borrow_mut();
+        let t = engine.poll_transmit(now, sbuf)?;
+        while let Some(event) = engine.poll_event() {
+            self.handle_event(event);
+        }
+        let info = engine.last_message();
+        if let Some(status) = info.responded {
+            self.metrics().local_response(status);
+        } else if let Some(metrics) = info.backend.and_then(|b| engine.backend_metrics(b)) {
+            metrics.request(usize::from(self.id));
+        }
+        Some(t)
     }
 
     /// Tells the core that `addr` could not be reached, so INVITEs waiting on it move on
@@ -563,6 +600,35 @@ impl Shard {
             Err(HandoffError::QueueFull) => metrics.drop(DropReason::HandoffQueueFull),
             Err(HandoffError::TooLarge) => metrics.drop(DropReason::TooLarge),
         }
+    }
+
+    /// [`Shard::transmit`] without an await, so without building its future, in the common
+    /// case: a plain UDP datagram of a receive loop that the send batch takes as it is (in
+    /// exchange for a spare buffer, returned). `Err(sbuf)`, neither counted nor queued, when
+    /// anything else is needed.
+    fn transmit_batched(
+        &self,
+        t: &Transmit,
+        arrived_on: SocketAddr,
+        sbuf: Vec<u8>,
+        mode: SendMode,
+    ) -> Result<Vec<u8>, Vec<u8>> {
+        let Dest::Addr(Transport::Udp, to) = t.dest else {
+            return Err(sbuf);
+        };
+        if mode != SendMode::Batched || (t.compress && self.sigcomp.is_some()) {
+            return Err(sbuf);
+        }
+        let Some(endpoint) = self.udp_endpoint(t.src.unwrap_or(arrived_on), to) else {
+            return Err(sbuf);
+        };
+        let mut out = self.udp_out.borrow_mut();
+        if !out.takes(&sbuf, t.len) || out.conflicts(endpoint.fd, to) {
+            return Err(sbuf);
+        }
+        // Counted before it is queued, as `transmit` does; `takes` checked the length.
+        count_message(self.metrics(), sbuf.get(..t.len).unwrap_or_default(), false);
+        out.push_owned(endpoint.fd, sbuf, t.len, to)
     }
 
     /// Sends `sbuf[..t.len]` where the engine said.
@@ -951,7 +1017,14 @@ fn count_message(metrics: &ShardMetrics, bytes: &[u8], inbound: bool) {
         } else {
             metrics.response_out(status);
         }
-    } else if let Some(sp) = bytes.iter().take(32).position(|&b| b == b' ') {
+    } else if let Some(sp) = bytes
+        .get(..32)
+        .unwrap_or(bytes)
+        .iter()
+        .position(|&b| b == b' ')
+    {
+        // The method token ends at the first space within the first 32 bytes (a plain
+        // slice search: cheaper than an iterator `take`).
         let method = &bytes[..sp];
         if inbound {
             metrics.request_in(method);

@@ -433,7 +433,7 @@ impl SendBatch {
         to: SocketAddr,
     ) -> Result<Vec<u8>, Vec<u8>> {
         let slot = self.used.trailing_ones() as usize;
-        if self.pending >= SEND_BATCH || buf.len() != self.size || len > buf.len() {
+        if !self.takes(&buf, len) {
             return Err(buf);
         }
         let Some(spare) = self.bufs.get_mut(slot) else {
@@ -442,6 +442,12 @@ impl SendBatch {
         let spare = std::mem::replace(spare, buf);
         self.record(slot, len, fd, to);
         Ok(spare)
+    }
+
+    /// Whether [`SendBatch::push_owned`] would take `buf` with a datagram of `len` bytes: the
+    /// batch has room and `buf` is the size of a slot.
+    pub(crate) fn takes(&self, buf: &[u8], len: usize) -> bool {
+        self.pending < SEND_BATCH && buf.len() == self.size && len <= buf.len()
     }
 
     /// Marks free slot `slot` as holding a datagram of `len` bytes, the newest.
