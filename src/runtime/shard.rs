@@ -11,8 +11,9 @@
 //! Every loop owns its receive buffer and one send buffer, allocated once when the loop
 //! starts; the engine writes into the send buffer and the socket borrows it back, so a
 //! message costs no allocation. The engine is borrowed only between awaits. The UDP receive
-//! loops copy what they send into the shard's send batch instead, allocated once too, and
-//! send it with one `sendmmsg` per socket when their receive batch is done.
+//! loops trade their send buffer for a spare one of the shard's send batch instead (no copy;
+//! the batch's buffers are allocated once too), and send the batch with one `sendmmsg` per
+//! socket when their receive batch is done.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -420,12 +421,18 @@ impl Shard {
             verdict
         };
         let sbuf = match verdict {
-            Verdict::Forward(t) => self.transmit(t, input.local, sbuf, mode).await,
+            Verdict::Forward(t) => match self.transmit_batched(&t, input.local, sbuf, mode) {
+                Ok(spare) => spare,
+                Err(sbuf) => self.transmit(t, input.local, sbuf, mode).await,
+            },
             Verdict::Respond(t) => {
                 if let Some(status) = sbuf.get(..t.len).and_then(status_of) {
                     metrics.local_response(status);
                 }
-                self.transmit(t, input.local, sbuf, mode).await
+                match self.transmit_batched(&t, input.local, sbuf, mode) {
+                    Ok(spare) => spare,
+                    Err(sbuf) => self.transmit(t, input.local, sbuf, mode).await,
+                }
             }
             Verdict::Handoff(owner) => {
                 let result = self.shared.post.send(
@@ -449,7 +456,13 @@ impl Shard {
                 sbuf
             }
         };
-        self.drain_core(sbuf, mode, input.now).await
+        // The core has queued nothing of its own almost always: one look without an await
+        // (see `drain_core`).
+        let mut sbuf = sbuf;
+        match self.poll_core(&mut sbuf, input.now) {
+            Some(first) => self.send_core_transmits(first, sbuf, mode).await,
+            None => sbuf,
+        }
     }
 
     /// Acts on an event of the core.
@@ -469,35 +482,60 @@ impl Shard {
         let mut sbuf = sbuf;
         // Nothing is queued almost always: the time of what was just handled serves for the
         // first look; a look after a send (which may have waited) reads the clock again.
-        let mut now = now;
-        for _ in 0..CORE_TRANSMITS_PER_DRAIN {
-            let t = {
-                let mut engine = self.engine.borrow_mut();
-                let Some(t) = engine.poll_transmit(now, &mut sbuf) else {
-                    break;
-                };
-                while let Some(event) = engine.poll_event() {
-                    self.handle_event(event);
-                }
-                let info = engine.last_message();
-                if let Some(status) = info.responded {
-                    self.metrics().local_response(status);
-                } else if let Some(metrics) = info.backend.and_then(|b| engine.backend_metrics(b)) {
-                    metrics.request(usize::from(self.id));
-                }
-                t
-            };
+        match self.poll_core(&mut sbuf, now) {
+            Some(first) => self.send_core_transmits(first, sbuf, mode).await,
+            None => sbuf,
+        }
+    }
+
+    /// Sends `first` (which [`Shard::poll_core`] wrote into `sbuf`) and whatever else the core
+    /// has queued, [`CORE_TRANSMITS_PER_DRAIN`] in all at most.
+    async fn send_core_transmits(
+        self: &Rc<Self>,
+        first: Transmit,
+        sbuf: Vec<u8>,
+        mode: SendMode,
+    ) -> Vec<u8> {
+        let mut sbuf = sbuf;
+        let mut t = first;
+        for taken in 1..=CORE_TRANSMITS_PER_DRAIN {
             let from = t
                 .src
                 .or_else(|| self.udp.first().map(|e| e.local))
                 .or_else(|| self.tcp_locals.first().copied());
-            let Some(from) = from else {
-                continue;
-            };
-            sbuf = self.transmit(t, from, sbuf, mode).await;
-            now = Instant::now();
+            if let Some(from) = from {
+                sbuf = match self.transmit_batched(&t, from, sbuf, mode) {
+                    Ok(spare) => spare,
+                    Err(sbuf) => self.transmit(t, from, sbuf, mode).await,
+                };
+            }
+            // Taken from the core means sent: stop before taking one past the bound.
+            if taken == CORE_TRANSMITS_PER_DRAIN {
+                break;
+            }
+            match self.poll_core(&mut sbuf, Instant::now()) {
+                Some(next) => t = next,
+                None => break,
+            }
         }
         sbuf
+    }
+
+    /// Takes the next message the core queued on its own into `sbuf`, counted (a 503 it
+    /// generated, or a request to a backend), after acting on the core's events.
+    fn poll_core(&self, sbuf: &mut [u8], now: Instant) -> Option<Transmit> {
+        let mut engine = self.engine.borrow_mut();
+        let t = engine.poll_transmit(now, sbuf)?;
+        while let Some(event) = engine.poll_event() {
+            self.handle_event(event);
+        }
+        let info = engine.last_message();
+        if let Some(status) = info.responded {
+            self.metrics().local_response(status);
+        } else if let Some(metrics) = info.backend.and_then(|b| engine.backend_metrics(b)) {
+            metrics.request(usize::from(self.id));
+        }
+        Some(t)
     }
 
     /// Tells the core that `addr` could not be reached, so INVITEs waiting on it move on
@@ -562,6 +600,35 @@ impl Shard {
             Err(HandoffError::QueueFull) => metrics.drop(DropReason::HandoffQueueFull),
             Err(HandoffError::TooLarge) => metrics.drop(DropReason::TooLarge),
         }
+    }
+
+    /// [`Shard::transmit`] without an await, so without building its future, in the common
+    /// case: a plain UDP datagram of a receive loop that the send batch takes as it is (in
+    /// exchange for a spare buffer, returned). `Err(sbuf)`, neither counted nor queued, when
+    /// anything else is needed.
+    fn transmit_batched(
+        &self,
+        t: &Transmit,
+        arrived_on: SocketAddr,
+        sbuf: Vec<u8>,
+        mode: SendMode,
+    ) -> Result<Vec<u8>, Vec<u8>> {
+        let Dest::Addr(Transport::Udp, to) = t.dest else {
+            return Err(sbuf);
+        };
+        if mode != SendMode::Batched || (t.compress && self.sigcomp.is_some()) {
+            return Err(sbuf);
+        }
+        let Some(endpoint) = self.udp_endpoint(t.src.unwrap_or(arrived_on), to) else {
+            return Err(sbuf);
+        };
+        let mut out = self.udp_out.borrow_mut();
+        if !out.takes(&sbuf, t.len) || out.conflicts(endpoint.fd, to) {
+            return Err(sbuf);
+        }
+        // Counted before it is queued, as `transmit` does; `takes` checked the length.
+        count_message(self.metrics(), sbuf.get(..t.len).unwrap_or_default(), false);
+        out.push_owned(endpoint.fd, sbuf, t.len, to)
     }
 
     /// Sends `sbuf[..t.len]` where the engine said.
@@ -671,26 +738,11 @@ impl Shard {
             .or_else(|| self.udp.iter().find(|e| e.local.is_ipv4() == to.is_ipv4()))
     }
 
-    /// The socket and the bytes of a datagram to send, or `None` (counted as a drop when
-    /// no socket can reach `to`).
-    fn udp_datagram<'a>(
-        &self,
-        from: SocketAddr,
-        to: SocketAddr,
-        sbuf: &'a [u8],
-        len: usize,
-    ) -> Option<(&UdpEndpoint, &'a [u8])> {
-        let Some(endpoint) = self.udp_endpoint(from, to) else {
-            self.metrics().drop(DropReason::NoRoute);
-            return None;
-        };
-        Some((endpoint, sbuf.get(..len)?))
-    }
-
-    /// Sends one datagram. `Batched` copies it into [`Shard::udp_out`], which the receive loop
-    /// sends when its receive batch is done (or now, when the batch is full). `Now` sends at
-    /// once, after whatever a receive loop has batched (it may be for the same destination,
-    /// and a call's messages leave in order).
+    /// Sends `sbuf[..len]` as one datagram. `Batched` hands `sbuf` to [`Shard::udp_out`]
+    /// (which the receive loop sends when its receive batch is done, or now when the batch is
+    /// full) and returns a spare buffer of the batch in its place, so the bytes are not
+    /// copied. `Now` sends at once, after whatever a receive loop has batched (it may be for
+    /// the same destination, and a call's messages leave in order).
     async fn send_udp(
         &self,
         from: SocketAddr,
@@ -699,25 +751,36 @@ impl Shard {
         len: usize,
         mode: SendMode,
     ) -> Vec<u8> {
-        let Some((endpoint, bytes)) = self.udp_datagram(from, to, &sbuf, len) else {
+        let Some(endpoint) = self.udp_endpoint(from, to) else {
+            self.metrics().drop(DropReason::NoRoute);
             return sbuf;
         };
+        if len > sbuf.len() {
+            return sbuf;
+        }
+        let mut sbuf = sbuf;
         if mode == SendMode::Batched {
             // Bounded: each flush empties the batch, and only this task runs between the
             // flush and the push unless the flush waited for a full socket buffer.
             for _ in 0..4 {
                 let queued = {
                     let mut out = self.udp_out.borrow_mut();
-                    !out.is_full()
-                        && !out.conflicts(endpoint.fd, to)
-                        && out.push(endpoint.fd, bytes, to)
+                    if out.is_full() || out.conflicts(endpoint.fd, to) {
+                        Err(sbuf)
+                    } else {
+                        out.push_owned(endpoint.fd, sbuf, len, to)
+                    }
                 };
-                if queued {
-                    return sbuf;
+                match queued {
+                    Ok(spare) => return spare,
+                    Err(buf) => sbuf = buf,
                 }
                 self.flush_udp().await;
             }
         }
+        let Some(bytes) = sbuf.get(..len) else {
+            return sbuf;
+        };
         if !self.udp_out.borrow().is_empty() {
             self.flush_udp().await;
         }
@@ -954,7 +1017,14 @@ fn count_message(metrics: &ShardMetrics, bytes: &[u8], inbound: bool) {
         } else {
             metrics.response_out(status);
         }
-    } else if let Some(sp) = bytes.iter().take(32).position(|&b| b == b' ') {
+    } else if let Some(sp) = bytes
+        .get(..32)
+        .unwrap_or(bytes)
+        .iter()
+        .position(|&b| b == b' ')
+    {
+        // The method token ends at the first space within the first 32 bytes (a plain
+        // slice search: cheaper than an iterator `take`).
         let method = &bytes[..sp];
         if inbound {
             metrics.request_in(method);

@@ -345,8 +345,9 @@ pub(crate) enum Sent {
 /// leave in the order they were pushed, per socket; [`SendBatch::conflicts`] tells the caller
 /// when a push would let a destination's datagrams overtake each other across sockets.
 pub(crate) struct SendBatch {
-    /// `SEND_BATCH` slots of `size` bytes, back to back.
-    bufs: Vec<u8>,
+    /// `SEND_BATCH` slots of `size` bytes each, each its own buffer so that
+    /// [`SendBatch::push_owned`] can trade it for the caller's.
+    bufs: Vec<Vec<u8>>,
     size: usize,
     lens: [usize; SEND_BATCH],
     fds: [RawFd; SEND_BATCH],
@@ -368,7 +369,7 @@ impl SendBatch {
     /// Slots for `SEND_BATCH` datagrams of up to `size` bytes each.
     pub(crate) fn new(size: usize) -> Self {
         Self {
-            bufs: resident_zeroes(size * SEND_BATCH),
+            bufs: (0..SEND_BATCH).map(|_| resident_zeroes(size)).collect(),
             size,
             lens: [0; SEND_BATCH],
             fds: [-1; SEND_BATCH],
@@ -400,18 +401,58 @@ impl SendBatch {
     }
 
     /// Copies `bytes` into a free slot, to be sent from `fd` to `to`. `false` when the batch
-    /// is full or `bytes` is larger than a slot (the caller sends it another way).
+    /// is full or `bytes` is larger than a slot. The shard uses [`SendBatch::push_owned`];
+    /// tests fill a batch from literals.
+    #[cfg(test)]
     pub(crate) fn push(&mut self, fd: RawFd, bytes: &[u8], to: SocketAddr) -> bool {
         let slot = self.used.trailing_ones() as usize;
         if slot >= SEND_BATCH || self.pending >= SEND_BATCH || bytes.len() > self.size {
             return false;
         }
-        let start = slot * self.size;
-        let Some(dst) = self.bufs.get_mut(start..start + bytes.len()) else {
+        let Some(dst) = self
+            .bufs
+            .get_mut(slot)
+            .and_then(|b| b.get_mut(..bytes.len()))
+        else {
             return false;
         };
         dst.copy_from_slice(bytes);
-        self.lens[slot] = bytes.len();
+        self.record(slot, bytes.len(), fd, to);
+        true
+    }
+
+    /// Takes `buf`, whose first `len` bytes are a datagram to send from `fd` to `to`, into a
+    /// free slot without copying it, and hands back that slot's buffer (as large as `buf`)
+    /// in exchange. `Err(buf)` when the batch is full or `buf` is not the size of a slot
+    /// (the caller sends it another way).
+    pub(crate) fn push_owned(
+        &mut self,
+        fd: RawFd,
+        buf: Vec<u8>,
+        len: usize,
+        to: SocketAddr,
+    ) -> Result<Vec<u8>, Vec<u8>> {
+        let slot = self.used.trailing_ones() as usize;
+        if !self.takes(&buf, len) {
+            return Err(buf);
+        }
+        let Some(spare) = self.bufs.get_mut(slot) else {
+            return Err(buf);
+        };
+        let spare = std::mem::replace(spare, buf);
+        self.record(slot, len, fd, to);
+        Ok(spare)
+    }
+
+    /// Whether [`SendBatch::push_owned`] would take `buf` with a datagram of `len` bytes: the
+    /// batch has room and `buf` is the size of a slot.
+    pub(crate) fn takes(&self, buf: &[u8], len: usize) -> bool {
+        self.pending < SEND_BATCH && buf.len() == self.size && len <= buf.len()
+    }
+
+    /// Marks free slot `slot` as holding a datagram of `len` bytes, the newest.
+    fn record(&mut self, slot: usize, len: usize, fd: RawFd, to: SocketAddr) {
+        self.lens[slot] = len;
         self.fds[slot] = fd;
         self.dests[slot] = to;
         self.ids[slot] = self.next_id;
@@ -419,7 +460,6 @@ impl SendBatch {
         self.used |= 1 << slot;
         self.order[self.pending] = slot as u8;
         self.pending += 1;
-        true
     }
 
     /// Forgets datagram `id` (of [`Sent::Failed`]) if it is still pending.
@@ -457,12 +497,13 @@ impl SendBatch {
             if self.fds[slot] != fd {
                 continue;
             }
-            let start = slot * self.size;
+            let len = self.lens[slot];
             // Always in range (`push` checks the length); skipping a slot instead would
             // make the count of datagrams sent name the wrong ones.
             let chunk = self
                 .bufs
-                .get_mut(start..start + self.lens[slot])
+                .get_mut(slot)
+                .and_then(|b| b.get_mut(..len))
                 .unwrap_or_default();
             let (Some(iov), Some(msg), Some(name)) = (
                 iovs.get_mut(count),
@@ -693,6 +734,39 @@ mod tests {
         assert!(matches!(batch.send(), Sent::All));
         let got: Vec<u8> = recv_all(&x).into_iter().map(|(d, _)| d[0]).collect();
         assert_eq!(got, (0..SEND_BATCH as u8).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn send_batch_takes_a_buffer_in_exchange_for_a_spare_one() {
+        use std::os::fd::AsRawFd;
+        let a = bind_udp_private("127.0.0.1:0".parse().unwrap()).unwrap();
+        let x = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let xa = x.local_addr().unwrap();
+        let mut batch = SendBatch::new(16);
+        assert!(batch.push(a.as_raw_fd(), b"1", xa));
+        let mut mine = vec![0u8; 16];
+        mine[..2].copy_from_slice(b"22");
+        let spare = batch.push_owned(a.as_raw_fd(), mine, 2, xa).unwrap();
+        assert_eq!(spare.len(), 16);
+        // Not the size of a slot, or longer than the buffer: refused and handed back.
+        assert_eq!(
+            batch.push_owned(a.as_raw_fd(), vec![7; 8], 1, xa),
+            Err(vec![7; 8])
+        );
+        assert!(
+            batch
+                .push_owned(a.as_raw_fd(), vec![0; 16], 17, xa)
+                .is_err()
+        );
+        assert!(matches!(batch.send(), Sent::All));
+        let got: Vec<Vec<u8>> = recv_all(&x).into_iter().map(|(d, _)| d).collect();
+        assert_eq!(got, vec![b"1".to_vec(), b"22".to_vec()]);
+        // A full batch refuses too.
+        let mut spare = spare;
+        for _ in 0..SEND_BATCH {
+            spare = batch.push_owned(a.as_raw_fd(), spare, 1, xa).unwrap();
+        }
+        assert!(batch.push_owned(a.as_raw_fd(), spare, 1, xa).is_err());
     }
 
     #[test]
