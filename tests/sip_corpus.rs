@@ -1045,3 +1045,58 @@ fn call_id_scan_agrees_with_salvage_and_parse() {
         inputs.len()
     );
 }
+
+/// A relayed response loses its top Via by `top_via_removal` and goes where `second_via`
+/// says: both must be exactly what walking `vias()` gives, on every message of the corpora and
+/// vectors, with every line ending cut short, and on the Via shapes that could set them apart.
+#[test]
+fn top_via_removal_and_second_via_agree_with_vias() {
+    let mut paths = Vec::new();
+    files_under(&shared("sip-torture"), &mut paths);
+    files_under(&shared("sip-realistic"), &mut paths);
+    files_under(
+        Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors/sip")),
+        &mut paths,
+    );
+    let mut inputs: Vec<Vec<u8>> = paths
+        .iter()
+        .filter(|p| p.extension().is_none_or(|e| e != "json"))
+        .map(|p| read(p))
+        .collect();
+    let tail = "From: <sip:a@h>;tag=1\r\nTo: <sip:b@h>\r\nCall-ID: v@h\r\nCSeq: 1 INVITE\r\n\r\n";
+    for vias in [
+        "Via: SIP/2.0/UDP a;branch=z9hG4bK1\r\nVia: SIP/2.0/UDP b\r\n",
+        "Via: SIP/2.0/UDP a;branch=z9hG4bK1, SIP/2.0/UDP b\r\n",
+        "Via: SIP/2.0/UDP a;branch=z9hG4bK1 ,\r\n SIP/2.0/UDP b , SIP/2.0/TCP c\r\n",
+        "v: SIP/2.0/UDP a;x=\"q,q\"\r\nVia: SIP/2.0/UDP b\r\n",
+        "Via: SIP/2.0/UDP a;x=\"q,q\", SIP/2.0/UDP b\r\n",
+        "Via: SIP/2.0/UDP a\r\nMax-Forwards: 7\r\nVia: SIP/2.0/UDP b, SIP/2.0/UDP c\r\n",
+        "Via: SIP/2.0/UDP a\r\n",
+    ] {
+        for start in ["SIP/2.0 200 OK\r\n", "INVITE sip:x@h SIP/2.0\r\n"] {
+            inputs.push(format!("{start}{vias}{tail}").into_bytes());
+        }
+    }
+    let mut checked = 0;
+    for text in &inputs {
+        for end in std::iter::once(text.len()).chain((0..text.len()).filter(|&i| text[i] == b'\n'))
+        {
+            let mut slots = [EMPTY_HEADER; 128];
+            let Ok(msg) = sip::parse(&text[..end], &mut slots, &Limits::default()) else {
+                continue;
+            };
+            let mut vias = msg.vias();
+            let top = vias.next().expect("a parsed message has a top Via");
+            assert_eq!(
+                msg.top_via_removal(),
+                top.removal,
+                "{}",
+                String::from_utf8_lossy(&text[..end])
+            );
+            assert_eq!(&top.value, msg.top_via());
+            assert_eq!(msg.second_via().copied(), vias.next().map(|v| v.value));
+            checked += 1;
+        }
+    }
+    assert!(checked >= 60, "only {checked} messages parsed");
+}

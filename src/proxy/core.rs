@@ -1563,15 +1563,11 @@ impl Core {
         let code = msg.status_code().unwrap_or(0);
         self.last.kind = MessageKind::Response(code);
         self.last.backend = self.pool.by_addr(input.src).map(Backend::id);
-        let mut vias = msg.vias();
-        let Some(ours) = vias.next() else {
-            return Verdict::Drop(DropReason::MalformedResponse);
-        };
         // RFC 3261 §16.11 / §18.1.2: the top Via must be ours.
-        let Some(branch) = ours.value.branch.and_then(|b| self.our_branch(b)) else {
+        let Some(branch) = msg.top_via().branch.and_then(|b| self.our_branch(b)) else {
             return Verdict::Drop(DropReason::ForeignVia);
         };
-        let Some(next) = vias.next() else {
+        let Some(next) = msg.second_via() else {
             return Verdict::Drop(DropReason::NoNextVia);
         };
         if msg.cseq().method == b"INVITE"
@@ -1579,7 +1575,6 @@ impl Core {
         {
             return verdict;
         }
-        let next = next.value;
         let listener = self.listeners.get(usize::from(branch.ret.listener));
         let dest = match branch.ret.flow {
             // §18.2.2: back over the connection the request came in on.
@@ -1590,14 +1585,14 @@ impl Core {
                     Transport::Tcp => Transport::Tcp,
                     _ => return Verdict::Drop(DropReason::UnsupportedTransport),
                 };
-                match via_address(&next) {
+                match via_address(next) {
                     Some(addr) => Dest::Addr(transport, addr),
                     None => return Verdict::Drop(DropReason::Unresolved),
                 }
             }
         };
         let mut splice: Splice<'_, 1> = Splice::new();
-        if splice.remove(ours.removal).is_err() {
+        if splice.remove(msg.top_via_removal()).is_err() {
             return Verdict::Drop(DropReason::MalformedResponse);
         }
         let Ok(len) = splice.apply(msg.as_bytes(), out) else {

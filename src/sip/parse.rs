@@ -979,6 +979,35 @@ impl<'h, 'b> Message<'h, 'b> {
         &self.top_via
     }
 
+    /// The second Via value, already parsed: where a response goes once the proxy has taken
+    /// its own Via off the top (RFC 3261 §16.7 step 3, §18.2.2). The same value as the second
+    /// item of [`Self::vias`], without walking the Via lines again.
+    pub fn second_via(&self) -> Option<&Via<'b>> {
+        self.second_via.as_ref()
+    }
+
+    /// What removing the top Via value takes out: the `removal` of the first item of
+    /// [`Self::vias`], found without building the iterator. A stateless proxy removes the
+    /// top Via of every response it relays (RFC 3261 §16.7 step 3).
+    pub fn top_via_removal(&self) -> Span {
+        let Some(line) = self
+            .lines_of(HeaderName::Via)
+            .iter()
+            .find(|h| h.kind == HeaderName::Via)
+        else {
+            return Span::default();
+        };
+        // Most Via lines hold one value: then the whole line goes, as `Values` decides.
+        if !contains_byte(line.value, b',') {
+            return line.line;
+        }
+        let mut values = ListIter::new(self.buf, line.value_span);
+        match (values.next(), values.next()) {
+            (Some(top), Some(next)) => Span::new(top.start, next.start),
+            _ => line.line,
+        }
+    }
+
     /// All Via values in order, across header lines and commas.
     pub fn vias(&self) -> Values<'h, 'b, Via<'b>> {
         // INVARIANT: a parsed message's first Via values are `top_via` and `second_via`
