@@ -5,19 +5,27 @@
 # CPU time is too noisy: the counts move by about 1 % run to run (batching depends on timing).
 # See perf/README.md.
 #   perf/process.sh [--bin-dir DIR] [--base-port P] [--calls N] [--systems "sipedge-2 sipedge-1 relay-2"]
+#                   [--rate CALLS_PER_S] [--warmup N] [--startup SECONDS]
+# The test suite runs it briefly on the debug build (tests/perf_callgrind_smoke.rs).
 set -eu
 cd "$(dirname "$0")/.."
 BIN_DIR=target/release
 BASE=7060
 CALLS=1000
 SYSTEMS="sipedge-2 sipedge-1 relay-2"
+RATE=100
+WARMUP=300
+STARTUP=6
 while [ $# -gt 0 ]; do
     case "$1" in
         --bin-dir) BIN_DIR=$2; shift 2 ;;
         --base-port) BASE=$2; shift 2 ;;
         --calls) CALLS=$2; shift 2 ;;
         --systems) SYSTEMS=$2; shift 2 ;;
-        *) echo "usage: $0 [--bin-dir DIR] [--base-port P] [--calls N] [--systems LIST]" >&2; exit 2 ;;
+        --rate) RATE=$2; shift 2 ;;
+        --warmup) WARMUP=$2; shift 2 ;;
+        --startup) STARTUP=$2; shift 2 ;;
+        *) echo "usage: $0 [--bin-dir DIR] [--base-port P] [--calls N] [--systems LIST] [--rate R] [--warmup N] [--startup S]" >&2; exit 2 ;;
     esac
 done
 for tool in valgrind callgrind_control callgrind_annotate; do
@@ -56,7 +64,7 @@ done
 sleep 0.5
 
 uac() {
-    sipp -sn uac "127.0.0.1:$PROXY" -i 127.0.0.1 -p $UAC -mp $((BASE + 300)) -r 100 -m "$1" -nr \
+    sipp -sn uac "127.0.0.1:$PROXY" -i 127.0.0.1 -p $UAC -mp $((BASE + 300)) -r "$RATE" -m "$1" -nr \
         -recv_timeout 3000 -nostdin >"$WORK/uac.log" 2>&1 || true
     sed -n 's/^ *Successful call *| *[0-9]* *| *\([0-9]*\).*/\1/p' "$WORK/uac.log" | tail -1
 }
@@ -69,9 +77,9 @@ measure() {
     valgrind --tool=callgrind --callgrind-out-file="$out" "$@" >"$WORK/$name.log" 2>&1 &
     vg=$!
     PIDS="$PIDS $vg"
-    sleep 6
+    sleep "$STARTUP"
     # Warm-up: connections, tables and caches as in steady state; then count from zero.
-    uac 300 >/dev/null
+    uac "$WARMUP" >/dev/null
     callgrind_control -z $vg >/dev/null 2>&1
     ok=$(uac "$CALLS")
     callgrind_control -d $vg >/dev/null 2>&1
@@ -80,7 +88,12 @@ measure() {
     wait $vg 2>/dev/null || true
     total=$(for f in "$out".*; do callgrind_annotate "$f" 2>/dev/null | sed -n 's/^ *\([0-9,]*\) .*PROGRAM TOTALS.*/\1/p'; done |
         tr -d , | awk '{ s += $1 } END { print s + 0 }')
-    echo "$name $((total / ${ok:-1})) ${ok:-0}"
+    if [ "${ok:-0}" -eq 0 ] || [ "$total" -eq 0 ]; then
+        echo "$name: no call completed or nothing counted (calls ${ok:-0}, instructions $total)" >&2
+        tail -n 20 "$WORK/uac.log" "$WORK/$name.log" >&2
+        return 1
+    fi
+    echo "$name $((total / ok)) $ok"
 }
 
 echo "| system | user instructions per call | calls |"
@@ -98,5 +111,6 @@ for s in $SYSTEMS; do
                 --backend "127.0.0.1:$UAS_A" --backend "127.0.0.1:$UAS_B" ;;
         *) echo "unknown system $s" >&2; exit 2 ;;
     esac
-    measure "$s" "$@" | awk '{ printf "| %s | %d | %d |\n", $1, $2, $3 }'
+    row=$(measure "$s" "$@") || exit 1
+    echo "$row" | awk '{ printf "| %s | %d | %d |\n", $1, $2, $3 }'
 done

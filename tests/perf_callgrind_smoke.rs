@@ -1,0 +1,151 @@
+//! Smoke runs of the two callgrind scripts, so they cannot rot unseen: `perf/hotpath.sh`
+//! (instructions per message of the sans-IO path, on the hotpath bench built by
+//! `cargo test --all-targets`) and `perf/process.sh` (user instructions per call of the whole
+//! proxy process, sipp through sipedge and through the raw relay). Both on the debug build
+//! and briefly: the counts mean nothing here, only that every case was counted. Needs valgrind
+//! (Debian `valgrind`) and sipp (Debian `sip-tester`).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Ports 43060..43460 (proxy, backends +10/+11, UAC +30, metrics +40, sipp media from +100):
+/// a range no other test of this crate uses.
+const BASE_PORT: &str = "43060";
+
+fn require(tool: &str, package: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        found,
+        "`{tool}` is missing: install the Debian package `{package}` (apt-get install -y {package})"
+    );
+}
+
+/// The binary directory of this build (`target/debug`).
+fn bin_dir() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_sipedge"))
+        .parent()
+        .expect("binary has a directory")
+}
+
+/// The newest `hotpath` bench binary of this build: `cargo test --all-targets` builds the
+/// benches in test mode under `deps/`. (A nested `cargo` would wait on the build lock the
+/// running `cargo test` holds.)
+fn hotpath_bench() -> PathBuf {
+    let deps = bin_dir().join("deps");
+    let newest = std::fs::read_dir(&deps)
+        .expect("deps directory")
+        .filter_map(Result::ok)
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.starts_with("hotpath-") && !name.contains('.')
+        })
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .max();
+    match newest {
+        Some((_, path)) => path,
+        None => panic!(
+            "no hotpath bench binary in {}: run the suite with `cargo test --all-targets`",
+            deps.display()
+        ),
+    }
+}
+
+/// The integer cells of the markdown table rows `| name | number | … |`.
+fn table(stdout: &str) -> Vec<(String, i64)> {
+    stdout
+        .lines()
+        .filter_map(|line| {
+            let mut cells = line.split('|').map(str::trim).skip(1);
+            let name = cells.next()?;
+            let count = cells.next()?.parse().ok()?;
+            Some((name.to_string(), count))
+        })
+        .collect()
+}
+
+#[test]
+fn hotpath_script_counts_every_case() {
+    require("valgrind", "valgrind");
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = Command::new(Path::new(root).join("perf/hotpath.sh"))
+        .arg("--smoke")
+        .arg("--bin")
+        .arg(hotpath_bench())
+        .current_dir(root)
+        .output()
+        .expect("perf/hotpath.sh runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "perf/hotpath.sh --smoke failed:\n{stderr}\n{stdout}"
+    );
+    let rows = table(&stdout);
+    for case in [
+        "invite",
+        "180",
+        "200_invite",
+        "ack",
+        "bye",
+        "200_bye",
+        "register",
+        "invite_unsteered",
+        "parse_invite",
+        "select_backend",
+        "blacklist_lookup",
+    ] {
+        let count = rows
+            .iter()
+            .find(|(name, _)| name == case)
+            .map(|(_, count)| *count);
+        assert!(
+            count.is_some_and(|c| c > 0),
+            "no positive instruction count for {case}:\n{stdout}"
+        );
+    }
+    assert!(
+        stdout.contains("PROGRAM TOTALS"),
+        "the INVITE profile is missing:\n{stdout}"
+    );
+}
+
+#[test]
+fn process_script_counts_calls_through_sipedge_and_the_relay() {
+    require("valgrind", "valgrind");
+    require("callgrind_control", "valgrind");
+    require("sipp", "sip-tester");
+    let root = env!("CARGO_MANIFEST_DIR");
+    // The debug build under callgrind keeps up with a few calls a second.
+    let out = Command::new(Path::new(root).join("perf/process.sh"))
+        .arg("--bin-dir")
+        .arg(bin_dir())
+        .args(["--base-port", BASE_PORT])
+        .args(["--systems", "sipedge-2 relay-2"])
+        .args(["--calls", "10", "--warmup", "5"])
+        .args(["--rate", "5", "--startup", "8"])
+        .current_dir(root)
+        .output()
+        .expect("perf/process.sh runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "perf/process.sh failed:\n{stderr}\n{stdout}"
+    );
+    let rows = table(&stdout);
+    for system in ["sipedge-2", "relay-2"] {
+        let count = rows
+            .iter()
+            .find(|(name, _)| name == system)
+            .map(|(_, count)| *count);
+        assert!(
+            count.is_some_and(|c| c > 0),
+            "no instructions per call for {system}:\n{stdout}\n{stderr}"
+        );
+    }
+}
