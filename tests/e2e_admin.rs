@@ -459,3 +459,59 @@ fn e2e_config_file_edit_reloads_the_pool_without_a_signal() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// Context switches of one thread of `pid` so far (voluntary and not).
+fn context_switches(pid: u32, tid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"))
+        .expect("thread status readable");
+    status
+        .lines()
+        .filter(|l| l.starts_with("voluntary_ctxt_switches") || l.starts_with("nonvoluntary_"))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum()
+}
+
+#[test]
+fn e2e_idle_main_thread_sleeps_until_a_signal() {
+    let dir = TempDir::new("idle");
+    let mut proxy = Sipedge::start(
+        &dir,
+        &SipedgeOptions {
+            wait_ready: false,
+            drain_grace: 0,
+            ..SipedgeOptions::default()
+        },
+    );
+    // The main thread (tid = pid) only waits for signals: at rest it must not poll them.
+    // `/health` answers while it may still be waiting for the shards to start, so the
+    // first quiet 2 s window of three counts; a polling loop is never quiet.
+    let pid = proxy.pid();
+    let mut windows = Vec::new();
+    for _ in 0..3 {
+        let before = context_switches(pid, pid);
+        std::thread::sleep(Duration::from_secs(2));
+        windows.push(context_switches(pid, pid) - before);
+        if windows.last().is_some_and(|&woke| woke <= 2) {
+            break;
+        }
+    }
+    assert!(
+        windows.iter().any(|&woke| woke <= 2),
+        "the idle main thread woke {windows:?} times in each 2 s window (a polling loop?)"
+    );
+    // And a signal still reaches it at once.
+    let signalled = Instant::now();
+    proxy.terminate();
+    let status = proxy.wait_exit(Duration::from_secs(5));
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "{}",
+        proxy.log_text()
+    );
+    assert!(
+        signalled.elapsed() < Duration::from_secs(3),
+        "SIGTERM took {:?} to end an idle proxy with no grace",
+        signalled.elapsed()
+    );
+}

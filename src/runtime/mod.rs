@@ -492,13 +492,21 @@ fn signal_loop(
     let mut drain_deadline: Option<Instant> = None;
     let mut config = config;
     loop {
-        if let Some(deadline) = drain_deadline {
-            if Instant::now() >= deadline {
-                tracing::info!("drain complete, exiting");
-                return Ok(());
+        // Idle, the thread sleeps until a signal comes (a proxy at rest wakes nothing);
+        // draining, it looks every 20 ms for the end of the grace or a second signal.
+        let arrived: Vec<libc::c_int> = match drain_deadline {
+            None => signals.wait().collect(),
+            Some(deadline) => {
+                let now = Instant::now();
+                if now >= deadline {
+                    tracing::info!("drain complete, exiting");
+                    return Ok(());
+                }
+                std::thread::sleep((deadline - now).min(Duration::from_millis(20)));
+                signals.pending().collect()
             }
-        }
-        for signal in signals.pending() {
+        };
+        for signal in arrived {
             match signal {
                 SIGTERM | SIGINT => {
                     if drain_deadline.is_some() {
@@ -522,7 +530,6 @@ fn signal_loop(
                 _ => {}
             }
         }
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
