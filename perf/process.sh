@@ -5,7 +5,7 @@
 # CPU time is too noisy: the counts move by about 1 % run to run (batching depends on timing).
 # See perf/README.md.
 #   perf/process.sh [--bin-dir DIR] [--base-port P] [--calls N] [--systems "sipedge-2 sipedge-1 relay-2"]
-#                   [--rate CALLS_PER_S] [--warmup N] [--startup SECONDS]
+#                   [--rate CALLS_PER_S] [--warmup N] [--startup SECONDS] [--keep DIR]
 # The test suite runs it briefly on the debug build (tests/perf_callgrind_smoke.rs).
 set -eu
 cd "$(dirname "$0")/.."
@@ -16,6 +16,7 @@ SYSTEMS="sipedge-2 sipedge-1 relay-2"
 RATE=100
 WARMUP=300
 STARTUP=6
+KEEP=
 while [ $# -gt 0 ]; do
     case "$1" in
         --bin-dir) BIN_DIR=$2; shift 2 ;;
@@ -25,7 +26,8 @@ while [ $# -gt 0 ]; do
         --rate) RATE=$2; shift 2 ;;
         --warmup) WARMUP=$2; shift 2 ;;
         --startup) STARTUP=$2; shift 2 ;;
-        *) echo "usage: $0 [--bin-dir DIR] [--base-port P] [--calls N] [--systems LIST] [--rate R] [--warmup N] [--startup S]" >&2; exit 2 ;;
+        --keep) KEEP=$2; shift 2 ;;
+        *) echo "usage: $0 [--bin-dir DIR] [--base-port P] [--calls N] [--systems LIST] [--rate R] [--warmup N] [--startup S] [--keep DIR]" >&2; exit 2 ;;
     esac
 done
 for tool in valgrind callgrind_control callgrind_annotate; do
@@ -43,6 +45,8 @@ WORK=$(mktemp -d)
 PIDS=""
 cleanup() {
     for p in $PIDS; do kill -9 "$p" 2>/dev/null || true; done
+    # --keep: the callgrind profiles, for callgrind_annotate.
+    if [ -n "$KEEP" ]; then mkdir -p "$KEEP" && cp "$WORK"/*.cg.* "$KEEP"/ 2>/dev/null || true; fi
     rm -rf "$WORK"
 }
 trap cleanup EXIT INT TERM
