@@ -151,6 +151,21 @@ pub(crate) fn find_either(hay: &[u8], a: u8, b: u8) -> Option<usize> {
     )
 }
 
+/// The first of three bytes in `hay`, eight bytes at a time.
+#[inline(always)]
+pub(crate) fn find_any3(hay: &[u8], a: u8, b: u8, c: u8) -> Option<usize> {
+    let (pa, pb, pc) = (
+        SWAR_ONES * u64::from(a),
+        SWAR_ONES * u64::from(b),
+        SWAR_ONES * u64::from(c),
+    );
+    first_match(
+        hay,
+        |x| zero_bytes(x ^ pa) | zero_bytes(x ^ pb) | zero_bytes(x ^ pc),
+        |x| x == a || x == b || x == c,
+    )
+}
+
 const SWAR_ONES: u64 = 0x0101_0101_0101_0101;
 
 /// Flags the zero bytes of `x` in their high bits. XOR with a byte repeated turns a match
@@ -326,6 +341,17 @@ mod tests {
             for (a, b) in [(b' ', b'\t'), (b'\t', b' '), (0, 0xa0), (b'q', b'x')] {
                 let plain = hay.iter().position(|&c| c == a || c == b);
                 assert_eq!(find_either(hay, a, b), plain, "{at} {a} {b}");
+            }
+        });
+    }
+
+    #[test]
+    fn find_any3_matches_a_plain_scan() {
+        let text = b"Via: SIP/2.0/UDP a,b;x=\"q\\\"\"\r\n f<o>o,\x0c\rbar\nbaz<\x0d\xac\x2c\"";
+        every_window(text, |hay, at| {
+            for (a, b, c) in [(b',', b'"', b'<'), (b'"', b'>', b'>'), (0, 0xac, b'\r')] {
+                let plain = hay.iter().position(|&x| x == a || x == b || x == c);
+                assert_eq!(find_any3(hay, a, b, c), plain, "{at} {a} {b} {c}");
             }
         });
     }

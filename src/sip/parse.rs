@@ -5,9 +5,12 @@ use super::chars::{
     CALL_ID, class_len, contains_byte, eq_ic, find_byte, find_either, find_line_break, is_token,
     parse_decimal,
 };
-use super::cursor::{ListIter, trim};
+use super::cursor::{ListIter, skip_lws, trim};
 use super::uri::{SipUri, Uri, UriError, parse_uri};
-use super::values::{CSeq, NameAddr, Via, check_name_addr, parse_cseq, parse_name_addr, parse_via};
+use super::values::{
+    CSeq, NameAddr, Via, check_name_addr, parse_cseq, parse_name_addr, parse_via,
+    parse_via_until_comma,
+};
 use super::{ErrorKind, Header, HeaderName, Limits, ParseError, Span};
 
 /// A request method (RFC 3261 §7.1, plus the common extensions).
@@ -622,6 +625,9 @@ impl<'b> ListCheck<'b> {
         if h.kind == HeaderName::Contact && h.value == b"*" {
             return Ok(());
         }
+        if h.kind == HeaderName::Via {
+            return self.via_values(h);
+        }
         // A value that parses whole as one Via or name-addr, or is one option tag, holds no
         // comma outside quoted strings and `<>`: the list split would give it whole, so it is
         // checked once, without looking for commas first. Anything else takes the split below,
@@ -657,6 +663,31 @@ impl<'b> ListCheck<'b> {
             return self.value(h, h.value_span);
         }
         for v in ListIter::new(self.buf, h.value_span) {
+            self.value(h, v)?;
+        }
+        Ok(())
+    }
+
+    /// Checks the Via values of `h` one after another, each read up to the comma that ends
+    /// it, so values joined on one line (`Via: a, b`, as some elements write them) are read
+    /// once, without splitting the list first. A value that does not read that way goes to
+    /// the list split from there on, which names the error exactly as it always did.
+    #[inline(always)]
+    fn via_values(&mut self, h: &Header<'b>) -> Result<(), ParseError> {
+        let end = h.value_span.end;
+        let mut start = h.value_span.start;
+        while !h.value.is_empty() && self.values < self.max_values {
+            let Ok((via, stopped)) = parse_via_until_comma(self.buf, Span::new(start, end)) else {
+                break;
+            };
+            self.values += 1;
+            self.keep_via(via);
+            if stopped >= end {
+                return Ok(());
+            }
+            start = skip_lws(self.buf, stopped + 1).min(end);
+        }
+        for v in ListIter::new(self.buf, Span::new(start, end)) {
             self.value(h, v)?;
         }
         Ok(())
@@ -1223,6 +1254,78 @@ impl<'b, T> Iterator for Values<'_, 'b, T> {
 mod tests {
     use super::*;
     use crate::sip::{EMPTY_HEADER, Rport, Splice, Transport};
+
+    /// The Via check as it was before values were read in place: one attempt at the whole
+    /// value, then the list split. The reference [`ListCheck::via_values`] must agree with.
+    fn via_check_by_split<'b>(lists: &mut ListCheck<'b>, h: &Header<'b>) -> Result<(), ParseError> {
+        if !h.value.is_empty() && lists.values < lists.max_values {
+            if let Ok(via) = parse_via(lists.buf, h.value_span) {
+                lists.keep_via(via);
+                lists.values += 1;
+                return Ok(());
+            }
+        }
+        for v in ListIter::new(lists.buf, h.value_span) {
+            lists.value(h, v)?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn via_values_read_in_place_agree_with_the_list_split() {
+        let base: &[u8] = b"SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK1;x=\"a,b\" , SIP/2.0/TCP h;rport,\r\n SIP/2.0/UDP [::1]:5";
+        let bytes: &[&[u8]] = &[
+            b",", b" ", b"\"", b"<", b">", b"\\", b";", b"=", b"a", b":", b"[", b"/", b"\r\n ", b"",
+        ];
+        let mut values: Vec<Vec<u8>> = Vec::new();
+        for at in 0..=base.len() {
+            for b in bytes {
+                // Replace the byte at `at` with `b` (deletes with ""), and insert `b` there.
+                let mut replaced = base[..at].to_vec();
+                replaced.extend_from_slice(b);
+                replaced.extend_from_slice(base.get(at + 1..).unwrap_or_default());
+                values.push(replaced);
+                let mut inserted = base[..at].to_vec();
+                inserted.extend_from_slice(b);
+                inserted.extend_from_slice(&base[at..]);
+                values.push(inserted);
+            }
+            values.push(base[..at].to_vec());
+        }
+        let mut checked = 0;
+        for value in &values {
+            // As the line reader gives it: trimmed of white space at both ends.
+            let text = trim(value, Span::new(0, value.len()));
+            for max_values in [1, 2, 3, 256] {
+                for already in [0, 1] {
+                    let h = Header {
+                        kind: HeaderName::Via,
+                        name: b"Via",
+                        value: text.slice(value),
+                        value_span: text,
+                        line: Span::new(0, value.len()),
+                    };
+                    let fresh = || ListCheck {
+                        buf: value,
+                        max_values,
+                        values: already,
+                        top_via: None,
+                        second_via: None,
+                    };
+                    let (mut new, mut old) = (fresh(), fresh());
+                    let got = new.header(&h);
+                    let want = via_check_by_split(&mut old, &h);
+                    let shown = String::from_utf8_lossy(value);
+                    assert_eq!(got, want, "{shown:?} max {max_values} after {already}");
+                    assert_eq!(new.values, old.values, "{shown:?}");
+                    assert_eq!(new.top_via, old.top_via, "{shown:?}");
+                    assert_eq!(new.second_via, old.second_via, "{shown:?}");
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 5_000, "{checked}");
+    }
 
     const BASE: &str = "INVITE sip:bob@biloxi.example.com SIP/2.0\r\n\
         Via: SIP/2.0/UDP pc33.atlanta.example.com;branch=z9hG4bK776asdhds;rport\r\n\

@@ -32,8 +32,20 @@ pub struct Param<'b> {
 fn parse_params<'b>(
     s: &'b [u8],
     pos: usize,
-    mut each: impl FnMut(Param<'b>) -> Result<(), usize>,
+    each: impl FnMut(Param<'b>) -> Result<(), usize>,
 ) -> Result<Span, usize> {
+    parse_params_until(s, pos, None, each).map(|(region, _)| region)
+}
+
+/// [`parse_params`], which may also end early at the byte `stop` (outside a quoted string):
+/// the region and where the parameters ended (`s.len()`, or the offset of that `stop`).
+#[inline(always)]
+fn parse_params_until<'b>(
+    s: &'b [u8],
+    pos: usize,
+    stop: Option<u8>,
+    mut each: impl FnMut(Param<'b>) -> Result<(), usize>,
+) -> Result<(Span, usize), usize> {
     let start = pos;
     let mut region_end = pos;
     let mut i = pos;
@@ -41,10 +53,13 @@ fn parse_params<'b>(
         // RFC 3261 §25.1: SEMI = SWS ";" SWS, EQUAL = SWS "=" SWS.
         i = skip_lws(s, i);
         let Some(&first) = s.get(i) else {
-            return Ok(Span::new(start, region_end));
+            return Ok((Span::new(start, region_end), i));
         };
         let param_start = i;
         if first != b';' {
+            if stop == Some(first) {
+                return Ok((Span::new(start, region_end), i));
+            }
             return Err(i);
         }
         let name_start = skip_lws(s, i + 1);
@@ -199,6 +214,20 @@ impl<'b> Via<'b> {
 
 /// Parses one Via value occupying `span`.
 pub(crate) fn parse_via(buf: &[u8], span: Span) -> Result<Via<'_>, usize> {
+    parse_via_inner(buf, span, None).map(|(via, _)| via)
+}
+
+/// Parses the first of the Via values joined in `span` (`a, b`: RFC 3261 §7.3.1), whose
+/// start is trimmed: the value, its span trimmed, and where it ended (the end of `span`, or
+/// the offset of the comma after it). Where this fails, splitting the list first would have
+/// failed too (a `<` or an unclosed quote is no part of a valid Via); the caller then takes
+/// that path for the exact error.
+pub(crate) fn parse_via_until_comma(buf: &[u8], span: Span) -> Result<(Via<'_>, usize), usize> {
+    parse_via_inner(buf, span, Some(b','))
+}
+
+#[inline(always)]
+fn parse_via_inner(buf: &[u8], span: Span, stop: Option<u8>) -> Result<(Via<'_>, usize), usize> {
     let (s, start) = region(buf, span);
     // RFC 3261 §25.1: sent-protocol = protocol-name SLASH protocol-version SLASH transport,
     // SLASH = SWS "/" SWS. Nearly every Via starts with `SIP/2.0/`, which that grammar reads
@@ -267,7 +296,7 @@ pub(crate) fn parse_via(buf: &[u8], span: Span) -> Result<Via<'_>, usize> {
     let mut maddr = None;
     let mut comp = None;
     let mut alias = false;
-    let params = parse_params(s, sent_by_end, |p| {
+    let (params, stopped) = parse_params_until(s, sent_by_end, stop, |p| {
         // The length first: most parameters are `branch` or unknown and cost one compare.
         match p.name.len() {
             6 if eq_ic_letters(p.name, b"branch") => branch = Some(p.value.ok_or(p.span.start)?),
@@ -289,7 +318,14 @@ pub(crate) fn parse_via(buf: &[u8], span: Span) -> Result<Via<'_>, usize> {
         }
         Ok(())
     })?;
-    Ok(Via {
+    // Stopped at a comma: the value ends where its parameters do (at the sent-by when there
+    // are none), with only white space between.
+    let span = if stopped < s.len() {
+        Span::new(start, params.end)
+    } else {
+        span
+    };
+    let via = Via {
         span,
         transport_token,
         transport: Transport::from_token(transport_token),
@@ -309,7 +345,8 @@ pub(crate) fn parse_via(buf: &[u8], span: Span) -> Result<Via<'_>, usize> {
         comp,
         alias,
         buf,
-    })
+    };
+    Ok((via, stopped))
 }
 
 /// The bytes up to the end of `span` (clipped to `buf`) and the offset its value starts at.
