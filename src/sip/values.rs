@@ -214,20 +214,20 @@ impl<'b> Via<'b> {
 
 /// Parses one Via value occupying `span`.
 pub(crate) fn parse_via(buf: &[u8], span: Span) -> Result<Via<'_>, usize> {
-    parse_via_inner(buf, span, None).map(|(via, _)| via)
+    parse_via_inner(buf, span, None)
 }
 
 /// Parses the first of the Via values joined in `span` (`a, b`: RFC 3261 §7.3.1), whose
-/// start is trimmed: the value, its span trimmed, and where it ended (the end of `span`, or
-/// the offset of the comma after it). Where this fails, splitting the list first would have
-/// failed too (a `<` or an unclosed quote is no part of a valid Via); the caller then takes
-/// that path for the exact error.
-pub(crate) fn parse_via_until_comma(buf: &[u8], span: Span) -> Result<(Via<'_>, usize), usize> {
+/// start is trimmed. Its span ends with its last parameter (or sent-by); only white space and
+/// a comma, or nothing, follow it in `span`. Where this fails, splitting the list first would
+/// have failed too (a `<` or an unclosed quote is no part of a valid Via); the caller then
+/// takes that path for the exact error.
+pub(crate) fn parse_via_until_comma(buf: &[u8], span: Span) -> Result<Via<'_>, usize> {
     parse_via_inner(buf, span, Some(b','))
 }
 
 #[inline(always)]
-fn parse_via_inner(buf: &[u8], span: Span, stop: Option<u8>) -> Result<(Via<'_>, usize), usize> {
+fn parse_via_inner(buf: &[u8], span: Span, stop: Option<u8>) -> Result<Via<'_>, usize> {
     let (s, start) = region(buf, span);
     // RFC 3261 §25.1: sent-protocol = protocol-name SLASH protocol-version SLASH transport,
     // SLASH = SWS "/" SWS. Nearly every Via starts with `SIP/2.0/`, which that grammar reads
@@ -325,7 +325,7 @@ fn parse_via_inner(buf: &[u8], span: Span, stop: Option<u8>) -> Result<(Via<'_>,
     } else {
         span
     };
-    let via = Via {
+    Ok(Via {
         span,
         transport_token,
         transport: Transport::from_token(transport_token),
@@ -345,8 +345,7 @@ fn parse_via_inner(buf: &[u8], span: Span, stop: Option<u8>) -> Result<(Via<'_>,
         comp,
         alias,
         buf,
-    };
-    Ok((via, stopped))
+    })
 }
 
 /// The bytes up to the end of `span` (clipped to `buf`) and the offset its value starts at.
