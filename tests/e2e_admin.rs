@@ -305,14 +305,8 @@ fn e2e_sigterm_drains_then_exits_zero() {
         "calls in progress failed after SIGTERM:\n{}",
         calls.output_text()
     );
-    let status = proxy.wait_exit(Duration::from_secs(10));
+    expect_exit_zero(&mut proxy, Duration::from_secs(10));
     let waited = signalled.elapsed();
-    assert_eq!(
-        status.and_then(|s| s.code()),
-        Some(0),
-        "{}",
-        proxy.log_text()
-    );
     assert!(
         waited >= Duration::from_secs(3),
         "exited before the grace period: {waited:?}"
@@ -460,6 +454,17 @@ fn e2e_config_file_edit_reloads_the_pool_without_a_signal() {
     let _ = child.wait();
 }
 
+/// Waits (at most `limit`) for sipedge to exit, and fails unless it exited with status 0.
+fn expect_exit_zero(proxy: &mut Sipedge, limit: Duration) {
+    let status = proxy.wait_exit(limit);
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "{}",
+        proxy.log_text()
+    );
+}
+
 /// Context switches of one thread of `pid` so far (voluntary and not).
 fn context_switches(pid: u32, tid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"))
@@ -502,13 +507,7 @@ fn e2e_idle_main_thread_sleeps_until_a_signal() {
     // And a signal still reaches it at once.
     let signalled = Instant::now();
     proxy.terminate();
-    let status = proxy.wait_exit(Duration::from_secs(5));
-    assert_eq!(
-        status.and_then(|s| s.code()),
-        Some(0),
-        "{}",
-        proxy.log_text()
-    );
+    expect_exit_zero(&mut proxy, Duration::from_secs(5));
     assert!(
         signalled.elapsed() < Duration::from_secs(3),
         "SIGTERM took {:?} to end an idle proxy with no grace",

@@ -5,24 +5,16 @@
 //! and briefly: the counts mean nothing here, only that every case was counted. Needs valgrind
 //! (Debian `valgrind`) and sipp (Debian `sip-tester`).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use common::require;
 
 /// Ports 43060..43460 (proxy, backends +10/+11, UAC +30, metrics +40, sipp media from +100):
 /// a range no other test of this crate uses.
 const BASE_PORT: &str = "43060";
-
-fn require(tool: &str, package: &str) {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    assert!(
-        found,
-        "`{tool}` is missing: install the Debian package `{package}` (apt-get install -y {package})"
-    );
-}
 
 /// The binary directory of this build (`target/debug`).
 fn bin_dir() -> &'static Path {
@@ -55,17 +47,13 @@ fn hotpath_bench() -> PathBuf {
     }
 }
 
-/// The integer cells of the markdown table rows `| name | number | … |`.
-fn table(stdout: &str) -> Vec<(String, i64)> {
-    stdout
-        .lines()
-        .filter_map(|line| {
-            let mut cells = line.split('|').map(str::trim).skip(1);
-            let name = cells.next()?;
-            let count = cells.next()?.parse().ok()?;
-            Some((name.to_string(), count))
-        })
-        .collect()
+/// The number in the second cell of the markdown table row `| name | number | … |`.
+fn count_in_table(stdout: &str, name: &str) -> Option<i64> {
+    stdout.lines().find_map(|line| {
+        let mut cells = line.split('|').map(str::trim).skip(1);
+        (cells.next()? == name).then_some(())?;
+        cells.next()?.parse().ok()
+    })
 }
 
 #[test]
@@ -85,7 +73,6 @@ fn hotpath_script_counts_every_case() {
         out.status.success(),
         "perf/hotpath.sh --smoke failed:\n{stderr}\n{stdout}"
     );
-    let rows = table(&stdout);
     for case in [
         "invite",
         "180",
@@ -99,12 +86,8 @@ fn hotpath_script_counts_every_case() {
         "select_backend",
         "blacklist_lookup",
     ] {
-        let count = rows
-            .iter()
-            .find(|(name, _)| name == case)
-            .map(|(_, count)| *count);
         assert!(
-            count.is_some_and(|c| c > 0),
+            count_in_table(&stdout, case).is_some_and(|c| c > 0),
             "no positive instruction count for {case}:\n{stdout}"
         );
     }
@@ -137,14 +120,9 @@ fn process_script_counts_calls_through_sipedge_and_the_relay() {
         out.status.success(),
         "perf/process.sh failed:\n{stderr}\n{stdout}"
     );
-    let rows = table(&stdout);
     for system in ["sipedge-2", "relay-2"] {
-        let count = rows
-            .iter()
-            .find(|(name, _)| name == system)
-            .map(|(_, count)| *count);
         assert!(
-            count.is_some_and(|c| c > 0),
+            count_in_table(&stdout, system).is_some_and(|c| c > 0),
             "no instructions per call for {system}:\n{stdout}\n{stderr}"
         );
     }

@@ -4,24 +4,16 @@
 //! It checks that each scenario carried calls end to end; the figures themselves mean nothing
 //! at this length. Needs sipp (Debian `sip-tester`), kamailio (Debian `kamailio`) and python3.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
+
+use common::require;
 
 /// Ports 41060..41460 (proxy, backends +10/+11, UAC +30, sipp media from +100): a range no
 /// other test of this crate uses.
 const BASE_PORT: &str = "41060";
-
-fn require(tool: &str, package: &str) {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    assert!(
-        found,
-        "`{tool}` is missing: install the Debian package `{package}` (apt-get install -y {package})"
-    );
-}
 
 fn number(json: &str, key: &str) -> Vec<f64> {
     let needle = format!("\"{key}\": ");

@@ -943,6 +943,18 @@ fn stream_of_the_realistic_corpus() {
 }
 
 /// Every file under `dir`, recursively.
+/// Every message file of the corpora (torture, realistic) and of this crate's vectors.
+fn every_message_file() -> Vec<PathBuf> {
+    let mut paths = Vec::new();
+    files_under(&shared("sip-torture"), &mut paths);
+    files_under(&shared("sip-realistic"), &mut paths);
+    files_under(
+        Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors/sip")),
+        &mut paths,
+    );
+    paths
+}
+
 fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
     let entries = std::fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("test data missing: {}: {e}", dir.display()));
@@ -961,13 +973,7 @@ fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
 /// the corpora and vectors and on the header forms that could set them apart.
 #[test]
 fn call_id_scan_agrees_with_salvage_and_parse() {
-    let mut paths = Vec::new();
-    files_under(&shared("sip-torture"), &mut paths);
-    files_under(&shared("sip-realistic"), &mut paths);
-    files_under(
-        Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors/sip")),
-        &mut paths,
-    );
+    let paths = every_message_file();
     let mut inputs: Vec<(String, Vec<u8>)> = paths
         .iter()
         .filter(|p| p.extension().is_none_or(|e| e != "json"))
@@ -1051,13 +1057,7 @@ fn call_id_scan_agrees_with_salvage_and_parse() {
 /// vectors, with every line ending cut short, and on the Via shapes that could set them apart.
 #[test]
 fn top_via_removal_and_second_via_agree_with_vias() {
-    let mut paths = Vec::new();
-    files_under(&shared("sip-torture"), &mut paths);
-    files_under(&shared("sip-realistic"), &mut paths);
-    files_under(
-        Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors/sip")),
-        &mut paths,
-    );
+    let paths = every_message_file();
     let mut inputs: Vec<Vec<u8>> = paths
         .iter()
         .filter(|p| p.extension().is_none_or(|e| e != "json"))
