@@ -8,9 +8,8 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use common::require;
+use common::{require, run_perf_script};
 
 /// Ports 43060..43460 (proxy, backends +10/+11, UAC +30, metrics +40, sipp media from +100):
 /// a range no other test of this crate uses.
@@ -59,19 +58,10 @@ fn count_in_table(stdout: &str, name: &str) -> Option<i64> {
 #[test]
 fn hotpath_script_counts_every_case() {
     require("valgrind", "valgrind");
-    let root = env!("CARGO_MANIFEST_DIR");
-    let out = Command::new(Path::new(root).join("perf/hotpath.sh"))
-        .arg("--smoke")
-        .arg("--bin")
-        .arg(hotpath_bench())
-        .current_dir(root)
-        .output()
-        .expect("perf/hotpath.sh runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "perf/hotpath.sh --smoke failed:\n{stderr}\n{stdout}"
+    let bench = hotpath_bench();
+    let (stdout, _) = run_perf_script(
+        "hotpath.sh",
+        &["--smoke".as_ref(), "--bin".as_ref(), bench.as_os_str()],
     );
     for case in [
         "invite",
@@ -102,23 +92,26 @@ fn process_script_counts_calls_through_sipedge_and_the_relay() {
     require("valgrind", "valgrind");
     require("callgrind_control", "valgrind");
     require("sipp", "sip-tester");
-    let root = env!("CARGO_MANIFEST_DIR");
     // The debug build under callgrind keeps up with a few calls a second.
-    let out = Command::new(Path::new(root).join("perf/process.sh"))
-        .arg("--bin-dir")
-        .arg(bin_dir())
-        .args(["--base-port", BASE_PORT])
-        .args(["--systems", "sipedge-2 relay-2"])
-        .args(["--calls", "10", "--warmup", "5"])
-        .args(["--rate", "5", "--startup", "8"])
-        .current_dir(root)
-        .output()
-        .expect("perf/process.sh runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "perf/process.sh failed:\n{stderr}\n{stdout}"
+    let bin_dir = bin_dir().to_string_lossy().into_owned();
+    let (stdout, stderr) = run_perf_script(
+        "process.sh",
+        &[
+            "--bin-dir",
+            &bin_dir,
+            "--base-port",
+            BASE_PORT,
+            "--systems",
+            "sipedge-2 relay-2",
+            "--calls",
+            "10",
+            "--warmup",
+            "5",
+            "--rate",
+            "5",
+            "--startup",
+            "8",
+        ],
     );
     for system in ["sipedge-2", "relay-2"] {
         assert!(

@@ -7,9 +7,8 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
-use common::require;
+use common::{require, run_perf_script};
 
 /// Ports 41060..41460 (proxy, backends +10/+11, UAC +30, sipp media from +100): a range no
 /// other test of this crate uses.
@@ -31,7 +30,6 @@ fn perf_scripts_smoke_run() {
     require("sipp", "sip-tester");
     require("kamailio", "kamailio");
     require("python3", "python3");
-    let root = env!("CARGO_MANIFEST_DIR");
     let bin_dir = Path::new(env!("CARGO_BIN_EXE_sipedge"))
         .parent()
         .expect("binary has a directory");
@@ -43,20 +41,17 @@ fn perf_scripts_smoke_run() {
     );
     let json_path =
         std::env::temp_dir().join(format!("sipedge-perf-smoke-{}.json", std::process::id()));
-    let out = Command::new(Path::new(root).join("perf/run.sh"))
-        .arg("--smoke")
-        .arg("--bin-dir")
-        .arg(bin_dir)
-        .args(["--base-port", BASE_PORT, "--json"])
-        .arg(&json_path)
-        .current_dir(root)
-        .output()
-        .expect("perf/run.sh runs");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "perf/run.sh --smoke failed:\n{stderr}\n{stdout}"
+    let (stdout, _) = run_perf_script(
+        "run.sh",
+        &[
+            "--smoke".as_ref(),
+            "--bin-dir".as_ref(),
+            bin_dir.as_os_str(),
+            "--base-port".as_ref(),
+            BASE_PORT.as_ref(),
+            "--json".as_ref(),
+            json_path.as_os_str(),
+        ],
     );
     let json = std::fs::read_to_string(&json_path).expect("raw results written");
     let _ = std::fs::remove_file(&json_path);

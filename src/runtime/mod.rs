@@ -494,8 +494,8 @@ fn signal_loop(
     loop {
         // Idle, the thread sleeps until a signal comes (a proxy at rest wakes nothing);
         // draining, it looks every 20 ms for the end of the grace or a second signal.
-        let arrived: Vec<libc::c_int> = match drain_deadline {
-            None => signals.wait().collect(),
+        let arrived = match drain_deadline {
+            None => signals.wait(),
             Some(deadline) => {
                 let now = Instant::now();
                 if now >= deadline {
@@ -503,7 +503,7 @@ fn signal_loop(
                     return Ok(());
                 }
                 std::thread::sleep((deadline - now).min(Duration::from_millis(20)));
-                signals.pending().collect()
+                signals.pending()
             }
         };
         for signal in arrived {

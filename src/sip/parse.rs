@@ -667,16 +667,17 @@ impl<'b> ListCheck<'b> {
         Ok(())
     }
 
-    /// Checks the Via values of `h` one after another, each read up to the comma that ends
-    /// it, so values joined on one line (`Via: a, b`, as some elements write them) are read
-    /// without splitting the list first. A value that does not read that way goes to the list
-    /// split from there on, which names the error exactly as it always did. (Kept out of line:
-    /// most Via lines hold one value, and read faster without this loop beside them.)
+    /// Checks the Via values of `h` (not empty: its whole-value read stopped at a comma) one
+    /// after another, each read up to the comma that ends it, so values joined on one line
+    /// (`Via: a, b`, as some elements write them) are read without splitting the list first.
+    /// A value that does not read that way goes to the list split from there on, which names
+    /// the error exactly as it always did. (Kept out of line: most Via lines hold one value,
+    /// and read faster without this loop beside them.)
     #[inline(never)]
     fn via_values(&mut self, h: &Header<'b>) -> Result<(), ParseError> {
         let end = h.value_span.end;
         let mut start = h.value_span.start;
-        while !h.value.is_empty() && self.values < self.max_values {
+        while self.values < self.max_values {
             let Ok(via) = parse_via_until_comma(self.buf, Span::new(start, end)) else {
                 break;
             };

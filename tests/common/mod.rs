@@ -3,6 +3,7 @@
 //! Use from a test file with `mod common;`. What is here:
 //!
 //! - [`require`]: fail (never skip) when a peer program is missing, naming its Debian package;
+//! - [`run_perf_script`]: runs a `perf/` script, fails unless it exits 0;
 //! - [`free_port`]: a port free for both UDP and TCP on 127.0.0.1, distinct within the process;
 //! - [`Sipedge`]: starts the binary with free ports, waits until `/ready` (or `/health`) answers,
 //!   kills it (by its PID only) when dropped; [`Sipedge::terminate`] sends SIGTERM;
@@ -31,6 +32,25 @@ pub fn require(program: &str, debian_package: &str) {
         "`{program}` is not installed: install the Debian package `{debian_package}` \
          (apt-get install -y {debian_package})"
     );
+}
+
+/// Runs `perf/<script>` with `args` from the crate root, fails unless it exits 0, and returns
+/// its standard output and error.
+pub fn run_perf_script<A: AsRef<std::ffi::OsStr>>(script: &str, args: &[A]) -> (String, String) {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = Command::new(Path::new(root).join("perf").join(script))
+        .args(args)
+        .current_dir(root)
+        .output()
+        .unwrap_or_else(|e| panic!("perf/{script} does not run: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "perf/{script} failed ({}):\n{stderr}\n{stdout}",
+        out.status
+    );
+    (stdout, stderr)
 }
 
 /// A port on 127.0.0.1 that is free for both UDP and TCP right now.
