@@ -356,20 +356,23 @@ fn e2e_sighup_reloads_the_pool() {
             .map(|r| r.1)
             .unwrap_or_default()
     };
-    let wait_for = |needle: &str| {
+    // A scrape encodes its families one after another, so one taken while a reload lands may
+    // show the new reload count beside the old backends: wait until one shows both.
+    let wait_for = |needles: &[&str]| {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let body = scrape();
-            if body.contains(needle) {
+            if needles.iter().all(|n| body.contains(n)) {
                 return body;
             }
             assert!(
                 Instant::now() < deadline,
-                "scrape never showed {needle}:\n{body}"
+                "scrape never showed {needles:?}:\n{body}"
             );
             std::thread::sleep(Duration::from_millis(50));
         }
     };
+    let member_b = format!("backend=\"sip:127.0.0.1:{port_b}\"");
     std::fs::write(
         &file,
         config(&format!(
@@ -378,13 +381,15 @@ fn e2e_sighup_reloads_the_pool() {
     )
     .expect("rewrite");
     hup(&child);
-    let body = wait_for("sipedge_config_reloads_total{result=\"ok\"} 1");
-    assert!(body.contains(&format!("backend=\"sip:127.0.0.1:{port_b}\"")));
+    wait_for(&["sipedge_config_reloads_total{result=\"ok\"} 1", &member_b]);
     // A broken file is refused and the running pool stays.
     std::fs::write(&file, "backends = [\"nonsense\"]\n").expect("rewrite");
     hup(&child);
-    let body = wait_for("sipedge_config_reloads_total{result=\"error\"} 1");
-    assert!(body.contains(&format!("backend=\"sip:127.0.0.1:{port_b}\"")));
+    let body = wait_for(&["sipedge_config_reloads_total{result=\"error\"} 1"]);
+    assert!(
+        body.contains(&member_b),
+        "the refused reload changed the pool:\n{body}"
+    );
     assert_eq!(http(admin, "GET", "/ready").map(|r| r.0).ok(), Some(200));
     let _ = child.kill();
     let _ = child.wait();
