@@ -84,11 +84,11 @@ impl HeaderName {
             return Self::Other;
         };
         let slot = NAME_SLOTS[name_hash(name.len(), first | 0x20, last | 0x20)];
-        let Some(&(spelled, kind)) = NAMES.get(usize::from(slot)) else {
+        let Some(known) = NAMES.get(usize::from(slot)) else {
             return Self::Other;
         };
-        if eq_folded(name, spelled) {
-            kind
+        if eq_folded(name, known.as_bytes()) {
+            known.kind
         } else {
             Self::Other
         }
@@ -195,59 +195,81 @@ fn eq_folded(name: &[u8], long: &[u8]) -> bool {
     at == n || same(n - 8)
 }
 
-/// Every name [`HeaderName::classify`] recognises, lower case: the long forms, then the compact
-/// forms (RFC 3261 §7.3.3 and the IANA registry).
-const NAMES: [(&[u8], HeaderName); 47] = [
-    (b"via", HeaderName::Via),
-    (b"route", HeaderName::Route),
-    (b"record-route", HeaderName::RecordRoute),
-    (b"call-id", HeaderName::CallId),
-    (b"cseq", HeaderName::CSeq),
-    (b"from", HeaderName::From),
-    (b"to", HeaderName::To),
-    (b"max-forwards", HeaderName::MaxForwards),
-    (b"content-length", HeaderName::ContentLength),
-    (b"content-type", HeaderName::ContentType),
-    (b"content-encoding", HeaderName::ContentEncoding),
-    (b"contact", HeaderName::Contact),
-    (b"require", HeaderName::Require),
-    (b"proxy-require", HeaderName::ProxyRequire),
-    (b"supported", HeaderName::Supported),
-    (b"unsupported", HeaderName::Unsupported),
-    (b"path", HeaderName::Path),
-    (b"expires", HeaderName::Expires),
-    (b"allow", HeaderName::Allow),
-    (b"subject", HeaderName::Subject),
-    (b"event", HeaderName::Event),
-    (b"allow-events", HeaderName::AllowEvents),
-    (b"refer-to", HeaderName::ReferTo),
-    (b"referred-by", HeaderName::ReferredBy),
-    (b"session-expires", HeaderName::SessionExpires),
-    (b"identity", HeaderName::Identity),
-    (b"proxy-authorization", HeaderName::ProxyAuthorization),
-    (b"authorization", HeaderName::Authorization),
-    (b"flow-timer", HeaderName::FlowTimer),
-    (b"warning", HeaderName::Warning),
-    (b"retry-after", HeaderName::RetryAfter),
-    (b"v", HeaderName::Via),
-    (b"i", HeaderName::CallId),
-    (b"f", HeaderName::From),
-    (b"t", HeaderName::To),
-    (b"l", HeaderName::ContentLength),
-    (b"c", HeaderName::ContentType),
-    (b"e", HeaderName::ContentEncoding),
-    (b"m", HeaderName::Contact),
-    (b"k", HeaderName::Supported),
-    (b"s", HeaderName::Subject),
-    (b"o", HeaderName::Event),
-    (b"u", HeaderName::AllowEvents),
-    (b"r", HeaderName::ReferTo),
-    (b"b", HeaderName::ReferredBy),
-    (b"x", HeaderName::SessionExpires),
-    (b"y", HeaderName::Identity),
+/// The compact forms (RFC 3261 §7.3.3 and the IANA registry), lower case.
+const COMPACT_NAMES: [(u8, HeaderName); 16] = [
+    (b'v', HeaderName::Via),
+    (b'i', HeaderName::CallId),
+    (b'f', HeaderName::From),
+    (b't', HeaderName::To),
+    (b'l', HeaderName::ContentLength),
+    (b'c', HeaderName::ContentType),
+    (b'e', HeaderName::ContentEncoding),
+    (b'm', HeaderName::Contact),
+    (b'k', HeaderName::Supported),
+    (b's', HeaderName::Subject),
+    (b'o', HeaderName::Event),
+    (b'u', HeaderName::AllowEvents),
+    (b'r', HeaderName::ReferTo),
+    (b'b', HeaderName::ReferredBy),
+    (b'x', HeaderName::SessionExpires),
+    (b'y', HeaderName::Identity),
 ];
 
-/// Bits of [`name_hash`]: 128 slots for the 47 names.
+/// The longest name in [`LONG_NAMES`] (`Proxy-Authorization`).
+const NAME_MAX: usize = 19;
+
+/// A name [`HeaderName::classify`] recognises, lower case, in a fixed-size array so that the
+/// table can be folded from [`LONG_NAMES`] at compile time.
+#[derive(Clone, Copy)]
+struct FoldedName {
+    bytes: [u8; NAME_MAX],
+    len: u8,
+    kind: HeaderName,
+}
+
+impl FoldedName {
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+/// Every name [`HeaderName::classify`] recognises, lower case: the long forms of
+/// [`LONG_NAMES`], then [`COMPACT_NAMES`].
+const NAMES: [FoldedName; LONG_NAMES.len() + COMPACT_NAMES.len()] = {
+    let empty = FoldedName {
+        bytes: [0; NAME_MAX],
+        len: 0,
+        kind: HeaderName::Other,
+    };
+    let mut names = [empty; LONG_NAMES.len() + COMPACT_NAMES.len()];
+    let mut i = 0;
+    while i < LONG_NAMES.len() {
+        let (long, kind) = LONG_NAMES[i];
+        assert!(
+            long.len() <= NAME_MAX,
+            "NAME_MAX is shorter than a long name"
+        );
+        let mut j = 0;
+        while j < long.len() {
+            names[i].bytes[j] = long[j].to_ascii_lowercase();
+            j += 1;
+        }
+        names[i].len = long.len() as u8;
+        names[i].kind = kind;
+        i += 1;
+    }
+    let mut c = 0;
+    while c < COMPACT_NAMES.len() {
+        let (letter, kind) = COMPACT_NAMES[c];
+        names[i + c].bytes[0] = letter;
+        names[i + c].len = 1;
+        names[i + c].kind = kind;
+        c += 1;
+    }
+    names
+};
+
+/// Bits of [`name_hash`]: 128 slots for the 47 names of [`NAMES`].
 const HASH_BITS: u32 = 7;
 
 /// The slot of a name by its length and its first and last bytes with bit 0x20 set (every name
@@ -265,8 +287,12 @@ static NAME_SLOTS: [u8; 1 << HASH_BITS] = {
     let mut slots = [NAMES.len() as u8; 1 << HASH_BITS];
     let mut i = 0;
     while i < NAMES.len() {
-        let name = NAMES[i].0;
-        let h = name_hash(name.len(), name[0], name[name.len() - 1]);
+        let name = NAMES[i];
+        let h = name_hash(
+            name.len as usize,
+            name.bytes[0],
+            name.bytes[name.len as usize - 1],
+        );
         assert!(
             slots[h] as usize == NAMES.len(),
             "two header names share a hash slot"
@@ -277,6 +303,8 @@ static NAME_SLOTS: [u8; 1 << HASH_BITS] = {
     slots
 };
 
+/// The long forms as this crate writes them (canonical case); [`NAMES`] folds them for
+/// [`HeaderName::classify`].
 const LONG_NAMES: [(&[u8], HeaderName); 31] = [
     (b"Via", HeaderName::Via),
     (b"Route", HeaderName::Route),
@@ -384,14 +412,15 @@ mod tests {
     fn plain(name: &[u8]) -> HeaderName {
         NAMES
             .iter()
-            .find(|(spelled, _)| name.eq_ignore_ascii_case(spelled))
-            .map_or(HeaderName::Other, |&(_, kind)| kind)
+            .find(|known| name.eq_ignore_ascii_case(known.as_bytes()))
+            .map_or(HeaderName::Other, |known| known.kind)
     }
 
     #[test]
     fn classify_matches_a_plain_lookup() {
         let mut names: Vec<Vec<u8>> = vec![b"".to_vec(), b"x-".to_vec(), b"-".to_vec()];
-        for (spelled, _) in NAMES {
+        for known in NAMES {
+            let spelled = known.as_bytes();
             names.push(spelled.to_vec());
             names.push(spelled.to_ascii_uppercase());
             names.push(spelled[..spelled.len() - 1].to_vec());
