@@ -256,10 +256,10 @@ def start_kamailio(s, workers, cpus, transport="udp"):
     return p
 
 
-def start_sipedge(s, shards, cpus, transport="udp", exe=None):
+def start_sipedge(s, shards, cpus, transport="udp", exe=None, extra=()):
     cmd = [exe or s.exe("sipedge"), "--listen", f"{transport}:127.0.0.1:{s.port}", "--shards", str(shards),
            "--metrics", f"127.0.0.1:{s.args.base_port + 50}", "--driver", s.args.sipedge_driver,
-           "--drain-grace", "0", "--log-level", "info"]
+           "--drain-grace", "0", "--log-level", "info", *extra]
     suffix = ";transport=tcp" if transport == "tcp" else ""
     for b in s.backends:
         cmd += ["--backend", f"sip:127.0.0.1:{b}{suffix}"]

@@ -90,3 +90,38 @@ fn perf_scripts_smoke_run() {
         "report incomplete:\n{stdout}"
     );
 }
+
+/// `perf/ab.py --smoke`: one short pair of the same build, so the A/B script cannot rot unseen.
+/// Ports 41560..41760, beside the range of the test above.
+#[test]
+fn ab_script_smoke_run() {
+    require("sipp", "sip-tester");
+    require("python3", "python3");
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_sipedge"))
+        .parent()
+        .expect("binary has a directory");
+    let (stdout, _) = run_perf_script(
+        "ab.py",
+        &[
+            "--smoke".as_ref(),
+            "--a-bin-dir".as_ref(),
+            bin_dir.as_os_str(),
+            "--base-port".as_ref(),
+            "41560".as_ref(),
+        ],
+    );
+    // One pair, both sides with completed calls and a CPU figure, and the summary line.
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with("| 1 |"))
+        .unwrap_or_else(|| panic!("no pair row:\n{stdout}"));
+    let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+    let a: f64 = cells[2].parse().unwrap_or(0.0);
+    let b: f64 = cells[3].parse().unwrap_or(0.0);
+    assert!(a > 0.0 && b > 0.0, "no CPU per call measured: {row}");
+    assert!(
+        !cells[5].starts_with("0 /") && !cells[5].contains("/ 0 of"),
+        "a side completed no call: {row}"
+    );
+    assert!(stdout.contains("median B ÷ A:"), "no summary:\n{stdout}");
+}

@@ -1,0 +1,114 @@
+#!/usr/bin/env python3
+"""A/B of two sipedge builds (or one build with two sets of options): CPU per call in pairs.
+
+Each pair runs A and B one after the other at the same fixed rate (sipp UAC -> sipedge -> two
+sipp UAS, or sipedge-loadgen -> sipedge -> sipedge-responder), each in a fresh process, and
+divides B's scheduler run time per call by A's. The order within a pair alternates, so a
+drift of the shared machine favours neither side. The report is every pair's ratio, their
+median and how many pairs B won: on a noisy machine a few percent shows only as a majority
+of pairs, never as one run. See perf/README.md.
+
+  perf/ab.py --b-bin-dir /path/to/other/build            two builds, sipp at 1,000 calls/s
+  perf/ab.py --b-driver epoll                            one build, io_uring against epoll
+  perf/ab.py --b-args "--config other.toml"              one build, two option sets
+  perf/ab.py --load loadgen --rate 8000 --pairs 6         near the ceiling
+  perf/ab.py --smoke ...                                  one short pair (the test suite)
+"""
+import argparse
+import os
+import shlex
+import statistics
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench  # noqa: E402  (perf/bench.py: process control, sipp and load generator runs)
+
+
+def measure(s, side, args):
+    """One run of `side` ("A" or "B"): µs of proxy CPU (scheduler run time) per call."""
+    if side == "A":
+        bin_dir, extra, s.args.sipedge_driver = args.a_bin_dir, args.a_args, args.a_driver
+    else:
+        bin_dir, extra, s.args.sipedge_driver = args.b_bin_dir or args.a_bin_dir, args.b_args, args.b_driver
+    exe = os.path.join(os.path.abspath(bin_dir), "sipedge")
+    if not os.access(exe, os.X_OK):
+        raise bench.Fatal(f"{exe} missing: build it first (cargo build --release --bins)")
+    proxy = bench.start_sipedge(s, args.shards, None, "udp", exe=exe, extra=shlex.split(extra))
+    try:
+        calls = int(args.rate * args.seconds)
+        m = bench.Measure(proxy)
+        if args.load == "sipp":
+            r = bench.run_sipp_uac(s, s.port, args.rate, calls, args.seconds * 3 + 10, "u1", f"ab-{side}")
+            done = r["successful"]
+        else:
+            r = bench.run_loadgen(s, s.port, args.rate, calls, args.seconds + 5)
+            done = r["completed"]
+        cpu = m.done(done)
+    finally:
+        proxy.stop()
+    if not done:
+        raise bench.Fatal(f"{side}: no call completed")
+    return cpu["cpu_sched_s"] / done * 1e6, done, calls
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--a-bin-dir", default=os.path.join(bench.ROOT, "target", "release"))
+    ap.add_argument("--b-bin-dir", help="B's build (default: A's)")
+    ap.add_argument("--a-args", default="", help="extra sipedge options for A")
+    ap.add_argument("--b-args", default="", help="extra sipedge options for B")
+    ap.add_argument("--a-driver", default="auto", help="sipedge --driver for A: auto, io_uring or epoll")
+    ap.add_argument("--b-driver", default="auto", help="sipedge --driver for B")
+    ap.add_argument("--shards", type=int, default=2)
+    ap.add_argument("--load", choices=("sipp", "loadgen"), default="sipp")
+    ap.add_argument("--rate", type=int, default=1000, help="calls/s")
+    ap.add_argument("--seconds", type=float, default=6.0, help="per run")
+    ap.add_argument("--pairs", type=int, default=12)
+    ap.add_argument("--base-port", type=int, default=5060,
+                    help="proxy port; backends at +10/+11, sipp UAC at +30, metrics at +50, sipp media from +100")
+    ap.add_argument("--smoke", action="store_true", help="one pair of one second at 200 calls/s")
+    args = ap.parse_args()
+    if (not args.b_bin_dir and (args.a_args, args.a_driver) == (args.b_args, args.b_driver)
+            and not args.smoke):
+        ap.error("A and B are the same: give --b-bin-dir, --b-driver or different --a-args/--b-args")
+    if args.smoke:
+        args.pairs, args.seconds, args.rate = 1, 1.0, 200
+    args.bin_dir, args.sipedge_driver = args.a_bin_dir, args.a_driver
+    bench.need("sipp")
+    workdir = tempfile.mkdtemp(prefix="sipedge-ab-")
+    s = bench.Setup(args, workdir)
+    backends = []
+    try:
+        if args.load == "sipp":
+            backends = [bench.start_sipp_uas(s, b) for b in s.backends]
+        else:
+            backends = [bench.Proc("responder", [s.exe("sipedge-responder")] +
+                                   sum((["--listen", f"127.0.0.1:{b}"] for b in s.backends), []), workdir)]
+            bench.wait_bound(backends[0], s.backends[1])
+        print(f"A: {args.a_bin_dir} --driver {args.a_driver} {args.a_args}".rstrip())
+        print(f"B: {args.b_bin_dir or args.a_bin_dir} --driver {args.b_driver} {args.b_args}".rstrip())
+        print(f"{args.load} at {args.rate} calls/s, {args.seconds:g} s per run, {args.shards} shard(s)\n")
+        print("| pair | A µs/call | B µs/call | B ÷ A | calls A / B |")
+        print("|---|---|---|---|---|")
+        ratios = []
+        for pair in range(args.pairs):
+            order = ("A", "B") if pair % 2 == 0 else ("B", "A")
+            got = {side: measure(s, side, args) for side in order}
+            (a, a_done, calls), (b, b_done, _) = got["A"], got["B"]
+            ratios.append(b / a)
+            print(f"| {pair + 1} | {a:.1f} | {b:.1f} | {b / a:.3f} | {a_done} / {b_done} of {calls} |", flush=True)
+        lower = sum(r < 1 for r in ratios)
+        print(f"\nmedian B ÷ A: {statistics.median(ratios):.3f} ({lower} of {len(ratios)} pairs lower)")
+    except bench.Fatal as e:
+        print(f"ab: {e}\n(logs kept in {workdir})", file=sys.stderr)
+        return 2
+    finally:
+        for p in backends:
+            p.stop()
+        bench.stop_all()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
