@@ -78,14 +78,13 @@ def main():
     bench.need("sipp")
     workdir = tempfile.mkdtemp(prefix="sipedge-ab-")
     s = bench.Setup(args, workdir)
-    backends = []
     try:
+        # The backends stay up for every pair; stop_all() below stops them.
         if args.load == "sipp":
-            backends = [bench.start_sipp_uas(s, b) for b in s.backends]
+            for b in s.backends:
+                bench.start_sipp_uas(s, b)
         else:
-            backends = [bench.Proc("responder", [s.exe("sipedge-responder")] +
-                                   sum((["--listen", f"127.0.0.1:{b}"] for b in s.backends), []), workdir)]
-            bench.wait_bound(backends[0], s.backends[1])
+            bench.start_responder(s)
         print(f"A: {args.a_bin_dir} --driver {args.a_driver} {args.a_args}".rstrip())
         print(f"B: {args.b_bin_dir or args.a_bin_dir} --driver {args.b_driver} {args.b_args}".rstrip())
         print(f"{args.load} at {args.rate} calls/s, {args.seconds:g} s per run, {args.shards} shard(s)\n")
@@ -104,8 +103,6 @@ def main():
         print(f"ab: {e}\n(logs kept in {workdir})", file=sys.stderr)
         return 2
     finally:
-        for p in backends:
-            p.stop()
         bench.stop_all()
     return 0
 

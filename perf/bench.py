@@ -16,6 +16,7 @@ import platform
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -322,6 +323,14 @@ CEILING = [
 # ---------------------------------------------------------------------------------------------
 # Loads
 
+def start_responder(s, cpus=None):
+    """`sipedge-responder` on both backend ports, once it is bound."""
+    p = Proc("responder", [s.exe("sipedge-responder")] +
+             sum((["--listen", f"127.0.0.1:{b}"] for b in s.backends), []), s.workdir, cpus)
+    wait_bound(p, s.backends[1])
+    return p
+
+
 def start_sipp_uas(s, port, transport="u1"):
     cmd = [need("sipp"), "-sn", "uas", "-i", "127.0.0.1", "-p", str(port), "-mp", s.next_media(),
            "-t", transport, "-nostdin", "-aa"]  # -aa: answer sipedge's OPTIONS health probes
@@ -562,9 +571,7 @@ def ceiling(s, seconds, window):
     results = {}
     for label, entry, cores in CEILING:
         proxy_cpus, gen_cpus = ("0", "1") if cores == 1 else ("0,1", "0,1")
-        responder = Proc("responder", [s.exe("sipedge-responder")] +
-                         sum((["--listen", f"127.0.0.1:{b}"] for b in s.backends), []), s.workdir, gen_cpus)
-        wait_bound(responder, s.backends[1])
+        responder = start_responder(s, gen_cpus)
         proxy = entry[0](s, entry[1], proxy_cpus) if entry else None
         target = s.port if proxy else s.backends[0]
         try:
@@ -594,9 +601,7 @@ def near_ceiling(s, systems, rate, seconds, rounds):
     runs = {name: [] for name in systems}
     for round_no in range(rounds):
         for name in systems:
-            responder = Proc("responder", [s.exe("sipedge-responder")] +
-                             sum((["--listen", f"127.0.0.1:{b}"] for b in s.backends), []), s.workdir)
-            wait_bound(responder, s.backends[1])
+            responder = start_responder(s)
             proxy = start_system(s, name)
             target = s.port if proxy else s.backends[0]
             try:
@@ -611,9 +616,7 @@ def near_ceiling(s, systems, rate, seconds, rounds):
 
 def rss_growth(s, small, large, limit_s):
     """sipedge, 2 shards: memory after `small` forwarded calls and after `large` more."""
-    responder = Proc("responder", [s.exe("sipedge-responder")] +
-                     sum((["--listen", f"127.0.0.1:{b}"] for b in s.backends), []), s.workdir)
-    wait_bound(responder, s.backends[1])
+    responder = start_responder(s)
     proxy = start_sipedge(s, 2, None)
     try:
         a = run_loadgen(s, s.port, 0, small, limit_s, 1000)
@@ -671,12 +674,7 @@ def ratio(a, b, digits=2):
 def paired(mine, ref):
     """Per-round ratios of two systems measured in the same interleaved rounds, and their median."""
     pairs = [a / b for a, b in zip(mine or [], ref or []) if a and b]
-    if not pairs:
-        return None, []
-    ordered = sorted(pairs)
-    mid = len(ordered) // 2
-    med = ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
-    return med, pairs
+    return (statistics.median(pairs) if pairs else None), pairs
 
 
 def get(d, *path):
