@@ -54,6 +54,26 @@ fn invite() -> Vec<u8> {
     .into_bytes()
 }
 
+/// The INVITE with [`EXTRA_LINES`] more header lines of a kind the proxy only carries (as
+/// trunks add `P-`, `X-` and vendor headers), before Content-Length: what one more header line
+/// costs the parser is the difference from `parse_invite`, divided by their number.
+fn invite_with_extra_lines() -> Vec<u8> {
+    let invite = invite();
+    let at = invite
+        .windows(16)
+        .position(|w| w == b"Content-Length: ")
+        .expect("the INVITE has a Content-Length");
+    let mut out = invite[..at].to_vec();
+    for i in 0..EXTRA_LINES {
+        out.extend_from_slice(format!("X-Trace-{i}: carried as written\r\n").as_bytes());
+    }
+    out.extend_from_slice(&invite[at..]);
+    out
+}
+
+/// How many lines [`invite_with_extra_lines`] adds.
+const EXTRA_LINES: usize = 10;
+
 /// An in-dialog request of the same call (ACK or BYE), as sipp sends it.
 fn in_dialog(method: &str, cseq: u32) -> Vec<u8> {
     format!(
@@ -295,13 +315,19 @@ fn instructions(case: &str, n: u64) {
     let mut f = Fixture::new();
     let cases = cases(&mut f);
     let invite = invite();
+    let longer = invite_with_extra_lines();
     let backend = addr(BACKENDS[0]);
     for _ in 0..n {
         match case {
-            "parse_invite" => {
+            "parse_invite" | "parse_invite_extra_lines" => {
+                let bytes = if case == "parse_invite" {
+                    &invite
+                } else {
+                    &longer
+                };
                 let mut slots = [sip::EMPTY_HEADER; 64];
                 black_box(
-                    sip::parse(black_box(&invite), &mut slots, &sip::Limits::default()).is_ok(),
+                    sip::parse(black_box(bytes), &mut slots, &sip::Limits::default()).is_ok(),
                 );
             }
             "select_backend" => {
@@ -331,6 +357,9 @@ fn size(case: &str) {
     match cases(&mut f).iter().find(|c| c.name == case) {
         Some(found) => println!("{}", found.bytes.len()),
         None if case == "parse_invite" => println!("{}", invite().len()),
+        None if case == "parse_invite_extra_lines" => {
+            println!("{}", invite_with_extra_lines().len())
+        }
         None => println!("–"),
     }
 }

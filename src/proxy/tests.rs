@@ -378,6 +378,57 @@ fn response_is_stripped_of_our_via_and_sent_by_rport() {
     assert_eq!(h.core.last_message().kind, MessageKind::Response(180));
 }
 
+/// RFC 3261 §16.7: the proxy relays a response by its Via; a Contact or Record-Route it
+/// never reads does not cost the caller the backend's 200 OK. (The same Contact in a request
+/// is read, hence checked: `request_with_malformed_contact_gets_400`.)
+#[test]
+fn response_with_a_contact_the_proxy_does_not_read_is_relayed_as_written() {
+    let mut h = Harness::new();
+    let (v, fwd) = h.send(
+        CLIENT,
+        &request("INVITE", "sip:bob@example.org", "r2", "z9hG4bKr2;rport", ""),
+    );
+    let Verdict::Forward(t) = v else {
+        panic!("{v:?}")
+    };
+    let Dest::Addr(_, backend) = t.dest else {
+        panic!()
+    };
+    let odd = "Contact: <sip:uas@[bad;x\r\nRecord-Route: sip:a@b;lr?x=\r\n";
+    let response = backend_response(&fwd, 200, odd);
+    let (v, relayed) = h.send(&backend.to_string(), &response);
+    let Verdict::Forward(t) = v else {
+        panic!("{v:?}")
+    };
+    assert_eq!(t.dest, Dest::Addr(Transport::Udp, addr(CLIENT)));
+    assert!(
+        text(&relayed).contains(odd),
+        "carried as written: {}",
+        text(&relayed)
+    );
+}
+
+#[test]
+fn request_with_malformed_contact_gets_400() {
+    let mut h = Harness::new();
+    let (v, out) = h.send(
+        CLIENT,
+        &request(
+            "INVITE",
+            "sip:bob@example.org",
+            "r3",
+            "z9hG4bKr3;rport",
+            "Contact: <sip:uas@[bad;x\r\n",
+        ),
+    );
+    assert!(
+        matches!(v, Verdict::Respond(t) if t.dest == Dest::Addr(Transport::Udp, addr(CLIENT)))
+            && status(&out) == 400,
+        "{v:?} {}",
+        text(&out)
+    );
+}
+
 #[test]
 fn responses_that_are_not_ours_are_dropped() {
     let mut h = Harness::new();

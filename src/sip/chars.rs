@@ -43,8 +43,9 @@ pub(crate) static ABS_URI: [bool; 256] = build(b"-_.!~*'()%;/?:@&=+$,[]#", true)
 /// tens of bytes, where a byte-by-byte scan pays a compare and a branch for every byte.
 #[inline(always)]
 pub(crate) fn class_len(bytes: &[u8], table: &[bool; 256]) -> usize {
+    let n = bytes.len();
     let mut at = 0;
-    for quad in bytes.chunks_exact(4) {
+    while let Some(quad) = bytes.get(at..at + 4) {
         let all = table[usize::from(quad[0])]
             & table[usize::from(quad[1])]
             & table[usize::from(quad[2])]
@@ -54,11 +55,10 @@ pub(crate) fn class_len(bytes: &[u8], table: &[bool; 256]) -> usize {
         }
         at += 4;
     }
-    let rest = bytes.get(at..).unwrap_or_default();
-    at + rest
-        .iter()
-        .position(|&b| !table[usize::from(b)])
-        .unwrap_or(rest.len())
+    while at < n && table[usize::from(bytes[at])] {
+        at += 1;
+    }
+    at
 }
 
 #[inline]
@@ -163,6 +163,19 @@ pub(crate) fn find_any3(hay: &[u8], a: u8, b: u8, c: u8) -> Option<usize> {
         hay,
         |x| zero_bytes(x ^ pa) | zero_bytes(x ^ pb) | zero_bytes(x ^ pc),
         |x| x == a || x == b || x == c,
+    )
+}
+
+/// The first byte of `hay` that is `;` or at most 0x20 (SP, HT, CR, LF and the other control
+/// bytes), eight bytes at a time: where an addr-spec's URI may end.
+#[inline(always)]
+pub(crate) fn find_semicolon_or_space(hay: &[u8]) -> Option<usize> {
+    let semis = SWAR_ONES * u64::from(b';');
+    first_match(
+        hay,
+        // "Below 0x21", like `zero_bytes`: exact for the lowest flagged byte.
+        |x| zero_bytes(x ^ semis) | (x.wrapping_sub(SWAR_ONES * 0x21) & !x & (SWAR_ONES << 7)),
+        |c| c == b';' || c <= b' ',
     )
 }
 
@@ -354,6 +367,17 @@ mod tests {
                 assert_eq!(find_any3(hay, a, b, c), plain, "{at} {a} {b} {c}");
             }
         });
+    }
+
+    #[test]
+    fn find_semicolon_or_space_matches_a_plain_scan() {
+        every_window(
+            b"sip:alice@example.com;x\t\x01\r\n sip:\x7f\xff;",
+            |w, label| {
+                let plain = w.iter().position(|&c| c == b';' || c <= b' ');
+                assert_eq!(find_semicolon_or_space(w), plain, "{label}");
+            },
+        );
     }
 
     #[test]

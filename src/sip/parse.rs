@@ -183,9 +183,11 @@ fn list_index(kind: HeaderName) -> Option<usize> {
 ///
 /// `slots` receives the header lines; its length bounds the header count together with
 /// [`Limits::max_headers`]. Leading CRLFs are skipped (RFC 3261 §7.5). Validates the start line,
-/// every header line's syntax, and the values of Via, From, To, Call-ID, CSeq, Max-Forwards,
-/// Content-Length, Route, Record-Route, Contact, Path, Require, Proxy-Require, Supported and
-/// Unsupported; other headers are kept as written and not interpreted.
+/// every header line's syntax, and the values of Via, From, To, Call-ID, CSeq, Max-Forwards and
+/// Content-Length; in requests also those of Route, Record-Route, Contact, Path, Require,
+/// Proxy-Require, Supported and Unsupported (a response's are carried as written: a proxy
+/// reads none of them, RFC 3261 §16.7, and their iterators end at a value that does not
+/// parse). Other headers are kept as written and not interpreted.
 pub fn parse<'h, 'b>(
     buf: &'b [u8],
     slots: &'h mut [Header<'b>],
@@ -570,11 +572,19 @@ fn parse_inner<'h, 'b>(
         second_via: None,
     };
     let mut list_ends = [0usize; LIST_KINDS];
+    // A proxy relays a response by its Via alone (RFC 3261 §16.7); Contact, Route,
+    // Record-Route, Path and option tags are carried as written, so a backend's 200 OK is
+    // not lost over a value the proxy never reads (§16.3 step 1 asks the same of requests'
+    // unread parts; there these values are read, hence checked).
+    let check_every_list = matches!(start_line, StartLine::Request { .. });
     for (i, h) in headers.iter().enumerate() {
         let Some(list) = list_index(h.kind) else {
             continue;
         };
         list_ends[list] = i + 1;
+        if !check_every_list && h.kind != HeaderName::Via {
+            continue;
+        }
         lists.header(h)?;
     }
     let ListCheck {
@@ -1363,6 +1373,9 @@ mod tests {
 
     msg! {
         base_parses, BASE, |m| m.is_ok_and(|m| m.is_request() && m.method() == Method::Invite && m.body() == b"body");
+        request_contact_checked, replace("Max-Forwards: 70\r\n", "Contact: <sip:a@[x\r\n"), |m| kind(m) == Some(ErrorKind::NameAddr);
+        response_contact_carried, BASE.replacen("INVITE sip:bob@biloxi.example.com SIP/2.0", "SIP/2.0 200 OK", 1).replacen("Max-Forwards: 70\r\n", "Contact: <sip:a@[x\r\nContact: <sip:b@h>\r\n", 1), |m| m.is_ok_and(|m| m.contacts().count() == 0 && m.headers_of(HeaderName::Contact).count() == 2);
+        response_via_still_checked, BASE.replacen("INVITE sip:bob@biloxi.example.com SIP/2.0", "SIP/2.0 200 OK", 1).replacen("SIP/2.0/UDP pc33", "SIP/2.0/UDP pc33:99999", 1), |m| kind(m) == Some(ErrorKind::Via);
         base_top_via, BASE, |m| m.is_ok_and(|m| m.top_via().transport == Transport::Udp && m.top_via().rport == Rport::Requested && m.top_via().host.text == b"pc33.atlanta.example.com");
         base_routes_in_order, BASE, |m| m.is_ok_and(|m| m.routes().map(|r| r.value.uri_bytes().len()).collect::<Vec<_>>() == [21, 21, 21]);
         base_tags, BASE, |m| m.is_ok_and(|m| m.from().tag == Some(b"1928301774") && m.to().tag.is_none());

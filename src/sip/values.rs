@@ -4,8 +4,8 @@
 use super::Span;
 use super::Transport;
 use super::chars::{
-    GEN_VALUE, class_len, contains_byte, eq_ic, eq_ic_letters, find_byte, is_gen_value, is_lws,
-    is_token,
+    GEN_VALUE, class_len, contains_byte, eq_ic, eq_ic_letters, find_byte, find_semicolon_or_space,
+    is_gen_value, is_lws, is_token,
 };
 use super::cursor::{Cursor, quoted_string_end, skip_lws, token_end};
 use super::uri::{
@@ -445,10 +445,17 @@ fn name_addr_front(buf: &[u8], span: Span) -> Result<NameAddrFront<'_>, usize> {
             // addr-spec form: header parameters follow the URI, so the URI ends at ';' or LWS;
             // RFC 3261 §20.10: it may then contain no ',', '?' or ';' of its own.
             let rest = &s[start..];
-            let len = rest
-                .iter()
-                .position(|&b| b == b';' || is_lws(b))
-                .unwrap_or(rest.len());
+            // Candidates eight bytes at a time; a control byte other than LWS ends nothing.
+            let mut len = rest.len();
+            let mut from = 0;
+            while let Some(at) = find_semicolon_or_space(&rest[from..]) {
+                let i = from + at;
+                if rest[i] == b';' || is_lws(rest[i]) {
+                    len = i;
+                    break;
+                }
+                from = i + 1;
+            }
             (Span::new(start, start + len), start + len)
         }
     };
