@@ -1045,6 +1045,15 @@ impl<'h, 'b> Message<'h, 'b> {
         if !contains_byte(line.value, b',') {
             return line.line;
         }
+        // Values joined on the line (`Via: ours, theirs`, as many UAS copy them): the parse
+        // already read the second value where the list split would put it (after the comma
+        // and its white space), so the removal runs up to it without splitting the line again.
+        if let Some(second) = &self.second_via
+            && second.span.start > line.value_span.start
+            && second.span.start < line.value_span.end
+        {
+            return Span::new(line.value_span.start, second.span.start);
+        }
         let mut values = ListIter::new(self.buf, line.value_span);
         match (values.next(), values.next()) {
             (Some(top), Some(next)) => Span::new(top.start, next.start),
