@@ -1689,7 +1689,7 @@ impl Core {
             5060
         };
         let port = uri.port.unwrap_or(default_port);
-        let ip = match uri.host.kind {
+        let ip = match uri.host.kind() {
             HostKind::Ipv4 | HostKind::Ipv6 if uri.maddr.is_none() => {
                 parse_ip(uri.host.unbracketed())
             }

@@ -18,23 +18,32 @@ pub enum HostKind {
     Ipv6,
 }
 
-/// A host as written, with its kind.
+/// A host as written and validated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Host<'b> {
     /// The host text as written (IPv6 references keep their brackets).
     pub text: &'b [u8],
-    /// What kind of host it is.
-    pub kind: HostKind,
 }
 
 impl<'b> Host<'b> {
+    /// What kind of host it is, read from the text when asked: the grammar accepts a name of
+    /// host characters either way, so the parse does not tell an IPv4 address from a domain
+    /// name for the many hosts (From, To, Contact ...) whose kind the proxy never asks.
+    pub fn kind(&self) -> HostKind {
+        if self.text.first() == Some(&b'[') {
+            HostKind::Ipv6
+        } else if is_dotted_quad(self.text) {
+            HostKind::Ipv4
+        } else {
+            HostKind::Domain
+        }
+    }
+
     /// The address without IPv6 brackets, ready for `str::parse::<IpAddr>()`.
     pub fn unbracketed(&self) -> &'b [u8] {
-        match self.kind {
-            HostKind::Ipv6 => self
-                .text
-                .get(1..self.text.len().saturating_sub(1))
-                .unwrap_or(b""),
+        match self.text {
+            [b'[', inner @ .., b']'] => inner,
+            [b'[', ..] => b"",
             _ => self.text,
         }
     }
@@ -70,26 +79,18 @@ pub(crate) fn parse_host(text: &[u8]) -> Option<Host<'_>> {
             .iter()
             .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
             && inner.contains(&b':');
-        return ok.then_some(Host {
-            text,
-            kind: HostKind::Ipv6,
-        });
+        return ok.then_some(Host { text });
     }
     text.iter()
         .all(|&b| is_host_char(b))
         .then(|| host_of_host_chars(text))
 }
 
-/// Classifies a non-empty host whose bytes are all [`is_host_char`]: a dotted quad is an IPv4
-/// address, anything else a domain name.
+/// A non-empty host whose bytes are all [`is_host_char`]: an IPv4 address or a domain name,
+/// as [`Host::kind`] tells.
 #[inline]
 pub(crate) fn host_of_host_chars(text: &[u8]) -> Host<'_> {
-    let kind = if is_dotted_quad(text) {
-        HostKind::Ipv4
-    } else {
-        HostKind::Domain
-    };
-    Host { text, kind }
+    Host { text }
 }
 
 /// RFC 3261 §25.1 `IPv4address = 1*3DIGIT "." 1*3DIGIT "." 1*3DIGIT "." 1*3DIGIT`, each at
@@ -641,8 +642,8 @@ mod tests {
     uri_table! {
         plain: "sip:alice@atlanta.com" => |u| u.is_some_and(|u| u.user == Some(b"alice") && u.host.text == b"atlanta.com" && u.port.is_none());
         port: "sip:alice@atlanta.com:5070" => |u| u.is_some_and(|u| u.port == Some(5070));
-        ipv4: "sip:192.0.2.4" => |u| u.is_some_and(|u| u.host.kind == HostKind::Ipv4 && u.user.is_none());
-        ipv6: "sips:[2001:db8::10]:5061;transport=tls" => |u| u.is_some_and(|u| u.host.kind == HostKind::Ipv6 && u.host.unbracketed() == b"2001:db8::10" && u.port == Some(5061) && u.transport == Some(Transport::Tls) && u.is_sips());
+        ipv4: "sip:192.0.2.4" => |u| u.is_some_and(|u| u.host.kind() == HostKind::Ipv4 && u.user.is_none());
+        ipv6: "sips:[2001:db8::10]:5061;transport=tls" => |u| u.is_some_and(|u| u.host.kind() == HostKind::Ipv6 && u.host.unbracketed() == b"2001:db8::10" && u.port == Some(5061) && u.transport == Some(Transport::Tls) && u.is_sips());
         lr: "sip:ss1.example.com;lr" => |u| u.is_some_and(|u| u.lr && u.param(b"LR") == Some(None));
         ob_and_params: "sip:ep1.example.com;lr;ob;foo=bar" => |u| u.is_some_and(|u| u.ob && u.param(b"foo") == Some(Some(&b"bar"[..])));
         maddr_comp: "sip:p.example.com;maddr=239.1.1.1;comp=sigcomp" => |u| u.is_some_and(|u| u.maddr == Some(b"239.1.1.1") && u.comp == Some(b"sigcomp"));
@@ -653,14 +654,14 @@ mod tests {
         space: "sip:a b@c" => |u| u.is_none();
         empty_param: "sip:a@b;;lr" => |u| u.is_none();
         unterminated_v6: "sip:[2001:db8::1" => |u| u.is_none();
-        ipv4_host: "sip:a@10.0.0.255:5060" => |u| u.is_some_and(|u| u.host.kind == HostKind::Ipv4);
-        octet_over_255: "sip:a@10.0.0.256" => |u| u.is_some_and(|u| u.host.kind == HostKind::Domain);
-        four_digit_octet: "sip:a@0010.0.0.1" => |u| u.is_some_and(|u| u.host.kind == HostKind::Domain);
-        five_labels: "sip:1.2.3.4.5" => |u| u.is_some_and(|u| u.host.kind == HostKind::Domain);
-        empty_label: "sip:1..3.4" => |u| u.is_some_and(|u| u.host.kind == HostKind::Domain);
-        trailing_dot: "sip:1.2.3.4." => |u| u.is_some_and(|u| u.host.kind == HostKind::Domain);
-        letter_label: "sip:1.2.3.a4" => |u| u.is_some_and(|u| u.host.kind == HostKind::Domain);
-        long_digits: "sip:99999999999999999999.1.1.1" => |u| u.is_some_and(|u| u.host.kind == HostKind::Domain);
+        ipv4_host: "sip:a@10.0.0.255:5060" => |u| u.is_some_and(|u| u.host.kind() == HostKind::Ipv4);
+        octet_over_255: "sip:a@10.0.0.256" => |u| u.is_some_and(|u| u.host.kind() == HostKind::Domain);
+        four_digit_octet: "sip:a@0010.0.0.1" => |u| u.is_some_and(|u| u.host.kind() == HostKind::Domain);
+        five_labels: "sip:1.2.3.4.5" => |u| u.is_some_and(|u| u.host.kind() == HostKind::Domain);
+        empty_label: "sip:1..3.4" => |u| u.is_some_and(|u| u.host.kind() == HostKind::Domain);
+        trailing_dot: "sip:1.2.3.4." => |u| u.is_some_and(|u| u.host.kind() == HostKind::Domain);
+        letter_label: "sip:1.2.3.a4" => |u| u.is_some_and(|u| u.host.kind() == HostKind::Domain);
+        long_digits: "sip:99999999999999999999.1.1.1" => |u| u.is_some_and(|u| u.host.kind() == HostKind::Domain);
         host_port_no_user: "sip:host.example.com:5060;lr" => |u| u.is_some_and(|u| u.user.is_none() && u.port == Some(5060) && u.lr);
         empty_user: "sip:@host" => |u| u.is_none();
         empty_password: "sip:a:@host" => |u| u.is_some_and(|u| u.password == Some(b""));

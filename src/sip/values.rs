@@ -594,9 +594,9 @@ mod tests {
 
     via_table! {
         via_plain: "SIP/2.0/UDP host.example.com;branch=z9hG4bK1" => |v| v.is_some_and(|v| v.transport == Transport::Udp && v.branch == Some(b"z9hG4bK1") && v.port.is_none());
-        via_port: "SIP/2.0/TCP 192.0.2.1:5070;branch=z9hG4bK1" => |v| v.is_some_and(|v| v.port == Some(5070) && v.host.kind == HostKind::Ipv4);
+        via_port: "SIP/2.0/TCP 192.0.2.1:5070;branch=z9hG4bK1" => |v| v.is_some_and(|v| v.port == Some(5070) && v.host.kind() == HostKind::Ipv4);
         via_spaces: "SIP / 2.0 / UDP\r\n   host : 5060 ; branch = z9hG4bK1" => |v| v.is_some_and(|v| v.port == Some(5060) && v.branch == Some(b"z9hG4bK1"));
-        via_ipv6: "SIP/2.0/UDP [2001:db8::1]:5060;received=2001:db8::2" => |v| v.is_some_and(|v| v.host.kind == HostKind::Ipv6 && v.received.and_then(|r| r.value) == Some(b"2001:db8::2"));
+        via_ipv6: "SIP/2.0/UDP [2001:db8::1]:5060;received=2001:db8::2" => |v| v.is_some_and(|v| v.host.kind() == HostKind::Ipv6 && v.received.and_then(|r| r.value) == Some(b"2001:db8::2"));
         via_rport_flag: "SIP/2.0/UDP h;rport;branch=z9hG4bK1" => |v| v.is_some_and(|v| v.rport == Rport::Requested && v.rport_param == Some(Span::new(13, 19)));
         via_rport_value: "SIP/2.0/UDP h;rport=1234" => |v| v.is_some_and(|v| v.rport == Rport::Port(1234));
         via_comp_maddr_alias: "SIP/2.0/UDP h;comp=sigcomp;maddr=224.0.1.75;alias" => |v| v.is_some_and(|v| v.comp == Some(b"sigcomp") && v.maddr == Some(b"224.0.1.75") && v.alias);
@@ -611,7 +611,7 @@ mod tests {
         via_trailing_garbage: "SIP/2.0/UDP h x" => |v| v.is_none();
         via_space_after_version: "SIP/2.0/ TCP h" => |v| v.is_some_and(|v| v.transport == Transport::Tcp && v.transport_token == b"TCP");
         via_lower_case_protocol: "sip/2.0/udp h;BRANCH=z9hG4bK1" => |v| v.is_some_and(|v| v.transport_token == b"udp" && v.branch == Some(b"z9hG4bK1"));
-        via_ipv4_host: "SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-1" => |v| v.is_some_and(|v| v.host.kind == HostKind::Ipv4 && v.sent_by == Span::new(12, 26) && v.params == Span::new(26, 43));
+        via_ipv4_host: "SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-1" => |v| v.is_some_and(|v| v.host.kind() == HostKind::Ipv4 && v.sent_by == Span::new(12, 26) && v.params == Span::new(26, 43));
         via_port_too_long: "SIP/2.0/UDP h:050600" => |v| v.is_none();
     }
 
@@ -628,7 +628,7 @@ mod tests {
         na_bare_with_headers: "sip:a@b?Route=x" => |n| n.is_none();
         na_empty_params: "<sip:a@b>;;" => |n| n.is_none();
         na_tag_without_value: "<sip:a@b>;tag" => |n| n.is_none();
-        na_sipp_from: "\"sipp\" <sip:sipp@127.0.0.1:5060>;tag=1234SIPpTag001" => |n| n.is_some_and(|n| n.display_name == Some(&b"\"sipp\""[..]) && n.tag == Some(b"1234SIPpTag001") && n.uri.as_sip().is_some_and(|u| u.host.kind == HostKind::Ipv4 && u.port == Some(5060)));
+        na_sipp_from: "\"sipp\" <sip:sipp@127.0.0.1:5060>;tag=1234SIPpTag001" => |n| n.is_some_and(|n| n.display_name == Some(&b"\"sipp\""[..]) && n.tag == Some(b"1234SIPpTag001") && n.uri.as_sip().is_some_and(|u| u.host.kind() == HostKind::Ipv4 && u.port == Some(5060)));
         na_first_tag_counts: "<sip:a@b> ; tag = x ; TAG=y" => |n| n.is_some_and(|n| n.tag == Some(b"x") && n.params == Span::new(9, 27));
         na_quoted_tag_value: "<sip:a@b>;tag=\"x;y\"" => |n| n.is_some_and(|n| n.tag == Some(&b"\"x;y\""[..]));
         na_unterminated_quote: "\"Bob <sip:a@b>" => |n| n.is_none();
