@@ -642,13 +642,14 @@ impl<'b> ListCheck<'b> {
         // the count and the kept Vias change only on success).
         if !h.value.is_empty() && self.values < self.max_values {
             let single = match h.kind {
+                // Values joined on one line (`Via: a, b`): read one after another, each once
+                // (a whole-value read would stop at the comma after reading the first).
+                HeaderName::Via if contains_byte(h.value, b',') => return self.via_values(h),
                 HeaderName::Via => match parse_via(self.buf, h.value_span) {
                     Ok(via) => {
                         self.keep_via(via);
                         true
                     }
-                    // Values joined on one line (`Via: a, b`): read them one after another.
-                    Err(at) if self.buf.get(at) == Some(&b',') => return self.via_values(h),
                     Err(_) => false,
                 },
                 HeaderName::Route
@@ -677,8 +678,8 @@ impl<'b> ListCheck<'b> {
         Ok(())
     }
 
-    /// Checks the Via values of `h` (not empty: its whole-value read stopped at a comma) one
-    /// after another, each read up to the comma that ends it, so values joined on one line
+    /// Checks the Via values of `h` (not empty, and holding a comma) one after another, each
+    /// read up to the comma that ends it, so values joined on one line
     /// (`Via: a, b`, as some elements write them) are read without splitting the list first.
     /// A value that does not read that way goes to the list split from there on, which names
     /// the error exactly as it always did. (Kept out of line: most Via lines hold one value,
