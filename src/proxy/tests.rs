@@ -340,12 +340,19 @@ fn backend_response(forwarded: &[u8], code: u16, extra: &str) -> Vec<u8> {
     })
 }
 
-#[test]
-fn response_is_stripped_of_our_via_and_sent_by_rport() {
-    let mut h = Harness::new();
+/// Sends a client's INVITE (Call-ID `call_id`) through the proxy, then the backend's `code`
+/// response to it (with `extra` header lines) back: the response as the backend sent it, and
+/// the verdict and bytes of relaying it.
+fn relay_response(
+    h: &mut Harness,
+    call_id: &str,
+    code: u16,
+    extra: &str,
+) -> (Vec<u8>, Verdict, Vec<u8>) {
+    let branch = format!("z9hG4bK{call_id};rport");
     let (v, fwd) = h.send(
         CLIENT,
-        &request("INVITE", "sip:bob@example.org", "r1", "z9hG4bKr1;rport", ""),
+        &request("INVITE", "sip:bob@example.org", call_id, &branch, ""),
     );
     let Verdict::Forward(t) = v else {
         panic!("{v:?}")
@@ -353,8 +360,15 @@ fn response_is_stripped_of_our_via_and_sent_by_rport() {
     let Dest::Addr(_, backend) = t.dest else {
         panic!()
     };
-    let response = backend_response(&fwd, 180, "");
+    let response = backend_response(&fwd, code, extra);
     let (v, relayed) = h.send(&backend.to_string(), &response);
+    (response, v, relayed)
+}
+
+#[test]
+fn response_is_stripped_of_our_via_and_sent_by_rport() {
+    let mut h = Harness::new();
+    let (response, v, relayed) = relay_response(&mut h, "r1", 180, "");
     let Verdict::Forward(t) = v else {
         panic!("{v:?}")
     };
@@ -384,19 +398,8 @@ fn response_is_stripped_of_our_via_and_sent_by_rport() {
 #[test]
 fn response_with_a_contact_the_proxy_does_not_read_is_relayed_as_written() {
     let mut h = Harness::new();
-    let (v, fwd) = h.send(
-        CLIENT,
-        &request("INVITE", "sip:bob@example.org", "r2", "z9hG4bKr2;rport", ""),
-    );
-    let Verdict::Forward(t) = v else {
-        panic!("{v:?}")
-    };
-    let Dest::Addr(_, backend) = t.dest else {
-        panic!()
-    };
     let odd = "Contact: <sip:uas@[bad;x\r\nRecord-Route: sip:a@b;lr?x=\r\n";
-    let response = backend_response(&fwd, 200, odd);
-    let (v, relayed) = h.send(&backend.to_string(), &response);
+    let (_, v, relayed) = relay_response(&mut h, "r2", 200, odd);
     let Verdict::Forward(t) = v else {
         panic!("{v:?}")
     };
