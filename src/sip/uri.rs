@@ -83,14 +83,7 @@ pub(crate) fn parse_host(text: &[u8]) -> Option<Host<'_>> {
     }
     text.iter()
         .all(|&b| is_host_char(b))
-        .then(|| host_of_host_chars(text))
-}
-
-/// A non-empty host whose bytes are all [`is_host_char`]: an IPv4 address or a domain name,
-/// as [`Host::kind`] tells.
-#[inline]
-pub(crate) fn host_of_host_chars(text: &[u8]) -> Host<'_> {
-    Host { text }
+        .then_some(Host { text })
 }
 
 /// RFC 3261 §25.1 `IPv4address = 1*3DIGIT "." 1*3DIGIT "." 1*3DIGIT "." 1*3DIGIT`, each at
@@ -476,7 +469,7 @@ fn sip_authority(
         if len == 0 || !matches!(rest.get(len), None | Some(b':' | b';' | b'?')) {
             return Err(bad(pos));
         }
-        (host_of_host_chars(&rest[..len]), len)
+        (Host { text: &rest[..len] }, len)
     };
     pos += host_len;
     let mut port = None;

@@ -9,8 +9,7 @@ use super::chars::{
 };
 use super::cursor::{Cursor, quoted_string_end, skip_lws, token_end};
 use super::uri::{
-    HOST_CHAR, Host, Uri, UriError, check_uri, host_of_host_chars, parse_host, parse_port,
-    parse_uri, port_at,
+    HOST_CHAR, Host, Uri, UriError, check_uri, parse_host, parse_port, parse_uri, port_at,
 };
 
 /// One `;name[=value]` parameter of a header value.
@@ -278,7 +277,12 @@ fn parse_via_inner(buf: &[u8], span: Span, stop: Option<u8>) -> Result<Via<'_>, 
             return Err(host_start);
         }
         let host_end = host_start + len;
-        (host_of_host_chars(&s[host_start..host_end]), host_end)
+        (
+            Host {
+                text: &s[host_start..host_end],
+            },
+            host_end,
+        )
     };
     let mut sent_by_end = after_host;
     let mut port = None;
