@@ -179,6 +179,8 @@ fn init_logging(config: &Config) {
 }
 
 fn main() -> ExitCode {
+    // Before anything else allocates; logging is not up yet, so a refusal is reported below.
+    let huge_pages = sipedge::runtime::disable_transparent_huge_pages();
     let cli = Cli::parse();
     if cli.print_default_config {
         print!("{DEFAULT_TOML}");
@@ -204,6 +206,9 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&config);
+    if let Err(e) = huge_pages {
+        tracing::debug!(error = %e, "transparent huge pages stay on");
+    }
     let reload_cli = cli.clone();
     let reloader: sipedge::runtime::Reloader = Box::new(move || {
         if let Some(bytes) = reload_cli.config.as_deref().and_then(config_fingerprint) {

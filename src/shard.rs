@@ -1,8 +1,16 @@
-//! Call-ID → shard mapping.
+//! Call-ID → shard mapping, and the storage a shard keeps for its whole life.
 //!
 //! Everything about one call lives on one core: the shard that owns a message is a pure
 //! function of its Call-ID, so every shard (and every sipedge node given the same shard
 //! count) agrees on the owner without talking to anyone.
+//!
+//! A shard allocates its buffers and tables once and makes every page of them resident
+//! before it takes traffic. Memory that is merely reserved (`vec![0; n]`, `with_capacity`)
+//! is backed page by page as traffic first reaches it: a bigger message, one more call in
+//! flight than ever before, a queue whose head has wrapped further. That looks like growth
+//! hours into a run and can fail (overcommit) at the peak, when it matters most. Touched at
+//! start, the footprint is fixed from the first call, and a node that lacks the memory
+//! fails when it starts (Kamailio's `shm_force_alloc` does the same for its shared memory).
 
 /// Index of a shard (one per core), `0..shard_count`.
 pub type ShardId = u16;
@@ -43,6 +51,41 @@ pub fn fnv1a64(bytes: &[u8]) -> u64 {
         hash = hash.wrapping_mul(PRIME);
     }
     hash
+}
+
+/// Bytes per page touched; a smaller page only means touching more often.
+const PAGE: usize = 4096;
+
+/// `len` zero bytes, every page of them resident now (see the module docs).
+pub fn resident_zeroes(len: usize) -> Vec<u8> {
+    let mut bytes = vec![0u8; len];
+    // One write per page, and the last byte: the buffer need not start on a page, so its
+    // tail may sit on one more. `black_box` keeps the compiler from proving a store redundant.
+    for byte in bytes.iter_mut().step_by(PAGE) {
+        *byte = std::hint::black_box(0);
+    }
+    if let Some(last) = bytes.last_mut() {
+        *last = std::hint::black_box(0);
+    }
+    bytes
+}
+
+/// An empty vector with room for `capacity` elements, all of that room resident now (see the
+/// module docs). Pushing up to `capacity` never allocates or faults a page in; a
+/// `VecDeque::from` it keeps the buffer, so a queue that cycles through its capacity is
+/// resident too.
+pub fn resident_vec<T>(capacity: usize) -> Vec<T> {
+    let mut v = Vec::with_capacity(capacity);
+    let step = (PAGE / std::mem::size_of::<T>().max(1)).max(1);
+    let room = v.spare_capacity_mut();
+    for slot in room.iter_mut().step_by(step) {
+        *slot = std::hint::black_box(std::mem::MaybeUninit::zeroed());
+    }
+    // The last element too (see `resident_zeroes`).
+    if let Some(last) = room.last_mut() {
+        *last = std::hint::black_box(std::mem::MaybeUninit::zeroed());
+    }
+    v
 }
 
 #[cfg(test)]

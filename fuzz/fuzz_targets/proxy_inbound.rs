@@ -10,7 +10,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use libfuzzer_sys::fuzz_target;
-use sipedge::balance::{BackendSpec, Blacklist, Pool};
+use sipedge::balance::{BackendSpec, Blacklist, FailoverConfig, Pool};
 use sipedge::proxy::{Core, FlowId, Inbound, Placement, ProxyConfig, Verdict};
 use sipedge::sip::{self, EMPTY_HEADER, Limits, Transport};
 
@@ -29,6 +29,9 @@ fn pool() -> Arc<Pool> {
 fuzz_target!(|data: &[u8]| {
     let Some((&selector, bytes)) = data.split_first() else { return };
     let mut config = ProxyConfig::default();
+    // A few slots are enough to exercise the table; the default's 32 MiB would be made
+    // resident for every input.
+    config.failover = Some(FailoverConfig { capacity: 16, ..FailoverConfig::default() });
     for l in &mut config.listeners {
         l.local = "192.0.2.10:5060".parse().expect("addr");
     }

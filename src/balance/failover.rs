@@ -32,6 +32,7 @@ use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 
 use crate::proxy::siphash::SipHasher13;
+use crate::shard::{resident_vec, resident_zeroes};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -277,12 +278,13 @@ impl InviteFailover {
             index: vec![NIL; buckets],
             mask: buckets - 1,
             tracked: 0,
-            entries: Vec::with_capacity(config.capacity),
-            free: Vec::with_capacity(config.capacity),
-            // Zeroed pages are mapped lazily: unused slots cost address space, not memory.
-            bytes: vec![0; config.capacity * config.slot_bytes],
+            // All resident now (`crate::shard`): how many transactions are in flight at
+            // once peaks at random, and a new peak hours in would show as growth.
+            entries: resident_vec(config.capacity),
+            free: resident_vec(config.capacity),
+            bytes: resident_zeroes(config.capacity * config.slot_bytes),
             lists: [(NIL, NIL); 3],
-            events: VecDeque::with_capacity(config.capacity.saturating_add(1)),
+            events: VecDeque::from(resident_vec(config.capacity.saturating_add(1))),
             hasher: SipHasher13::new(&random_key()),
         }
     }

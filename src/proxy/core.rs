@@ -296,7 +296,7 @@ impl Core {
             limits: Limits::default(),
             last: MessageInfo::NONE,
             failover: None,
-            events: VecDeque::with_capacity(EVENT_QUEUE),
+            events: VecDeque::from(crate::shard::resident_vec(EVENT_QUEUE)),
         };
         core.failover = core.config.failover.map(InviteFailover::new);
         core.set_pool(pool);

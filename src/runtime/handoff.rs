@@ -96,7 +96,7 @@ impl Parcel {
             len: 0,
             // Resident from the start: parcels are used rarely and in turn, and pages first
             // touched hours in would look like growth.
-            data: super::sockopt::resident_zeroes(capacity).into_boxed_slice(),
+            data: crate::shard::resident_zeroes(capacity).into_boxed_slice(),
         }
     }
 

@@ -26,6 +26,8 @@ mod shard;
 mod sockopt;
 pub mod steer;
 
+pub use sockopt::disable_transparent_huge_pages;
+
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1042,7 +1042,7 @@ fn count_message(metrics: &ShardMetrics, bytes: &[u8], inbound: bool) {
 
 async fn udp_loop(shard: Rc<Shard>, index: usize, mut batch: sockopt::RecvBatch) {
     // Allocated once: the receive buffers of a whole batch (by the caller) and the send buffer.
-    let mut sbuf: Vec<u8> = vec![0u8; BUF_SIZE];
+    let mut sbuf: Vec<u8> = crate::shard::resident_zeroes(BUF_SIZE);
     let mut since_yield = 0u32;
     let Some(endpoint) = shard.udp.get(index) else {
         return;
@@ -1135,7 +1135,7 @@ async fn udp_loop(shard: Rc<Shard>, index: usize, mut batch: sockopt::RecvBatch)
 /// shortest failover duration ahead, so waking at least that often misses none without the
 /// message path having to wake this task.
 async fn core_timer_loop(shard: Rc<Shard>, failover: FailoverConfig) {
-    let mut sbuf: Vec<u8> = vec![0u8; BUF_SIZE];
+    let mut sbuf: Vec<u8> = crate::shard::resident_zeroes(BUF_SIZE);
     let longest = failover
         .timeout
         .min(failover.ringing)
@@ -1326,7 +1326,7 @@ async fn run_conn(shard: Rc<Shard>, conn: Rc<Conn>, stream: TcpStream) {
 
 async fn handoff_loop(shard: Rc<Shard>, bell: UnixDatagram) {
     let bell_fd = bell.as_raw_fd();
-    let mut sbuf: Vec<u8> = vec![0u8; BUF_SIZE];
+    let mut sbuf: Vec<u8> = crate::shard::resident_zeroes(BUF_SIZE);
     let Some(mailbox) = shard.shared.post.mailbox(shard.id) else {
         return;
     };

@@ -118,18 +118,23 @@ pub(crate) fn drain_error_queue(fd: RawFd, mut report: impl FnMut(SocketAddr)) {
 /// Datagrams one [`RecvBatch::recv`] reads at most.
 pub(crate) const RECV_BATCH: usize = 8;
 
-/// `len` zero bytes whose pages are all touched now, for the buffers a shard allocates once
-/// and reuses. `vec![0; len]` maps untouched zero pages that become resident one by one as
-/// traffic first reaches them (a bigger batch, a parcel used for the first time), which
-/// looks like memory growth hours into a run; touching them at start makes the footprint
-/// fixed from the first call.
-pub(crate) fn resident_zeroes(len: usize) -> Vec<u8> {
-    let mut bufs = vec![0u8; len];
-    // One write per page; `black_box` keeps the compiler from proving the store redundant.
-    for byte in bufs.iter_mut().step_by(4096) {
-        *byte = std::hint::black_box(0);
+/// Keeps transparent huge pages out of this process (`prctl(PR_SET_THP_DISABLE)`); called
+/// first thing in `main`, before the allocator has touched its arenas. The allocator asks for huge pages on its arenas
+/// (`madvise(MADV_HUGEPAGE)`), and then the first byte touched in a 2 MiB region makes all of
+/// it resident: 26 MiB of a two-shard proxy's 100 MiB were rounding, and a few bytes of cold-path
+/// work (a health probe, a metrics scrape) landing in a fresh region showed up as a 2 MiB step
+/// of "growth". A fault in a region advised for huge pages may also compact memory
+/// synchronously (`defrag=madvise`), a stall a shard should never take. The buffers are touched
+/// once at start, so 4 KiB pages cost the message path nothing it pays per message.
+/// Returns the error of a kernel without the call; running with huge pages is still correct.
+pub fn disable_transparent_huge_pages() -> io::Result<()> {
+    // SAFETY: PR_SET_THP_DISABLE takes plain integers and touches no memory of ours.
+    let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
-    bufs
 }
 
 /// Receive buffers for `recvmmsg`, allocated once per receive loop: one system call reads
@@ -155,7 +160,7 @@ pub(crate) struct RecvBatch {
 impl RecvBatch {
     /// Buffers for `RECV_BATCH` datagrams of up to `size` bytes each.
     pub(crate) fn new(size: usize) -> Self {
-        let mut bufs = resident_zeroes(size * RECV_BATCH);
+        let mut bufs = crate::shard::resident_zeroes(size * RECV_BATCH);
         // SAFETY: iovec is plain data; all zeroes is a valid value.
         let mut iovs: [libc::iovec; RECV_BATCH] = unsafe { std::mem::zeroed() };
         for (chunk, iov) in bufs.chunks_exact_mut(size).zip(iovs.iter_mut()) {
@@ -369,7 +374,9 @@ impl SendBatch {
     /// Slots for `SEND_BATCH` datagrams of up to `size` bytes each.
     pub(crate) fn new(size: usize) -> Self {
         Self {
-            bufs: (0..SEND_BATCH).map(|_| resident_zeroes(size)).collect(),
+            bufs: (0..SEND_BATCH)
+                .map(|_| crate::shard::resident_zeroes(size))
+                .collect(),
             size,
             lens: [0; SEND_BATCH],
             fds: [-1; SEND_BATCH],
