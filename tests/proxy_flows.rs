@@ -264,8 +264,13 @@ fn answer(req: &[u8], template: &[u8]) -> Vec<u8> {
             let one = |kind| text(r.headers()[r.header_index(kind).unwrap()].value);
             out.push_str(&format!("From: {}\r\n", one(HeaderName::From)));
             let to = one(HeaderName::To);
-            let tag = t.to().tag.map(text).unwrap_or_else(|| "uas1".into());
-            if r.to().tag.is_some() {
+            let tag = t
+                .read_to()
+                .ok()
+                .and_then(|to| to.tag)
+                .map(text)
+                .unwrap_or_else(|| "uas1".into());
+            if r.read_to().is_ok_and(|to| to.tag.is_some()) {
                 out.push_str(&format!("To: {to}\r\n"));
             } else {
                 out.push_str(&format!("To: {to};tag={tag}\r\n"));

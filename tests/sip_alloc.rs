@@ -105,7 +105,8 @@ fn exercise(bytes: &[u8], out: &mut [u8]) -> usize {
                 .sum::<usize>();
             sum += m.option_tags(HeaderName::ProxyRequire).count()
                 + m.option_tags(HeaderName::Supported).count();
-            sum += m.from().tag.map_or(0, <[u8]>::len) + m.to().params().count();
+            sum += m.read_from().map_or(0, |f| f.tag.map_or(0, <[u8]>::len))
+                + m.read_to().map_or(0, |t| t.params().count());
             sum += m
                 .request_sip_uri()
                 .map_or(0, |u| u.params().count() + usize::from(u.lr));

@@ -177,7 +177,10 @@ fn parse_reply<'a>(datagram: &'a [u8], run_tag: &str) -> Option<Reply<'a>> {
         status,
         call_index: std::str::from_utf8(&call_id[..dash]).ok()?.parse().ok()?,
         cseq_method: msg.cseq().method,
-        to_value: msg.to().span.slice(datagram),
+        to_value: msg
+            .headers()
+            .get(msg.header_index(sip::HeaderName::To)?)?
+            .value,
     })
 }
 

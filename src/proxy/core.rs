@@ -937,7 +937,10 @@ impl Core {
         let call_id = msg.call_id();
         let cseq = msg.cseq().number;
         let (backend, attempt) = match msg.method() {
-            Method::Invite if msg.to().tag.is_none() && msg.cseq().method == b"INVITE" => {
+            Method::Invite
+                if msg.to().is_some_and(|to| to.tag.is_none())
+                    && msg.cseq().method == b"INVITE" =>
+            {
                 let origin = Origin {
                     src: input.src,
                     local: input.local,
@@ -1504,7 +1507,7 @@ impl Core {
             // lacks; the CSeq method is excluded for the same reason.
             let mut h = self.tx_seed_2543.clone();
             h.field(top.span.slice(msg.buf()));
-            h.field(msg.from().tag.unwrap_or(b""));
+            h.field(msg.from().and_then(|from| from.tag).unwrap_or(b""));
             h.field(msg.call_id());
             h.field(&msg.cseq().number.to_le_bytes());
             h.field(
@@ -1528,7 +1531,7 @@ impl Core {
             .or_else(|| msg.request_uri().map(Uri::span));
         h.field(ruri.unwrap_or_default().slice(buf));
         h.field(msg.call_id());
-        h.field(msg.from().tag.unwrap_or(b""));
+        h.field(msg.from().and_then(|from| from.tag).unwrap_or(b""));
         h.field(&msg.cseq().number.to_le_bytes());
         for (i, r) in msg.routes().enumerate() {
             if !routing.removed.contains(i) {

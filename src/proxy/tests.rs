@@ -181,7 +181,7 @@ request_table! {
         request("OPTIONS", "sip:192.0.2.10:5060", "c3", "z9hG4bKa", "Max-Forwards: 70\r\n") =>
         |v, out| matches!(v, Verdict::Respond(_)) && status(&out) == 200
             && header(&out, "Accept").is_some() && header(&out, "Supported").is_some()
-            && with_parsed(&out, |m| m.to().tag.is_some());
+            && with_parsed(&out, |m| m.read_to().is_ok_and(|to| to.tag.is_some()));
     options_for_an_alias_is_answered:
         request("OPTIONS", "sip:edge.example.net", "c3", "z9hG4bKa", "") =>
         |_v, out| status(&out) == 200;
@@ -408,6 +408,46 @@ fn response_with_a_contact_the_proxy_does_not_read_is_relayed_as_written() {
         text(&relayed).contains(odd),
         "carried as written: {}",
         text(&relayed)
+    );
+}
+
+#[test]
+fn response_with_from_and_to_the_proxy_does_not_read_is_relayed_as_written() {
+    let mut h = Harness::new();
+    let (v, fwd) = h.send(
+        CLIENT,
+        &request("INVITE", "sip:bob@example.org", "r4", "z9hG4bKr4;rport", ""),
+    );
+    let Verdict::Forward(t) = v else {
+        panic!("{v:?}")
+    };
+    let Dest::Addr(_, backend) = t.dest else {
+        panic!()
+    };
+    // RFC 3261 §16.7 relays by Via; From and To are the endpoints' business.
+    let odd_from = "From: Alice <sip:alice@[atlanta;tag=1";
+    let odd_to = "To: <sip:bob@example.org;tag=2 junk";
+    let response: String = text(&backend_response(&fwd, 200, ""))
+        .split_inclusive("\r\n")
+        .map(|line| {
+            if line.starts_with("From:") {
+                format!("{odd_from}\r\n")
+            } else if line.starts_with("To:") {
+                format!("{odd_to}\r\n")
+            } else {
+                line.to_string()
+            }
+        })
+        .collect();
+    let (v, relayed) = h.send(&backend.to_string(), response.as_bytes());
+    let Verdict::Forward(t) = v else {
+        panic!("{v:?}")
+    };
+    assert_eq!(t.dest, Dest::Addr(Transport::Udp, addr(CLIENT)));
+    let relayed = text(&relayed);
+    assert!(
+        relayed.contains(odd_from) && relayed.contains(odd_to),
+        "carried as written: {relayed}"
     );
 }
 

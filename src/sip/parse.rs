@@ -143,8 +143,10 @@ pub struct Message<'h, 'b> {
     known: Known,
     call_id: &'b [u8],
     cseq: CSeq<'b>,
-    from: NameAddr<'b>,
-    to: NameAddr<'b>,
+    /// A request's From and To, read and checked by the parse; `None` in a response (see
+    /// [`Message::from`]).
+    from: Option<NameAddr<'b>>,
+    to: Option<NameAddr<'b>>,
     top_via: Via<'b>,
     /// The second Via value, if any: where a proxy relays a response (RFC 3261 §16.7
     /// step 3), so it is kept rather than parsed a second time.
@@ -541,10 +543,17 @@ fn parse_inner<'h, 'b>(
             ));
         }
     }
-    let from = parse_name_addr(buf, from_h.value_span)
-        .map_err(|at| err(ErrorKind::NameAddr, at, Some(HeaderName::From)))?;
-    let to = parse_name_addr(buf, to_h.value_span)
-        .map_err(|at| err(ErrorKind::NameAddr, at, Some(HeaderName::To)))?;
+    // A proxy relays a response by its Via alone (RFC 3261 §16.7) and carries its From and
+    // To as written, so only a request's are read here; `Message::read_from` / `read_to`
+    // read a response's on demand.
+    let (from, to) = if matches!(start_line, StartLine::Request { .. }) {
+        (
+            Some(read_name_addr(buf, from_h, HeaderName::From)?),
+            Some(read_name_addr(buf, to_h, HeaderName::To)?),
+        )
+    } else {
+        (None, None)
+    };
     let max_forwards = match known.max_forwards {
         Some(i) => {
             let h = &headers[usize::from(i)];
@@ -616,6 +625,16 @@ fn parse_inner<'h, 'b>(
         content_length,
         list_ends,
     })
+}
+
+/// The From or To value of the header line `h`.
+#[inline(always)]
+fn read_name_addr<'b>(
+    buf: &'b [u8],
+    h: &Header<'b>,
+    kind: HeaderName,
+) -> Result<NameAddr<'b>, ParseError> {
+    parse_name_addr(buf, h.value_span).map_err(|at| err(ErrorKind::NameAddr, at, Some(kind)))
 }
 
 /// The checks of the values of list headers, in message order, with what they keep.
@@ -974,14 +993,42 @@ impl<'h, 'b> Message<'h, 'b> {
         &self.cseq
     }
 
-    /// The From value (with its tag).
-    pub fn from(&self) -> &NameAddr<'b> {
-        &self.from
+    /// A request's From value (with its tag), read and checked by the parse. `None` for a
+    /// response: a proxy relays a response by its Via and carries its From and To as written
+    /// (RFC 3261 §16.7), so the parse only makes sure they are there; [`Message::read_from`]
+    /// reads a response's.
+    pub fn from(&self) -> Option<&NameAddr<'b>> {
+        self.from.as_ref()
     }
 
-    /// The To value (with its tag, if any).
-    pub fn to(&self) -> &NameAddr<'b> {
-        &self.to
+    /// A request's To value (with its tag, if any); `None` for a response (see
+    /// [`Message::from`] and [`Message::read_to`]).
+    pub fn to(&self) -> Option<&NameAddr<'b>> {
+        self.to.as_ref()
+    }
+
+    /// The From value of any message: a request's as the parse read it, a response's read now.
+    pub fn read_from(&self) -> Result<NameAddr<'b>, ParseError> {
+        match self.from {
+            Some(from) => Ok(from),
+            None => self.read_known(self.known.from, HeaderName::From),
+        }
+    }
+
+    /// The To value of any message: a request's as the parse read it, a response's read now.
+    pub fn read_to(&self) -> Result<NameAddr<'b>, ParseError> {
+        match self.to {
+            Some(to) => Ok(to),
+            None => self.read_known(self.known.to, HeaderName::To),
+        }
+    }
+
+    /// Reads the From or To line the parse found (it fails a message without one).
+    fn read_known(&self, index: Option<u16>, kind: HeaderName) -> Result<NameAddr<'b>, ParseError> {
+        let h = index
+            .and_then(|i| self.headers.get(usize::from(i)))
+            .ok_or(err(ErrorKind::MissingHeader, self.body.start, Some(kind)))?;
+        read_name_addr(self.buf, h, kind)
     }
 
     /// The Max-Forwards value and span, if present (RFC 2543 requests may lack it).
@@ -1385,10 +1432,13 @@ mod tests {
         base_parses, BASE, |m| m.is_ok_and(|m| m.is_request() && m.method() == Method::Invite && m.body() == b"body");
         request_contact_checked, replace("Max-Forwards: 70\r\n", "Contact: <sip:a@[x\r\n"), |m| kind(m) == Some(ErrorKind::NameAddr);
         response_contact_carried, BASE.replacen("INVITE sip:bob@biloxi.example.com SIP/2.0", "SIP/2.0 200 OK", 1).replacen("Max-Forwards: 70\r\n", "Contact: <sip:a@[x\r\nContact: <sip:b@h>\r\n", 1), |m| m.is_ok_and(|m| m.contacts().count() == 0 && m.headers_of(HeaderName::Contact).count() == 2);
+        request_to_checked, replace("To: Bob <sip:bob@biloxi.example.com>", "To: Bob <sip:bob@[biloxi"), |m| kind(m) == Some(ErrorKind::NameAddr);
+        response_from_to_carried, BASE.replacen("INVITE sip:bob@biloxi.example.com SIP/2.0", "SIP/2.0 200 OK", 1).replacen("To: Bob <sip:bob@biloxi.example.com>", "To: Bob <sip:bob@[biloxi", 1), |m| m.is_ok_and(|m| m.to().is_none() && m.from().is_none() && m.read_to().is_err_and(|e| e.kind == ErrorKind::NameAddr) && m.read_from().is_ok_and(|f| f.tag == Some(b"1928301774")));
+        response_from_to_still_required, BASE.replacen("INVITE sip:bob@biloxi.example.com SIP/2.0", "SIP/2.0 200 OK", 1).replacen("To: Bob <sip:bob@biloxi.example.com>\r\n", "", 1), |m| kind(m) == Some(ErrorKind::MissingHeader);
         response_via_still_checked, BASE.replacen("INVITE sip:bob@biloxi.example.com SIP/2.0", "SIP/2.0 200 OK", 1).replacen("SIP/2.0/UDP pc33", "SIP/2.0/UDP pc33:99999", 1), |m| kind(m) == Some(ErrorKind::Via);
         base_top_via, BASE, |m| m.is_ok_and(|m| m.top_via().transport == Transport::Udp && m.top_via().rport == Rport::Requested && m.top_via().host.text == b"pc33.atlanta.example.com");
         base_routes_in_order, BASE, |m| m.is_ok_and(|m| m.routes().map(|r| r.value.uri_bytes().len()).collect::<Vec<_>>() == [21, 21, 21]);
-        base_tags, BASE, |m| m.is_ok_and(|m| m.from().tag == Some(b"1928301774") && m.to().tag.is_none());
+        base_tags, BASE, |m| m.is_ok_and(|m| m.from().and_then(|f| f.tag) == Some(b"1928301774") && m.to().is_some_and(|t| t.tag.is_none()));
         base_cseq, BASE, |m| m.is_ok_and(|m| m.cseq().number == 314159 && m.cseq().method == b"INVITE");
         compact_forms, replace("Call-ID:", "i:").replace("Content-Length:", "l:").replace("Via:", "v:"), |m| m.is_ok_and(|m| m.call_id().starts_with(b"a84b"));
         lower_case_names, replace("CSeq:", "cseq :"), |m| m.is_ok_and(|m| m.cseq().number == 314159);
