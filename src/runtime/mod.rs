@@ -386,8 +386,9 @@ pub fn start(config: Config) -> Result<Running, RunError> {
     }
 
     let proxy = proxy_config(&config, &listeners)?;
-    // Validate once here, so a bad setting fails the start instead of a shard.
-    crate::proxy::Core::new(proxy.clone(), 0, shards, Arc::new(Pool::default()))?;
+    // Validate once here, so a bad setting fails the start instead of a shard (what
+    // `Core::new` checks, without building a core and its failover table).
+    proxy.validate()?;
 
     let admin_listener =
         std::net::TcpListener::bind(config.metrics).map_err(|source| RunError::Admin {

@@ -193,6 +193,9 @@ impl Future for WritePending<'_> {
 
 /// Yields to the scheduler once, so other tasks (timers, the handoff loop) run. Under the
 /// epoll driver a socket that always has data would otherwise never yield.
+/// Task slots of monoio's run queue (`monoio::scheduler::TaskQueue`, 0.2).
+const RUN_QUEUE_SLOTS: usize = 4096;
+
 struct YieldNow(bool);
 
 impl Future for YieldNow {
@@ -370,6 +373,17 @@ async fn shard_main(setup: ShardSetup, shared: Arc<Shared>) -> io::Result<()> {
             monoio::spawn(super::probe::run(Arc::clone(&shard.shared), health, ips));
         }
     }
+    // monoio's run queue is a ring of 4,096 task slots (32 KiB) whose head moves one slot per
+    // wake-up of a spawned task: left alone, its pages become resident over the first minutes
+    // of traffic, which reads as growth. One lap of yields by a spawned task (this future is
+    // the runtime's root, which the queue does not carry) makes them resident now (see
+    // `crate::shard`), for about a millisecond.
+    monoio::spawn(async {
+        for _ in 0..RUN_QUEUE_SLOTS {
+            YieldNow(false).await;
+        }
+    })
+    .await;
     shard.shared.started.fetch_add(1, Ordering::SeqCst);
     handoff_loop(shard, bell).await;
     Ok(())
