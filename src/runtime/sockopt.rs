@@ -119,14 +119,14 @@ pub(crate) fn drain_error_queue(fd: RawFd, mut report: impl FnMut(SocketAddr)) {
 pub(crate) const RECV_BATCH: usize = 8;
 
 /// Keeps transparent huge pages out of this process (`prctl(PR_SET_THP_DISABLE)`); called
-/// first thing in `main`, before the allocator has touched its arenas. The allocator asks for huge pages on its arenas
-/// (`madvise(MADV_HUGEPAGE)`), and then the first byte touched in a 2 MiB region makes all of
-/// it resident: 26 MiB of a two-shard proxy's 100 MiB were rounding, and a few bytes of cold-path
-/// work (a health probe, a metrics scrape) landing in a fresh region showed up as a 2 MiB step
-/// of "growth". A fault in a region advised for huge pages may also compact memory
-/// synchronously (`defrag=madvise`), a stall a shard should never take. The buffers are touched
-/// once at start, so 4 KiB pages cost the message path nothing it pays per message.
-/// Returns the error of a kernel without the call; running with huge pages is still correct.
+/// first thing in `main`, before the shards allocate. The allocator advises its arenas for huge
+/// pages (`madvise(MADV_HUGEPAGE)`), and then the first byte touched in a 2 MiB region makes
+/// all of it resident: 26 MiB of an idle two-shard proxy's 103 MiB were that rounding, and a few
+/// bytes of cold-path work (a health probe) landing in a fresh region showed as a 2 MiB step of
+/// "growth". A fault in a region advised for huge pages may also compact memory synchronously
+/// (`defrag=madvise`), a stall a shard should not take. A shard's buffers and tables are
+/// touched once, at start (`crate::shard`), so 4 KiB pages cost the message path no fault.
+/// Returns the error of a kernel without the call; sipedge runs correctly with huge pages.
 pub fn disable_transparent_huge_pages() -> io::Result<()> {
     // SAFETY: PR_SET_THP_DISABLE takes plain integers and touches no memory of ours.
     let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
