@@ -349,6 +349,14 @@ fn relay_response(
     code: u16,
     extra: &str,
 ) -> (Vec<u8>, Verdict, Vec<u8>) {
+    let (fwd, backend) = forward_invite(h, call_id);
+    let response = backend_response(&fwd, code, extra);
+    let (v, relayed) = h.send(&backend.to_string(), &response);
+    (response, v, relayed)
+}
+
+/// Sends an INVITE of `call_id` from the client; the request as forwarded and its backend.
+fn forward_invite(h: &mut Harness, call_id: &str) -> (Vec<u8>, SocketAddr) {
     let branch = format!("z9hG4bK{call_id};rport");
     let (v, fwd) = h.send(
         CLIENT,
@@ -360,9 +368,7 @@ fn relay_response(
     let Dest::Addr(_, backend) = t.dest else {
         panic!()
     };
-    let response = backend_response(&fwd, code, extra);
-    let (v, relayed) = h.send(&backend.to_string(), &response);
-    (response, v, relayed)
+    (fwd, backend)
 }
 
 #[test]
@@ -414,16 +420,7 @@ fn response_with_a_contact_the_proxy_does_not_read_is_relayed_as_written() {
 #[test]
 fn response_with_from_and_to_the_proxy_does_not_read_is_relayed_as_written() {
     let mut h = Harness::new();
-    let (v, fwd) = h.send(
-        CLIENT,
-        &request("INVITE", "sip:bob@example.org", "r4", "z9hG4bKr4;rport", ""),
-    );
-    let Verdict::Forward(t) = v else {
-        panic!("{v:?}")
-    };
-    let Dest::Addr(_, backend) = t.dest else {
-        panic!()
-    };
+    let (fwd, backend) = forward_invite(&mut h, "r4");
     // RFC 3261 §16.7 relays by Via; From and To are the endpoints' business.
     let odd_from = "From: Alice <sip:alice@[atlanta;tag=1";
     let odd_to = "To: <sip:bob@example.org;tag=2 junk";
