@@ -13,7 +13,9 @@
 //! runtime, not assumed), and no more of those than one per socket operation. The day the
 //! runtime stops using those calls, or monoio stops boxing, the calibration finds no sizes and
 //! the assertion becomes "zero allocations". Covered: UDP receive, proxy core, cross-shard
-//! handoff (parcels and queues), UDP send, on the io_uring driver with 2 shards.
+//! handoff (parcels and queues), UDP send, on the io_uring driver with 2 shards, and the
+//! OPTIONS health probes shard 0 sends all the while (every 20 ms per backend here; the UAS
+//! answer them): probing lasts as long as the process, so it must not allocate either.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -298,7 +300,7 @@ fn ten_thousand_messages_through_two_shards_allocate_nothing() {
     let config = sipedge::config::Config::from_toml(&format!(
         "shards = 2\nkernel_steering = false\ndriver = \"io_uring\"\nlisten = [\"udp:127.0.0.1:{PROXY_PORT}\"]\nmetrics = \"{metrics}\"\n\
          backends = [\"sip:127.0.0.1:{}\", \"sip:127.0.0.1:{}\"]\n\
-         [log]\nlevel = \"error\"\n[health]\nprobe_interval_ms = 0\n",
+         [log]\nlevel = \"error\"\n[health]\nprobe_interval_ms = 20\n",
         PROXY_PORT + 10,
         PROXY_PORT + 11
     ))
@@ -335,6 +337,7 @@ fn ten_thousand_messages_through_two_shards_allocate_nothing() {
     }
 
     let handoffs_before = metric_sum(metrics, "sipedge_shard_handoffs_sent_total");
+    let probes_before = metric_sum(metrics, "sipedge_backend_probes_total");
     let _ = take_counts();
     COUNTING.store(true, Ordering::SeqCst);
     let mut completed = 0usize;
@@ -344,6 +347,7 @@ fn ten_thousand_messages_through_two_shards_allocate_nothing() {
     COUNTING.store(false, Ordering::SeqCst);
     let (per_thread, per_size) = take_counts();
     let handoffs = metric_sum(metrics, "sipedge_shard_handoffs_sent_total") - handoffs_before;
+    let probes = metric_sum(metrics, "sipedge_backend_probes_total") - probes_before;
     stop.store(true, Ordering::Relaxed);
     for s in servers {
         let _ = s.join();
@@ -367,7 +371,8 @@ fn ten_thousand_messages_through_two_shards_allocate_nothing() {
         .map(|t| t.join("\n----\n"))
         .unwrap_or_default();
     println!(
-        "{messages} messages in {completed} calls, {handoffs} cross-shard handoffs; allocations {total} \
+        "{messages} messages in {completed} calls, {handoffs} cross-shard handoffs, {probes} probes \
+         answered or timed out; allocations {total} \
          ({:.2} per message) by thread {threads:?}, by size {per_size:?}; monoio's UDP ops allocate \
          sizes {monoio_sizes:?}, {monoio_per_op:.2} per operation",
         total as f64 / messages.max(1) as f64
@@ -379,6 +384,10 @@ fn ten_thousand_messages_through_two_shards_allocate_nothing() {
     assert!(
         handoffs > 0,
         "no message took the cross-shard handoff; the test would not cover it"
+    );
+    assert!(
+        probes > 0,
+        "no health probe completed while counting; the test would not cover probing"
     );
     assert!(
         untracked == 0,

@@ -5,11 +5,19 @@
 //! other shards saw on real traffic. UDP probes leave from a socket of their own (not a SIP
 //! listener) whose address is in the probe's Via, so the answers come straight back to the
 //! prober and never cost the message path a lookup. TCP probes use a short-lived connection
-//! each. Cold path: small allocations here are fine.
+//! each, in a task of their own.
+//!
+//! A UDP probe allocates nothing: it is written into a buffer on the stack and sent with one
+//! non-blocking `sendto`, and answers are read with `recvfrom` into one buffer that lives as
+//! long as the prober. Probing goes on for the life of the process, so a per-probe task and
+//! buffer would keep the allocator handing out blocks long after start, where a proxy's
+//! memory must stay flat over weeks (`tests/perf_alloc.rs` counts probing's allocations with
+//! the message path's: none).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -20,6 +28,7 @@ use monoio::net::TcpStream;
 use monoio::net::udp::UdpSocket;
 
 use super::shard::Shared;
+use super::sockopt;
 use crate::balance::{
     AliveCodes, BackendId, BlockReason, Health, HealthConfig, HealthEvent, Pool, ProbeTarget,
     Transport, recognise_probe_response, write_probe,
@@ -28,6 +37,10 @@ use crate::metrics::{BackendState, ProbeResult};
 
 /// Longest sleep of the prober between two looks at its state.
 const TICK: Duration = Duration::from_millis(100);
+
+/// Room for one probe request: an OPTIONS with two IPv6 socket addresses in it is under 600
+/// bytes (`balance::write_probe`).
+const PROBE_BUF: usize = 2048;
 
 struct Prober {
     shared: Arc<Shared>,
@@ -151,8 +164,16 @@ impl Prober {
                 self.outstanding
                     .borrow_mut()
                     .insert((backend, seq), Instant::now());
-                let p = Rc::clone(self);
-                monoio::spawn(async move { p.send_probe(backend, addr, seq, transport).await });
+                if transport == Transport::Udp {
+                    let failure = self.send_udp(backend, addr, seq);
+                    self.probe_failed(backend, seq, failure);
+                } else {
+                    let p = Rc::clone(self);
+                    monoio::spawn(async move {
+                        let failure = p.probe_tcp(backend, addr, seq).await;
+                        p.probe_failed(backend, seq, failure);
+                    });
+                }
             }
             HealthEvent::Down { backend, reason } => {
                 let uri = pool.by_id(backend).map_or("", |b| b.uri());
@@ -165,38 +186,27 @@ impl Prober {
         }
     }
 
-    async fn send_probe(
-        self: Rc<Self>,
-        backend: BackendId,
-        addr: SocketAddr,
-        seq: u64,
-        transport: Transport,
-    ) {
-        let failure = match transport {
-            Transport::Udp => self.send_udp(backend, addr, seq).await,
-            _ => self.probe_tcp(backend, addr, seq).await,
-        };
-        if let Some(reason) = failure {
-            self.outstanding.borrow_mut().remove(&(backend, seq));
-            self.count(backend, ProbeResult::Error, None);
-            let pool = self.shared.pool.load_full();
-            self.health.borrow_mut().handle_send_failure(
-                backend,
-                seq,
-                reason,
-                Instant::now(),
-                &pool,
-                &self.shared.blacklist,
-            );
-        }
+    /// Feeds a probe that could not be sent, or whose connection failed, to the health
+    /// machine; `None` is a probe on its way.
+    fn probe_failed(&self, backend: BackendId, seq: u64, failure: Option<BlockReason>) {
+        let Some(reason) = failure else { return };
+        self.outstanding.borrow_mut().remove(&(backend, seq));
+        self.count(backend, ProbeResult::Error, None);
+        let pool = self.shared.pool.load_full();
+        self.health.borrow_mut().handle_send_failure(
+            backend,
+            seq,
+            reason,
+            Instant::now(),
+            &pool,
+            &self.shared.blacklist,
+        );
     }
 
-    async fn send_udp(
-        &self,
-        backend: BackendId,
-        addr: SocketAddr,
-        seq: u64,
-    ) -> Option<BlockReason> {
+    /// Sends a UDP probe from the prober's own socket. A probe is a few hundred bytes and the
+    /// socket sends nothing else, so its buffer is never full; were it full, the probe counts
+    /// as a send failure, as a lost one would count as a timeout.
+    fn send_udp(&self, backend: BackendId, addr: SocketAddr, seq: u64) -> Option<BlockReason> {
         let (sock, local) = if addr.is_ipv6() {
             self.udp6.as_ref()?
         } else {
@@ -209,11 +219,9 @@ impl Prober {
             local: *local,
             seq: seq.wrapping_add(self.wire_base),
         };
-        let mut buf = vec![0u8; 2048];
+        let mut buf = [0u8; PROBE_BUF];
         let len = write_probe(&target, &mut buf).ok()?;
-        buf.truncate(len);
-        let (result, _) = sock.send_to(buf, addr).await;
-        match result {
+        match sockopt::send_to(sock.as_raw_fd(), &buf[..len], addr) {
             Ok(_) => None,
             Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
                 Some(BlockReason::IcmpUnreachable)
@@ -241,10 +249,9 @@ impl Prober {
             local,
             seq: seq.wrapping_add(self.wire_base),
         };
-        let mut buf = vec![0u8; 2048];
+        let mut buf = [0u8; PROBE_BUF];
         let len = write_probe(&target, &mut buf).ok()?;
-        buf.truncate(len);
-        let (result, _) = stream.write_all(buf).await;
+        let (result, _) = stream.write_all(buf[..len].to_vec()).await;
         if result.is_err() {
             return Some(BlockReason::Reset);
         }
@@ -296,19 +303,13 @@ impl Prober {
 
     /// Counts probes that got no answer in time (the health machine does its own expiry).
     fn expire(&self, now: Instant, pool: &Pool) {
-        let expired: Vec<(BackendId, u64)> = self
-            .outstanding
-            .borrow()
-            .iter()
-            .filter(|(_, sent)| now.saturating_duration_since(**sent) > self.timeout)
-            .map(|(k, _)| *k)
-            .collect();
-        for key in expired {
-            self.outstanding.borrow_mut().remove(&key);
-            if pool.by_id(key.0).is_some() {
-                self.count(key.0, ProbeResult::Timeout, None);
+        self.outstanding.borrow_mut().retain(|&(backend, _), sent| {
+            let expired = now.saturating_duration_since(*sent) > self.timeout;
+            if expired && pool.by_id(backend).is_some() {
+                self.count(backend, ProbeResult::Timeout, None);
             }
-        }
+            !expired
+        });
     }
 
     fn count(&self, backend: BackendId, result: ProbeResult, rtt: Option<Duration>) {
@@ -341,13 +342,30 @@ async fn receive_loop(prober: Rc<Prober>, v6: bool) {
     let Some((sock, _)) = sock.as_ref() else {
         return;
     };
-    let mut buf: Vec<u8> = Vec::with_capacity(65_535);
+    let fd = sock.as_raw_fd();
+    // The largest datagram, once: an answer is never cut short, and nothing is allocated
+    // per answer.
+    let mut buf = vec![0u8; 65_535];
     loop {
-        let (result, b) = sock.recv_from(buf).await;
-        buf = b;
-        match result {
-            Ok((n, _)) => prober.answer(&buf[..n.min(buf.len())]),
+        match sockopt::recv_from(fd, &mut buf) {
+            Ok((n, _)) => prober.answer(buf.get(..n).unwrap_or(&buf)),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if sock.readable(false).await.is_err() {
+                    monoio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+            // An ICMP error of an earlier probe, reported once on this socket: the probe it
+            // belongs to times out, so the error is only taken off here.
+            Err(e) if e.raw_os_error().is_some_and(is_icmp_error) => {}
             Err(_) => monoio::time::sleep(Duration::from_millis(10)).await,
         }
     }
+}
+
+/// Errors a UDP socket reports for an ICMP message about an earlier datagram.
+fn is_icmp_error(errno: i32) -> bool {
+    matches!(
+        errno,
+        libc::ECONNREFUSED | libc::EHOSTUNREACH | libc::ENETUNREACH | libc::EMSGSIZE
+    )
 }

@@ -297,6 +297,34 @@ fn write_sockaddr(
     }
 }
 
+/// One non-blocking `recvfrom` into `buf`: the datagram's length (at most `buf.len()`) and
+/// source. `WouldBlock` when none is queued. Allocation-free.
+pub(crate) fn recv_from(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<SocketAddr>)> {
+    let mut name = MaybeUninit::<libc::sockaddr_storage>::zeroed();
+    let mut name_len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: `buf` is a live, writable slice of the given length; `name` is a zeroed
+    // sockaddr_storage with its size in `name_len`; both outlive the call.
+    let n = unsafe {
+        libc::recvfrom(
+            fd,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT,
+            name.as_mut_ptr().cast(),
+            &mut name_len,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: zeroed above, then written by the kernel: a valid sockaddr_storage either way.
+    let name = unsafe { name.assume_init() };
+    Ok((
+        usize::try_from(n).unwrap_or(0).min(buf.len()),
+        read_sockaddr(&name),
+    ))
+}
+
 /// One non-blocking `sendto`. `WouldBlock` when the socket buffer is full. Allocation-free.
 pub(crate) fn send_to(fd: RawFd, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
     let addr = SockAddr::from(to);
