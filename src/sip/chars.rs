@@ -92,7 +92,7 @@ pub(crate) fn is_gen_value(b: u8) -> bool {
 }
 
 /// Offset of the first CR or LF in `buf[from..]`, or `buf.len()` if there is none.
-#[inline]
+#[inline(always)]
 pub(crate) fn find_line_break(buf: &[u8], from: usize) -> usize {
     #[cfg(target_arch = "x86_64")]
     if let Some(Ok(found)) = buf
@@ -102,6 +102,29 @@ pub(crate) fn find_line_break(buf: &[u8], from: usize) -> usize {
         return found.map_or(buf.len(), |at| from + at);
     }
     swar::find_line_break(buf, from)
+}
+
+/// The offset of the first `:` in `buf[start..]` and that of the first CR or LF after it (or
+/// `buf.len()`); `None` without a colon.
+#[inline(always)]
+pub(crate) fn find_colon_and_line_break(buf: &[u8], start: usize) -> Option<(usize, usize)> {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(block) = buf.get(start..).and_then(<[u8]>::first_chunk) {
+        let (colons, breaks) = simd::colons_and_line_breaks(block);
+        if colons != 0 {
+            let colon = colons.trailing_zeros();
+            // The colon's own bit is clear in `breaks`, so this is a break after it.
+            let after = breaks >> colon;
+            let line_break = if after != 0 {
+                start + (colon + after.trailing_zeros()) as usize
+            } else {
+                find_line_break(buf, start + block.len())
+            };
+            return Some((start + colon as usize, line_break));
+        }
+    }
+    let colon = start + find_byte(buf.get(start..)?, b':')?;
+    Some((colon, find_line_break(buf, colon + 1)))
 }
 
 /// Offset of the first `byte` in `hay`.
@@ -514,6 +537,28 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn colon_and_line_break_match_a_plain_scan() {
+        let text = b"Via:a\r\nX-Trace-1: carried as written\r\n\ra:b\n:\nContent-Length : 12\r\nabcdefghijklmnopqrs:";
+        every_window(text, |buf, at| {
+            for start in 0..=buf.len() + 1 {
+                let plain = buf
+                    .get(start..)
+                    .and_then(|rest| rest.iter().position(|&b| b == b':'))
+                    .map(|colon| {
+                        let colon = start + colon;
+                        let line_break = buf[colon..]
+                            .iter()
+                            .position(|&b| b == b'\r' || b == b'\n')
+                            .map_or(buf.len(), |p| colon + p);
+                        (colon, line_break)
+                    });
+                let found = find_colon_and_line_break(buf, start);
+                assert_eq!(found, plain, "{at} start {start}");
+            }
+        });
     }
 
     #[test]

@@ -65,26 +65,31 @@ pub(super) struct TooShort;
 /// ending at the end of `hay` (it may overlap the one before it).
 #[inline(always)]
 pub(super) fn find(hay: &[u8], stop: Stop) -> Result<Option<usize>, TooShort> {
-    let Some(last) = hay.last_chunk::<BLOCK>() else {
-        return Err(TooShort);
-    };
-    let mut blocks = hay.chunks_exact(BLOCK);
     let mut at = 0;
-    for chunk in &mut blocks {
-        let Ok(block) = <&[u8; BLOCK]>::try_from(chunk) else {
-            break;
-        };
+    while let Some(block) = hay.get(at..).and_then(<[u8]>::first_chunk::<BLOCK>) {
         let bits = stops_in_block(block, stop);
         if bits != 0 {
             return Ok(Some(at + bits.trailing_zeros() as usize));
         }
         at += BLOCK;
     }
-    if blocks.remainder().is_empty() {
+    if at == hay.len() {
         return Ok(None);
     }
-    // The last block starts `BLOCK - rest` bytes before `at`; those were scanned already.
-    let rest = blocks.remainder().len();
-    let bits = stops_in_block(last, stop) >> (BLOCK - rest);
+    let Some(last) = hay.last_chunk::<BLOCK>() else {
+        return Err(TooShort);
+    };
+    // The last block starts before `at`: its first bytes were scanned already.
+    let bits = stops_in_block(last, stop) >> (at + BLOCK - hay.len());
     Ok((bits != 0).then(|| at + bits.trailing_zeros() as usize))
+}
+
+/// The `:` bits and the CR and LF bits of `block`, bit `i` for byte `i`: a header line's
+/// name, its colon and often its end are in its first block, so one load finds both.
+#[inline(always)]
+pub(super) fn colons_and_line_breaks(block: &[u8; BLOCK]) -> (u32, u32) {
+    (
+        stops_in_block(block, Stop::Byte(b':')),
+        stops_in_block(block, Stop::Either(b'\r', b'\n')),
+    )
 }
