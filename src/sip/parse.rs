@@ -2,8 +2,8 @@
 //! and the body by Content-Length.
 
 use super::chars::{
-    CALL_ID, class_len, contains_byte, eq_ic, find_byte, find_colon_and_line_break, find_either,
-    find_line_break, is_token, parse_decimal,
+    CALL_ID, TOKEN, class_len, contains_byte, eq_ic, find_byte, find_colon_and_line_break,
+    find_either, find_line_break, is_token, parse_decimal,
 };
 use super::cursor::{ListIter, skip_lws, trim};
 use super::uri::{SipUri, Uri, UriError, parse_uri};
@@ -260,7 +260,10 @@ fn header_line_fast(buf: &[u8], start: usize, max_line: usize) -> Option<Line<'_
     let kind = HeaderName::classify(name);
     // A recognised name is all letters and `-`, any other must be a token: either way the
     // name and the white space after it hold no line break, so the colon is this line's.
-    if kind == HeaderName::Other && (name.is_empty() || !name.iter().all(|&b| is_token(b))) {
+    // Every byte is looked up, without a branch each: names are short and almost always valid.
+    if kind == HeaderName::Other
+        && (name.is_empty() || !name.iter().fold(true, |ok, &b| ok & TOKEN[usize::from(b)]))
+    {
         return None;
     }
     // The name and its white space hold no line break, so the first break after the colon is
