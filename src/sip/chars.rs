@@ -1,4 +1,7 @@
-//! Byte classes of the RFC 3261 §25.1 grammar, as lookup tables.
+//! Byte classes of the RFC 3261 §25.1 grammar, as lookup tables, and the byte finders.
+
+#[cfg(target_arch = "x86_64")]
+use super::simd::{self, Stop};
 
 const fn build(set: &[u8], alnum: bool) -> [bool; 256] {
     let mut table = [false; 256];
@@ -39,19 +42,20 @@ pub(crate) static URI_HEADERS: [bool; 256] = build(b"-_.!~*'()%[]/?:+$=&", true)
 pub(crate) static ABS_URI: [bool; 256] = build(b"-_.!~*'()%;/?:@&=+$,[]#", true);
 
 /// How many bytes at the start of `bytes` are in the class `table`: four at a time (one test
-/// for the four table entries together), then one at a time. Values, tokens and hosts run to
-/// tens of bytes, where a byte-by-byte scan pays a compare and a branch for every byte.
+/// for the four table entries together), one at a time only in a last part shorter than four.
+/// Values, tokens and hosts run to tens of bytes, where a byte-by-byte scan pays a compare and
+/// a branch for every byte.
 #[inline(always)]
 pub(crate) fn class_len(bytes: &[u8], table: &[bool; 256]) -> usize {
     let n = bytes.len();
     let mut at = 0;
     while let Some(quad) = bytes.get(at..at + 4) {
-        let all = table[usize::from(quad[0])]
-            & table[usize::from(quad[1])]
-            & table[usize::from(quad[2])]
-            & table[usize::from(quad[3])];
-        if !all {
-            break;
+        let (a, b) = (table[usize::from(quad[0])], table[usize::from(quad[1])]);
+        let (c, d) = (table[usize::from(quad[2])], table[usize::from(quad[3])]);
+        if !(a & b & c & d) {
+            // One of the four is outside the class, so the run ends in this quad: its length
+            // is the number of leading `true`s, counted without a branch a byte.
+            return at + usize::from(a) + usize::from(a & b) + usize::from(a & b & c);
         }
         at += 4;
     }
@@ -89,130 +93,211 @@ pub(crate) fn is_gen_value(b: u8) -> bool {
 }
 
 /// Offset of the first CR or LF in `buf[from..]`, or `buf.len()` if there is none.
-///
-/// Sixteen bytes at a time: a word with no byte below 0x0E holds neither CR nor LF, and most
-/// header text is printable, so only the few control bytes are looked at one by one.
-#[inline]
+#[inline(always)]
 pub(crate) fn find_line_break(buf: &[u8], from: usize) -> usize {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    // "Has a byte below 0x0E": exact for the lowest flagged byte (borrows only run upwards),
-    // which is the only one used.
-    let below = |x: u64| x.wrapping_sub(ONES * 0x0E) & !x & HIGH;
-    let word = |w: &[u8]| {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(w);
-        u64::from_le_bytes(b)
-    };
-    let mut i = from;
-    while i < buf.len() {
-        if let Some(pair) = buf.get(i..i + 16) {
-            let (lo, hi) = (below(word(&pair[..8])), below(word(&pair[8..])));
-            if lo | hi == 0 {
-                i += 16;
-                continue;
-            }
-            i += if lo != 0 {
-                (lo.trailing_zeros() / 8) as usize
-            } else {
-                8 + (hi.trailing_zeros() / 8) as usize
-            };
-        } else if let Some(w) = buf.get(i..i + 8) {
-            let flags = below(word(w));
-            if flags == 0 {
-                i += 8;
-                continue;
-            }
-            i += (flags.trailing_zeros() / 8) as usize;
-        }
-        if matches!(buf[i], b'\r' | b'\n') {
-            return i;
-        }
-        i += 1;
+    #[cfg(target_arch = "x86_64")]
+    if let Some(Ok(found)) = buf
+        .get(from..)
+        .map(|hay| simd::find(hay, Stop::Either(b'\r', b'\n')))
+    {
+        return found.map_or(buf.len(), |at| from + at);
     }
-    buf.len()
+    swar::find_line_break(buf, from)
+}
+
+/// The offset of the first `:` in `buf[start..]` and that of the first CR or LF after it (or
+/// `buf.len()`); `None` without a colon.
+#[inline(always)]
+pub(crate) fn find_colon_and_line_break(buf: &[u8], start: usize) -> Option<(usize, usize)> {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(block) = buf.get(start..).and_then(<[u8]>::first_chunk) {
+        let (colons, breaks) = simd::colons_and_line_breaks(block);
+        if colons != 0 {
+            let colon = colons.trailing_zeros();
+            // The colon's own bit is clear in `breaks`, so this is a break after it.
+            let after = breaks >> colon;
+            let line_break = if after != 0 {
+                start + (colon + after.trailing_zeros()) as usize
+            } else {
+                find_line_break(buf, start + block.len())
+            };
+            return Some((start + colon as usize, line_break));
+        }
+    }
+    let colon = start + find_byte(buf.get(start..)?, b':')?;
+    Some((colon, find_line_break(buf, colon + 1)))
 }
 
 /// Offset of the first `byte` in `hay`.
 #[inline(always)]
 pub(crate) fn find_byte(hay: &[u8], byte: u8) -> Option<usize> {
-    let pattern = SWAR_ONES * u64::from(byte);
-    first_match(hay, |x| zero_bytes(x ^ pattern), |c| c == byte)
+    #[cfg(target_arch = "x86_64")]
+    if let Ok(found) = simd::find(hay, Stop::Byte(byte)) {
+        return found;
+    }
+    swar::find_byte(hay, byte)
 }
 
 /// Offset of the first byte of `hay` that is `a` or `b`.
 #[inline(always)]
 pub(crate) fn find_either(hay: &[u8], a: u8, b: u8) -> Option<usize> {
-    let (pa, pb) = (SWAR_ONES * u64::from(a), SWAR_ONES * u64::from(b));
-    first_match(
-        hay,
-        |x| zero_bytes(x ^ pa) | zero_bytes(x ^ pb),
-        |c| c == a || c == b,
-    )
+    #[cfg(target_arch = "x86_64")]
+    if let Ok(found) = simd::find(hay, Stop::Either(a, b)) {
+        return found;
+    }
+    swar::find_either(hay, a, b)
 }
 
-/// The first of three bytes in `hay`, eight bytes at a time.
+/// The first of three bytes in `hay`.
 #[inline(always)]
 pub(crate) fn find_any3(hay: &[u8], a: u8, b: u8, c: u8) -> Option<usize> {
-    let (pa, pb, pc) = (
-        SWAR_ONES * u64::from(a),
-        SWAR_ONES * u64::from(b),
-        SWAR_ONES * u64::from(c),
-    );
-    first_match(
-        hay,
-        |x| zero_bytes(x ^ pa) | zero_bytes(x ^ pb) | zero_bytes(x ^ pc),
-        |x| x == a || x == b || x == c,
-    )
+    #[cfg(target_arch = "x86_64")]
+    if let Ok(found) = simd::find(hay, Stop::Any3(a, b, c)) {
+        return found;
+    }
+    swar::find_any3(hay, a, b, c)
 }
 
 /// The first byte of `hay` that is `;` or at most 0x20 (SP, HT, CR, LF and the other control
-/// bytes), eight bytes at a time: where an addr-spec's URI may end.
+/// bytes): where an addr-spec's URI may end.
 #[inline(always)]
 pub(crate) fn find_semicolon_or_space(hay: &[u8]) -> Option<usize> {
-    let semis = SWAR_ONES * u64::from(b';');
-    first_match(
-        hay,
-        // "Below 0x21", like `zero_bytes`: exact for the lowest flagged byte.
-        |x| zero_bytes(x ^ semis) | (x.wrapping_sub(SWAR_ONES * 0x21) & !x & (SWAR_ONES << 7)),
-        |c| c == b';' || c <= b' ',
-    )
-}
-
-const SWAR_ONES: u64 = 0x0101_0101_0101_0101;
-
-/// Flags the zero bytes of `x` in their high bits. XOR with a byte repeated turns a match
-/// into a zero byte; the lowest byte flagged is exact (borrows only run upwards), which is
-/// the only one [`first_match`] reads, also for a union of such tests.
-#[inline(always)]
-fn zero_bytes(x: u64) -> u64 {
-    x.wrapping_sub(SWAR_ONES) & !x & (SWAR_ONES << 7)
-}
-
-/// The first byte of `hay` that `flags` marks eight bytes at a time (by its lowest flagged
-/// byte), and `matches` one at a time in the last partial word.
-#[inline(always)]
-fn first_match(
-    hay: &[u8],
-    flags: impl Fn(u64) -> u64,
-    matches: impl Fn(u8) -> bool,
-) -> Option<usize> {
-    let mut words = hay.chunks_exact(8);
-    let mut at = 0;
-    for w in &mut words {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(w);
-        let found = flags(u64::from_le_bytes(word));
-        if found != 0 {
-            return Some(at + (found.trailing_zeros() / 8) as usize);
-        }
-        at += 8;
+    #[cfg(target_arch = "x86_64")]
+    if let Ok(found) = simd::find(hay, Stop::SemicolonOrSpace) {
+        return found;
     }
-    words
-        .remainder()
-        .iter()
-        .position(|&c| matches(c))
-        .map(|i| at + i)
+    swar::find_semicolon_or_space(hay)
+}
+
+/// The finders eight bytes at a time in a `u64`: for targets without SSE2, and on x86_64 for
+/// slices shorter than an SSE2 block.
+mod swar {
+    /// Offset of the first CR or LF in `buf[from..]`, or `buf.len()` if there is none.
+    ///
+    /// Sixteen bytes at a time: a word with no byte below 0x0E holds neither CR nor LF, and most
+    /// header text is printable, so only the few control bytes are looked at one by one.
+    #[inline]
+    pub(super) fn find_line_break(buf: &[u8], from: usize) -> usize {
+        const ONES: u64 = 0x0101_0101_0101_0101;
+        const HIGH: u64 = 0x8080_8080_8080_8080;
+        // "Has a byte below 0x0E": exact for the lowest flagged byte (borrows only run upwards),
+        // which is the only one used.
+        let below = |x: u64| x.wrapping_sub(ONES * 0x0E) & !x & HIGH;
+        let word = |w: &[u8]| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(w);
+            u64::from_le_bytes(b)
+        };
+        let mut i = from;
+        while i < buf.len() {
+            if let Some(pair) = buf.get(i..i + 16) {
+                let (lo, hi) = (below(word(&pair[..8])), below(word(&pair[8..])));
+                if lo | hi == 0 {
+                    i += 16;
+                    continue;
+                }
+                i += if lo != 0 {
+                    (lo.trailing_zeros() / 8) as usize
+                } else {
+                    8 + (hi.trailing_zeros() / 8) as usize
+                };
+            } else if let Some(w) = buf.get(i..i + 8) {
+                let flags = below(word(w));
+                if flags == 0 {
+                    i += 8;
+                    continue;
+                }
+                i += (flags.trailing_zeros() / 8) as usize;
+            }
+            if matches!(buf[i], b'\r' | b'\n') {
+                return i;
+            }
+            i += 1;
+        }
+        buf.len()
+    }
+
+    /// Offset of the first `byte` in `hay`.
+    #[inline(always)]
+    pub(super) fn find_byte(hay: &[u8], byte: u8) -> Option<usize> {
+        let pattern = SWAR_ONES * u64::from(byte);
+        first_match(hay, |x| zero_bytes(x ^ pattern), |c| c == byte)
+    }
+
+    /// Offset of the first byte of `hay` that is `a` or `b`.
+    #[inline(always)]
+    pub(super) fn find_either(hay: &[u8], a: u8, b: u8) -> Option<usize> {
+        let (pa, pb) = (SWAR_ONES * u64::from(a), SWAR_ONES * u64::from(b));
+        first_match(
+            hay,
+            |x| zero_bytes(x ^ pa) | zero_bytes(x ^ pb),
+            |c| c == a || c == b,
+        )
+    }
+
+    /// The first of three bytes in `hay`, eight bytes at a time.
+    #[inline(always)]
+    pub(super) fn find_any3(hay: &[u8], a: u8, b: u8, c: u8) -> Option<usize> {
+        let (pa, pb, pc) = (
+            SWAR_ONES * u64::from(a),
+            SWAR_ONES * u64::from(b),
+            SWAR_ONES * u64::from(c),
+        );
+        first_match(
+            hay,
+            |x| zero_bytes(x ^ pa) | zero_bytes(x ^ pb) | zero_bytes(x ^ pc),
+            |x| x == a || x == b || x == c,
+        )
+    }
+
+    /// The first byte of `hay` that is `;` or at most 0x20 (SP, HT, CR, LF and the other control
+    /// bytes), eight bytes at a time: where an addr-spec's URI may end.
+    #[inline(always)]
+    pub(super) fn find_semicolon_or_space(hay: &[u8]) -> Option<usize> {
+        let semis = SWAR_ONES * u64::from(b';');
+        first_match(
+            hay,
+            // "Below 0x21", like `zero_bytes`: exact for the lowest flagged byte.
+            |x| zero_bytes(x ^ semis) | (x.wrapping_sub(SWAR_ONES * 0x21) & !x & (SWAR_ONES << 7)),
+            |c| c == b';' || c <= b' ',
+        )
+    }
+
+    const SWAR_ONES: u64 = 0x0101_0101_0101_0101;
+
+    /// Flags the zero bytes of `x` in their high bits. XOR with a byte repeated turns a match
+    /// into a zero byte; the lowest byte flagged is exact (borrows only run upwards), which is
+    /// the only one [`first_match`] reads, also for a union of such tests.
+    #[inline(always)]
+    fn zero_bytes(x: u64) -> u64 {
+        x.wrapping_sub(SWAR_ONES) & !x & (SWAR_ONES << 7)
+    }
+
+    /// The first byte of `hay` that `flags` marks eight bytes at a time (by its lowest flagged
+    /// byte), and `matches` one at a time in the last partial word.
+    #[inline(always)]
+    fn first_match(
+        hay: &[u8],
+        flags: impl Fn(u64) -> u64,
+        matches: impl Fn(u8) -> bool,
+    ) -> Option<usize> {
+        let mut words = hay.chunks_exact(8);
+        let mut at = 0;
+        for w in &mut words {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(w);
+            let found = flags(u64::from_le_bytes(word));
+            if found != 0 {
+                return Some(at + (found.trailing_zeros() / 8) as usize);
+            }
+            at += 8;
+        }
+        words
+            .remainder()
+            .iter()
+            .position(|&c| matches(c))
+            .map(|i| at + i)
+    }
 }
 
 /// True when `byte` occurs in `hay` (eight bytes at a time, by [`find_byte`]).
@@ -343,6 +428,7 @@ mod tests {
             for byte in [b':', b'x', 0, 0xba, 0x3b, b'\n'] {
                 let plain = hay.iter().position(|&b| b == byte);
                 assert_eq!(find_byte(hay, byte), plain, "{at} {byte}");
+                assert_eq!(swar::find_byte(hay, byte), plain, "swar {at} {byte}");
             }
         });
     }
@@ -354,6 +440,7 @@ mod tests {
             for (a, b) in [(b' ', b'\t'), (b'\t', b' '), (0, 0xa0), (b'q', b'x')] {
                 let plain = hay.iter().position(|&c| c == a || c == b);
                 assert_eq!(find_either(hay, a, b), plain, "{at} {a} {b}");
+                assert_eq!(swar::find_either(hay, a, b), plain, "swar {at} {a} {b}");
             }
         });
     }
@@ -365,6 +452,11 @@ mod tests {
             for (a, b, c) in [(b',', b'"', b'<'), (b'"', b'>', b'>'), (0, 0xac, b'\r')] {
                 let plain = hay.iter().position(|&x| x == a || x == b || x == c);
                 assert_eq!(find_any3(hay, a, b, c), plain, "{at} {a} {b} {c}");
+                assert_eq!(
+                    swar::find_any3(hay, a, b, c),
+                    plain,
+                    "swar {at} {a} {b} {c}"
+                );
             }
         });
     }
@@ -372,10 +464,11 @@ mod tests {
     #[test]
     fn find_semicolon_or_space_matches_a_plain_scan() {
         every_window(
-            b"sip:alice@example.com;x\t\x01\r\n sip:\x7f\xff;",
+            b"sip:alice@example.com;x\t\x01\r\n sip:\x7f\xff;\x80\x9f\xa0\xa1\xc0!\0abcdefghijklmnopq;",
             |w, label| {
                 let plain = w.iter().position(|&c| c == b';' || c <= b' ');
                 assert_eq!(find_semicolon_or_space(w), plain, "{label}");
+                assert_eq!(swar::find_semicolon_or_space(w), plain, "swar {label}");
             },
         );
     }
@@ -448,14 +541,43 @@ mod tests {
     }
 
     #[test]
+    fn colon_and_line_break_match_a_plain_scan() {
+        let text = b"Via:a\r\nX-Trace-1: carried as written\r\n\ra:b\n:\nContent-Length : 12\r\nabcdefghijklmnopqrs:";
+        every_window(text, |buf, at| {
+            for start in 0..=buf.len() + 1 {
+                let plain = buf
+                    .get(start..)
+                    .and_then(|rest| rest.iter().position(|&b| b == b':'))
+                    .map(|colon| {
+                        let colon = start + colon;
+                        let line_break = buf[colon..]
+                            .iter()
+                            .position(|&b| b == b'\r' || b == b'\n')
+                            .map_or(buf.len(), |p| colon + p);
+                        (colon, line_break)
+                    });
+                let found = find_colon_and_line_break(buf, start);
+                assert_eq!(found, plain, "{at} start {start}");
+            }
+        });
+    }
+
+    #[test]
     fn line_break_matches_a_plain_scan() {
-        let text = b"Via: SIP/2.0/UDP a\tb;x=\"q\\\"\"\r\n f\0oo\x0c\rbar\nbaz\x0d";
-        for from in 0..=text.len() {
-            let plain = text[from..]
-                .iter()
-                .position(|&b| b == b'\r' || b == b'\n')
-                .map_or(text.len(), |p| from + p);
-            assert_eq!(find_line_break(text, from), plain, "from {from}");
-        }
+        let text = b"Via: SIP/2.0/UDP a\tb;x=\"q\\\"\"\r\n f\0oo\x0c\rbar\nbaz\x0d\x8d\x8a\xff abcdefghijklmnop\n";
+        every_window(text, |buf, at| {
+            for from in 0..=buf.len() + 1 {
+                let plain = buf
+                    .get(from..)
+                    .and_then(|rest| rest.iter().position(|&b| b == b'\r' || b == b'\n'))
+                    .map_or(buf.len(), |p| from + p);
+                assert_eq!(find_line_break(buf, from), plain, "{at} from {from}");
+                assert_eq!(
+                    swar::find_line_break(buf, from),
+                    plain,
+                    "swar {at} from {from}"
+                );
+            }
+        });
     }
 }

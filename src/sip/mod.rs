@@ -88,6 +88,8 @@ mod header;
 pub(crate) mod out;
 mod parse;
 mod response;
+#[cfg(target_arch = "x86_64")]
+mod simd;
 mod splice;
 mod transport;
 mod uri;

@@ -2,8 +2,8 @@
 //! and the body by Content-Length.
 
 use super::chars::{
-    CALL_ID, class_len, contains_byte, eq_ic, find_byte, find_either, find_line_break, is_token,
-    parse_decimal,
+    CALL_ID, TOKEN, class_len, contains_byte, eq_ic, find_byte, find_colon_and_line_break,
+    find_either, find_line_break, is_token, parse_decimal,
 };
 use super::cursor::{ListIter, skip_lws, trim};
 use super::uri::{SipUri, Uri, UriError, parse_uri};
@@ -251,7 +251,7 @@ enum Scanned<'b> {
 /// returns a line, it is the one [`header_line_exact`] returns.
 #[inline(always)]
 fn header_line_fast(buf: &[u8], start: usize, max_line: usize) -> Option<Line<'_>> {
-    let colon = start + find_byte(buf.get(start..)?, b':')?;
+    let (colon, mut at) = find_colon_and_line_break(buf, start)?;
     let mut name_end = colon;
     while name_end > start && matches!(buf[name_end - 1], b' ' | b'\t') {
         name_end -= 1;
@@ -260,15 +260,16 @@ fn header_line_fast(buf: &[u8], start: usize, max_line: usize) -> Option<Line<'_
     let kind = HeaderName::classify(name);
     // A recognised name is all letters and `-`, any other must be a token: either way the
     // name and the white space after it hold no line break, so the colon is this line's.
-    if kind == HeaderName::Other && (name.is_empty() || !name.iter().all(|&b| is_token(b))) {
+    // Every byte is looked up, without a branch each: names are short and almost always valid.
+    if kind == HeaderName::Other
+        && (name.is_empty() || !name.iter().fold(true, |ok, &b| ok & TOKEN[usize::from(b)]))
+    {
         return None;
     }
-    // The name and its white space hold no line break, so the first break from here is the
-    // line's first.
+    // The name and its white space hold no line break, so the first break after the colon is
+    // the line's first.
     let value_start = colon + 1;
-    let mut scan = value_start;
     let (content_end, next) = loop {
-        let at = find_line_break(buf, scan);
         let next = match buf.get(at..) {
             Some([b'\n', ..]) => at + 1,
             Some([b'\r', b'\n', ..]) => at + 2,
@@ -277,7 +278,7 @@ fn header_line_fast(buf: &[u8], start: usize, max_line: usize) -> Option<Line<'_
         if !matches!(buf.get(next), Some(b' ' | b'\t')) {
             break (at, next);
         }
-        scan = next;
+        at = find_line_break(buf, next);
     };
     if content_end - start > max_line {
         return None;
