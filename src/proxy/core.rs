@@ -21,9 +21,9 @@ use crate::balance::{
 use crate::shard::{ShardId, shard_of};
 use crate::sip::out::{Out, itoa, parse_hex};
 use crate::sip::{
-    self, EMPTY_HEADER, ErrorKind, HeaderName, HostKind, Limits, Located, Message, Method,
-    NameAddr, ParseError, ResponseError, ResponseOptions, Rport, Salvage, SipUri, Span, Splice,
-    Transport, Uri, Via,
+    self, EMPTY_HEADER, ErrorKind, HeaderName, Limits, Located, Message, Method, NameAddr,
+    ParseError, ResponseError, ResponseOptions, Rport, Salvage, SipUri, Span, Splice, Transport,
+    Uri, Via,
 };
 
 /// Header slots per message (the parser's default limit).
@@ -1692,12 +1692,9 @@ impl Core {
             5060
         };
         let port = uri.port.unwrap_or(default_port);
-        let ip = match uri.host.kind() {
-            HostKind::Ipv4 | HostKind::Ipv6 if uri.maddr.is_none() => {
-                parse_ip(uri.host.unbracketed())
-            }
-            _ => parse_ip(host),
-        };
+        // No need to ask the host's kind first: `parse_ip` takes an IPv6 reference with its
+        // brackets, and reads a name as no address, exactly as it would after the check.
+        let ip = parse_ip(host);
         self.names.iter().any(|n| {
             n.port.is_none_or(|p| p == port)
                 && match (&n.host, ip) {
