@@ -22,7 +22,7 @@
 
 use super::FlowId;
 use super::siphash::SipHasher;
-use crate::sip::out::{Out, parse_hex};
+use crate::sip::out::{Out, parse_hex, parse_hex8, parse_hex16};
 
 /// The RFC 3261 §8.1.1.7 magic cookie.
 pub(crate) const MAGIC_COOKIE: &[u8] = b"z9hG4bK";
@@ -86,24 +86,27 @@ impl Branch {
             return None;
         }
         let fields = &body[..body.len() - 9];
-        let (tx, rest) = fields.split_at_checked(16)?;
+        let (tx, rest) = fields.split_first_chunk::<16>()?;
         let rest = rest.strip_prefix(b".")?;
-        let (loop_hash, rest) = rest.split_at_checked(8)?;
+        let (loop_hash, rest) = rest.split_first_chunk::<8>()?;
         let ret = rest.strip_prefix(b".")?;
-        let tx = parse_hex(tx)?;
-        let loop_hash = parse_hex(loop_hash)?;
+        // The fixed-width fields are read inline: four calls of the general reader were
+        // a third of a response's own cost.
+        let tx = parse_hex16(tx)?;
+        let loop_hash = parse_hex8(loop_hash)?;
         let ret = ret.strip_prefix(b"l")?;
         let (listener, flow) = match ret.iter().position(|&b| b == b'x') {
             Some(f) => (&ret[..f], Some(FlowId(parse_hex(&ret[f + 1..])?))),
             None => (ret, None),
         };
         let listener = u8::try_from(parse_hex(listener)?).ok()?;
-        if parse_hex(mac_text)? != u64::from(mac32(key, signed)) {
+        let mac_text: &[u8; 8] = mac_text.try_into().ok()?;
+        if parse_hex8(mac_text)? != mac32(key, signed) {
             return None;
         }
         Some(Self {
             tx,
-            loop_hash: u32::try_from(loop_hash).ok()?,
+            loop_hash,
             ret: ReturnPath { listener, flow },
         })
     }
