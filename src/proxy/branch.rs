@@ -99,7 +99,11 @@ impl Branch {
             Some(f) => (&ret[..f], Some(FlowId(parse_hex(&ret[f + 1..])?))),
             None => (ret, None),
         };
-        let listener = u8::try_from(parse_hex(listener)?).ok()?;
+        let listener = match *listener {
+            // Nearly every listener index is one digit: read it without the general reader.
+            [digit] => hex_digit(digit)?,
+            _ => u8::try_from(parse_hex(listener)?).ok()?,
+        };
         let mac_text: &[u8; 8] = mac_text.try_into().ok()?;
         if parse_hex8(mac_text)? != mac32(key, signed) {
             return None;
@@ -109,6 +113,16 @@ impl Branch {
             loop_hash,
             ret: ReturnPath { listener, flow },
         })
+    }
+}
+
+/// The value of one hex digit, upper or lower case, as [`parse_hex`] reads it.
+fn hex_digit(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
     }
 }
 
@@ -233,6 +247,13 @@ mod tests {
         }
         assert!(!may_contain_ours(b""));
         assert!(!may_contain_ours(b"z9hG4bK"));
+    }
+
+    #[test]
+    fn hex_digit_reads_as_parse_hex() {
+        for b in 0..=255u8 {
+            assert_eq!(hex_digit(b).map(u64::from), parse_hex(&[b]), "{b}");
+        }
     }
 
     #[test]
