@@ -131,6 +131,19 @@ struct OwnName {
     host: OwnHost,
     /// `None` matches any port (an alias written without one).
     port: Option<u16>,
+    /// An IPv4 host as a dotted quad (empty for any other host): a dotted quad has one
+    /// spelling, so a URI host equal to it names this address without being parsed.
+    dotted: Vec<u8>,
+}
+
+impl OwnName {
+    fn new(host: OwnHost, port: Option<u16>) -> Self {
+        let dotted = match host {
+            OwnHost::Ip(ip @ IpAddr::V4(_)) => ip_host_text(ip),
+            _ => Vec::new(),
+        };
+        Self { host, port, dotted }
+    }
 }
 
 /// The stateless proxy core of one shard. See the [module documentation](super).
@@ -264,10 +277,10 @@ impl Core {
             let port = l.advertised_port.unwrap_or(l.local.port());
             names.push(own_name(&host, Some(port)));
             if !l.local.ip().is_unspecified() {
-                names.push(OwnName {
-                    host: OwnHost::Ip(l.local.ip()),
-                    port: Some(l.local.port()),
-                });
+                names.push(OwnName::new(
+                    OwnHost::Ip(l.local.ip()),
+                    Some(l.local.port()),
+                ));
             }
             listeners.push(Listener {
                 via_for: l.via_for,
@@ -1692,11 +1705,21 @@ impl Core {
             5060
         };
         let port = uri.port.unwrap_or(default_port);
+        let port_matches = |n: &OwnName| n.port.is_none_or(|p| p == port);
+        // Our URIs (the Request-URI of a new call, our Route) name our address as we wrote
+        // it: found without parsing the host.
+        if self
+            .names
+            .iter()
+            .any(|n| !n.dotted.is_empty() && n.dotted == host && port_matches(n))
+        {
+            return true;
+        }
         // No need to ask the host's kind first: `parse_ip` takes an IPv6 reference with its
         // brackets, and reads a name as no address, exactly as it would after the check.
         let ip = parse_ip(host);
         self.names.iter().any(|n| {
-            n.port.is_none_or(|p| p == port)
+            port_matches(n)
                 && match (&n.host, ip) {
                     (OwnHost::Ip(a), Some(b)) => *a == b,
                     (OwnHost::Name(name), None) => eq_ic(name, host),
@@ -2027,14 +2050,8 @@ fn ip_host_text(ip: IpAddr) -> Vec<u8> {
 
 fn own_name(host: &[u8], port: Option<u16>) -> OwnName {
     match parse_ip(host) {
-        Some(ip) => OwnName {
-            host: OwnHost::Ip(ip),
-            port,
-        },
-        None => OwnName {
-            host: OwnHost::Name(host.to_ascii_lowercase()),
-            port,
-        },
+        Some(ip) => OwnName::new(OwnHost::Ip(ip), port),
+        None => OwnName::new(OwnHost::Name(host.to_ascii_lowercase()), port),
     }
 }
 
