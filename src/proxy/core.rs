@@ -1835,8 +1835,8 @@ struct Step {
 /// Edits one forwarded request may need: our Via, Max-Forwards, received, rport, the
 /// Request-URI and a Route for a strict router (two), up to four Route removals,
 /// Record-Route and Content-Length make 12. Both edit lists are initialised for every
-/// request, so they are no larger than that needs.
-const MAX_EDITS: usize = 16;
+/// request, so they are no larger than that: exactly 12.
+const MAX_EDITS: usize = 12;
 
 /// The edits of one forwarded request, before their bytes are borrowed.
 struct Plan {
