@@ -1265,6 +1265,49 @@ impl Core {
         affinity: Option<BackendId>,
         out: &mut [u8],
     ) -> Result<usize, Rejection> {
+        // The generated text needs SCRATCH bytes of room. The end of `out` serves when the
+        // rest still holds any output this request can have (the message, the generated text
+        // and one Route URI of the message moved into the Request-URI), so it is not
+        // cleared for every request; otherwise, a buffer of its own.
+        let room = msg
+            .as_bytes()
+            .len()
+            .saturating_mul(2)
+            .saturating_add(SCRATCH);
+        match out.len().checked_sub(SCRATCH) {
+            Some(head) if head >= room => {
+                let (out, scratch) = out.split_at_mut(head);
+                self.rewrite(input, msg, routing, target, branch, affinity, scratch, out)
+            }
+            _ => {
+                let mut scratch = [0u8; SCRATCH];
+                self.rewrite(
+                    input,
+                    msg,
+                    routing,
+                    target,
+                    branch,
+                    affinity,
+                    &mut scratch,
+                    out,
+                )
+            }
+        }
+    }
+
+    /// [`Self::forward_request`] with its generated text going to `scratch`.
+    #[allow(clippy::too_many_arguments)]
+    fn rewrite(
+        &self,
+        input: &Inbound<'_>,
+        msg: &Message<'_, '_>,
+        routing: &Routing,
+        target: &Target,
+        branch: Branch,
+        affinity: Option<BackendId>,
+        scratch: &mut [u8],
+        out: &mut [u8],
+    ) -> Result<usize, Rejection> {
         let egress = match target.dest {
             Dest::Addr(t, _) => self.egress_listener(t, target.ip),
             Dest::Flow(_) => self.egress_listener(Transport::Tcp, None),
@@ -1278,40 +1321,47 @@ impl Core {
             .find(|h| h.kind == HeaderName::Via)
             .map_or(msg.start_line_span().end, |h| h.line.start);
 
-        // Generated text goes to `scratch`; edits refer to ranges of it.
-        let mut scratch = [0u8; SCRATCH];
-        let mut w = Out::new(&mut scratch);
-        let mut plan = Plan::default();
+        // Generated text goes to `scratch`, one piece after the other; each edit borrows its
+        // piece as soon as it is written, so the edits need no list of their own.
+        let mut text = Pieces {
+            rest: scratch,
+            overflowed: false,
+        };
+        let mut splice: Splice<'_, MAX_EDITS> = Splice::new();
+        let mut pushed = Ok(());
+        let mut push = |result: Result<(), sip::SpliceError>| pushed = pushed.and(result);
 
         // Item 8: our Via on top, with the §16.11 branch.
-        let start = w.len();
-        w.put(&self.listeners[self.via_listener(egress)].via_prefix);
-        branch.write(&self.branch_mac, &mut w);
-        if target.compress {
-            // RFC 3486 §4: we send this request compressed and accept a compressed response.
-            // Toward a plain next hop our Via never asks for compression.
-            w.put(b";comp=sigcomp");
-        }
-        w.put(b"\r\n");
-        plan.push(Op::Insert(first_via_line), start, w.len());
+        let via = text.piece(|w| {
+            w.put(&self.listeners[self.via_listener(egress)].via_prefix);
+            branch.write(&self.branch_mac, w);
+            if target.compress {
+                // RFC 3486 §4: we send this request compressed and accept a compressed
+                // response. Toward a plain next hop our Via never asks for compression.
+                w.put(b";comp=sigcomp");
+            }
+            w.put(b"\r\n");
+        });
+        push(splice.insert(first_via_line, via));
 
         // Item 3: Max-Forwards.
-        let start = w.len();
         let limit = self.config.max_forwards;
         match msg.max_forwards() {
             Some(mf) => {
                 let value = mf.value.saturating_sub(1).min(limit);
                 let mut digits = [0u8; 20];
                 if mf.span.slice(buf) != itoa(u64::from(value), &mut digits) {
-                    w.put_u64(u64::from(value));
-                    plan.push(Op::Replace(mf.span), start, w.len());
+                    let value = text.piece(|w| w.put_u64(u64::from(value)));
+                    push(splice.replace(mf.span, value));
                 }
             }
             None => {
-                w.put(b"Max-Forwards: ");
-                w.put_u64(u64::from(limit));
-                w.put(b"\r\n");
-                plan.push(Op::Insert(first_via_line), start, w.len());
+                let header = text.piece(|w| {
+                    w.put(b"Max-Forwards: ");
+                    w.put_u64(u64::from(limit));
+                    w.put(b"\r\n");
+                });
+                push(splice.insert(first_via_line, header));
             }
         }
 
@@ -1319,28 +1369,30 @@ impl Core {
         let top = msg.top_via();
         let add_received = needs_received(top, input.src.ip());
         if add_received {
-            let start = w.len();
-            w.put(b";received=");
-            w.put_ip(input.src.ip(), false);
-            match top.received {
-                Some(r) => plan.push(Op::Replace(r.span), start, w.len()),
-                None => plan.push(Op::Insert(top.params.end), start, w.len()),
-            }
+            let received = text.piece(|w| {
+                w.put(b";received=");
+                w.put_ip(input.src.ip(), false);
+            });
+            push(match top.received {
+                Some(r) => splice.replace(r.span, received),
+                None => splice.insert(top.params.end, received),
+            });
         }
         if top.rport == Rport::Requested
             && let Some(span) = top.rport_param
         {
-            let start = w.len();
-            w.put(b";rport=");
-            w.put_u64(u64::from(input.src.port()));
-            plan.push(Op::Replace(span), start, w.len());
+            let rport = text.piece(|w| {
+                w.put(b";rport=");
+                w.put_u64(u64::from(input.src.port()));
+            });
+            push(splice.replace(span, rport));
         }
 
         // §16.4: a strict router's Request-URI is repaired.
         let mut removed = routing.removed;
         let mut ruri_span = msg.request_uri().map(Uri::span);
         if let (Some(uri), Some(ruri)) = (routing.ruri_from_route, ruri_span) {
-            plan.push_borrowed(Op::Replace(ruri), uri);
+            push(splice.replace(ruri, uri.slice(buf)));
             ruri_span = None;
         }
 
@@ -1356,30 +1408,29 @@ impl Core {
                 .is_some_and(|u| !u.lr && u.headers.is_none())
         {
             let last = msg.routes().last().unwrap_or(next);
-            plan.push_borrowed(Op::Replace(ruri), next.value.uri.span());
+            push(splice.replace(ruri, next.value.uri.span().slice(buf)));
             removed.add(i);
-            let start = w.len();
             if last.span == next.span {
-                w.put(b"Route: <");
-                w.put(ruri.slice(buf));
-                w.put(b">\r\n");
-                plan.push(
-                    Op::Insert(headers[next.header_index].line.start),
-                    start,
-                    w.len(),
-                );
+                let route = text.piece(|w| {
+                    w.put(b"Route: <");
+                    w.put(ruri.slice(buf));
+                    w.put(b">\r\n");
+                });
+                push(splice.insert(headers[next.header_index].line.start, route));
             } else {
-                w.put(b", <");
-                w.put(ruri.slice(buf));
-                w.put(b">");
-                plan.push(Op::Insert(last.span.end), start, w.len());
+                let value = text.piece(|w| {
+                    w.put(b", <");
+                    w.put(ruri.slice(buf));
+                    w.put(b">");
+                });
+                push(splice.insert(last.span.end, value));
             }
         }
         // §16.4: our own Route values (and any moved into the Request-URI) leave.
         let mut removals = [Span::default(); 4];
         let count = route_removals(msg, &removed, &mut removals);
         for span in &removals[..count] {
-            plan.push(Op::Remove(*span), 0, 0);
+            push(splice.remove(*span));
         }
 
         // Item 4: Record-Route (double when the two sides use different listeners).
@@ -1388,8 +1439,6 @@ impl Core {
                 .iter()
                 .find(|h| h.kind == HeaderName::RecordRoute)
                 .map_or(first_via_line, |h| h.line.start);
-            let start = w.len();
-            w.put(b"Record-Route: ");
             let token = affinity
                 .and_then(|id| self.tokens.iter().find(|(t, _)| *t == id))
                 .map(|(_, t)| t);
@@ -1399,45 +1448,36 @@ impl Core {
             // Record-Route URI its sender sees, so that side keeps compressing toward us; the
             // URI the other side sees stays plain, hence a double Record-Route.
             let double = ingress != egress || client_flow.is_some() || input.compressed;
-            self.write_rr_uri(&mut w, &self.listeners[egress], token, None, false);
-            if double && let Some(il) = ingress_l {
-                w.put(b", ");
-                self.write_rr_uri(&mut w, il, token, client_flow, input.compressed);
-            }
-            w.put(b"\r\n");
-            plan.push(Op::Insert(first_rr), start, w.len());
+            let header = text.piece(|w| {
+                w.put(b"Record-Route: ");
+                self.write_rr_uri(w, &self.listeners[egress], token, None, false);
+                if double && let Some(il) = ingress_l {
+                    w.put(b", ");
+                    self.write_rr_uri(w, il, token, client_flow, input.compressed);
+                }
+                w.put(b"\r\n");
+            });
+            push(splice.insert(first_rr, header));
         }
 
         // Item 9: Content-Length is mandatory on a stream (RFC 3261 §18.3).
         if msg.content_length().is_none() && target.transport.is_stream() {
-            let start = w.len();
-            w.put(b"Content-Length: ");
-            w.put_u64(msg.body_span().len() as u64);
-            w.put(b"\r\n");
+            let header = text.piece(|w| {
+                w.put(b"Content-Length: ");
+                w.put_u64(msg.body_span().len() as u64);
+                w.put(b"\r\n");
+            });
             let end_of_headers = headers
                 .last()
                 .map_or(msg.start_line_span().end, |h| h.line.end);
-            plan.push(Op::Insert(end_of_headers), start, w.len());
+            push(splice.insert(end_of_headers, header));
         }
 
-        if w.overflowed() {
+        if text.overflowed {
             return Err(Rejection::Respond(513, b"Message Too Large"));
         }
-        let generated = w.len();
-        let mut splice: Splice<'_, MAX_EDITS> = Splice::new();
-        for step in &plan.steps[..plan.len] {
-            let bytes = match step.source {
-                Source::Scratch(a, b) => &scratch[a..b.min(generated)],
-                Source::Message(span) => span.slice(buf),
-            };
-            let pushed = match step.op {
-                Op::Insert(at) => splice.insert(at, bytes),
-                Op::Replace(span) => splice.replace(span, bytes),
-                Op::Remove(span) => splice.remove(span),
-            };
-            if pushed.is_err() {
-                return Err(Rejection::Respond(500, b"Too Many Edits"));
-            }
+        if pushed.is_err() {
+            return Err(Rejection::Respond(500, b"Too Many Edits"));
         }
         match splice.apply(msg.as_bytes(), out) {
             Ok(n) => Ok(n),
@@ -1813,69 +1853,35 @@ enum Rejection {
     Drop(DropReason),
 }
 
-#[derive(Debug, Clone, Copy)]
-enum Op {
-    Insert(usize),
-    Replace(Span),
-    Remove(Span),
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Source {
-    Scratch(usize, usize),
-    Message(Span),
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Step {
-    op: Op,
-    source: Source,
-}
-
 /// Edits one forwarded request may need: our Via, Max-Forwards, received, rport, the
 /// Request-URI and a Route for a strict router (two), up to four Route removals,
-/// Record-Route and Content-Length make 12. Both edit lists are initialised for every
-/// request, so they are no larger than that: exactly 12.
+/// Record-Route and Content-Length make 12. The edit list is initialised for every
+/// request, so it is no larger than that: exactly 12.
 const MAX_EDITS: usize = 12;
 
-/// The edits of one forwarded request, before their bytes are borrowed.
-struct Plan {
-    steps: [Step; MAX_EDITS],
-    len: usize,
+/// The generated text of one forwarded request, written piece by piece into one buffer:
+/// each piece is split off as it is finished and lent to the edit that inserts it.
+struct Pieces<'s> {
+    /// The room left.
+    rest: &'s mut [u8],
+    /// Some piece did not fit: the request is too large to forward.
+    overflowed: bool,
 }
 
-impl Default for Plan {
-    fn default() -> Self {
-        Self {
-            steps: [Step {
-                op: Op::Remove(Span::default()),
-                source: Source::Scratch(0, 0),
-            }; MAX_EDITS],
-            len: 0,
+impl<'s> Pieces<'s> {
+    /// Writes one piece with `write` and returns it. After an overflow the pieces are
+    /// empty, like the writes of an overflowed [`Out`].
+    fn piece(&mut self, write: impl FnOnce(&mut Out<'_>)) -> &'s [u8] {
+        let rest = std::mem::take(&mut self.rest);
+        let mut w = Out::new(&mut *rest);
+        if !self.overflowed {
+            write(&mut w);
         }
-    }
-}
-
-impl Plan {
-    fn push(&mut self, op: Op, start: usize, end: usize) {
-        self.push_step(Step {
-            op,
-            source: Source::Scratch(start, end),
-        });
-    }
-
-    fn push_borrowed(&mut self, op: Op, span: Span) {
-        self.push_step(Step {
-            op,
-            source: Source::Message(span),
-        });
-    }
-
-    fn push_step(&mut self, step: Step) {
-        if let Some(slot) = self.steps.get_mut(self.len) {
-            *slot = step;
-            self.len += 1;
-        }
+        let len = if w.overflowed() { 0 } else { w.len() };
+        self.overflowed |= w.overflowed();
+        let (piece, rest) = rest.split_at_mut(len);
+        self.rest = rest;
+        piece
     }
 }
 
