@@ -1073,20 +1073,23 @@ impl Core {
         ruri_is_ours: bool,
     ) -> Routing {
         let mut routing = Routing::default();
-        let mut route_count = 0usize;
-        let mut last: Option<Located<NameAddr<'_>>> = None;
-        for r in msg.routes() {
-            route_count += 1;
-            last = Some(r);
-        }
-        let mut usable_routes = route_count;
+        // All of them, unless the repair below takes the last one.
+        let mut usable_routes = usize::MAX;
         // A strict router put our Record-Route URI in the Request-URI: the last Route value
-        // becomes the Request-URI and leaves the Route set (§16.4).
+        // becomes the Request-URI and leaves the Route set (§16.4). Only then are the Route
+        // values counted, which walks them all once more.
         if let Some(uri) = ruri
             && ruri_is_ours
             && uri.param(AFFINITY_PARAM).is_some()
         {
             self.read_state(uri, &mut routing);
+            let mut route_count = 0usize;
+            let mut last: Option<Located<NameAddr<'_>>> = None;
+            for r in msg.routes() {
+                route_count += 1;
+                last = Some(r);
+            }
+            usable_routes = route_count;
             // A URI with headers cannot become a Request-URI (RFC 3261 §19.1.1).
             if let Some(last) =
                 last.filter(|l| l.value.uri.as_sip().is_none_or(|u| u.headers.is_none()))
