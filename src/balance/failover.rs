@@ -299,11 +299,8 @@ impl InviteFailover {
         // Unambiguous without a length prefix: the CSeq number has a fixed size and comes
         // last. Collisions would be harmless anyway: the CSeq and the stored Call-ID are
         // compared.
-        let mut h = self.hasher.clone();
-        h.write(call_id);
-        h.write_u32(cseq);
         TxKey {
-            hash: h.finish(),
+            hash: self.hasher.hash_bytes_u32(call_id, cseq),
             cseq,
         }
     }

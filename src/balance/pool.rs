@@ -121,7 +121,10 @@ impl Pool {
 
     /// The member whose resolved address is exactly `addr` (IP and port).
     pub fn by_addr(&self, addr: SocketAddr) -> Option<&Backend> {
-        let i = self.by_addr.binary_search_by_key(&addr, |&(k, _)| k).ok()?;
+        let i = self
+            .by_addr
+            .binary_search_by(|(k, _)| addr_order(k, &addr))
+            .ok()?;
         self.by_addr.get(i).and_then(|&(_, j)| self.backends.get(j))
     }
 
@@ -132,7 +135,7 @@ impl Pool {
     /// peer connecting from an ephemeral port is recognised with [`Pool::is_backend_ip`].
     pub fn is_backend(&self, addr: SocketAddr) -> bool {
         self.by_addr
-            .binary_search_by_key(&addr, |&(k, _)| k)
+            .binary_search_by(|(k, _)| addr_order(k, &addr))
             .is_ok()
     }
 
@@ -299,12 +302,51 @@ fn ranks_after(a: (f64, usize), b: (f64, usize)) -> bool {
     a.0 < b.0 || (a.0 == b.0 && a.1 > b.1)
 }
 
+/// `a.cmp(b)` in `SocketAddr`'s own order (the address table is sorted by it), with two
+/// IPv4 addresses compared as two integers: every request and response looks its source up,
+/// and the general comparison went through the enum and the octets.
+#[inline]
+fn addr_order(a: &SocketAddr, b: &SocketAddr) -> std::cmp::Ordering {
+    match (a, b) {
+        (SocketAddr::V4(a), SocketAddr::V4(b)) => {
+            (a.ip().to_bits(), a.port()).cmp(&(b.ip().to_bits(), b.port()))
+        }
+        _ => a.cmp(b),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
     use super::*;
     use crate::balance::{BlockReason, Transport};
+
+    #[test]
+    fn addr_order_is_the_socket_address_order() {
+        let addrs: Vec<SocketAddr> = [
+            "0.0.0.0:0",
+            "127.0.0.1:5060",
+            "127.0.0.1:5061",
+            "127.0.0.2:5060",
+            "192.0.2.70:5070",
+            "192.0.2.70:1",
+            "255.255.255.255:65535",
+            "10.0.0.1:5060",
+            "[::1]:5060",
+            "[::1]:5061",
+            "[2001:db8::1]:5060",
+            "[::ffff:127.0.0.1]:5060",
+        ]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+        for a in &addrs {
+            for b in &addrs {
+                assert_eq!(addr_order(a, b), a.cmp(b), "{a} {b}");
+            }
+        }
+    }
 
     fn spec(i: u8, weight: u32, priority: u16) -> BackendSpec {
         BackendSpec {

@@ -1077,3 +1077,46 @@ From: <sip:b@y>;tag=2\r\nTo: <sip:a@x>;tag=1\r\nCall-ID: sb\r\nCSeq: 2 BYE\r\nCo
         "{via}"
     );
 }
+
+/// The generated text of a forwarded request goes to the end of the output buffer when that
+/// leaves room for any output, else to a buffer of its own: the bytes sent and the verdict
+/// are the same either way, down to a buffer too small for the request (513).
+#[test]
+fn forwarded_bytes_do_not_depend_on_the_room_in_the_output_buffer() {
+    let routed = request(
+        "INVITE",
+        "sip:bob@example.org",
+        "c2@client",
+        "z9hG4bKc2",
+        "Max-Forwards: 70\r\nRoute: <sip:192.0.2.10:5060;lr>, <sip:203.0.113.9;lr>\r\n",
+    );
+    for msg in [invite(""), routed] {
+        let mut reference = Harness::new();
+        let (want_verdict, want) = reference.send(CLIENT, &msg);
+        assert!(
+            matches!(want_verdict, Verdict::Forward(_)),
+            "{want_verdict:?}"
+        );
+        let edges = [want.len(), 2 * msg.len() + 1024, 2 * msg.len() + 2048];
+        for size in (0..8)
+            .map(|k| 64 << k)
+            .chain(edges.iter().flat_map(|&e| e - 2..e + 3))
+        {
+            let mut h = Harness::new();
+            h.out = vec![0; size];
+            let (verdict, bytes) = h.send(CLIENT, &msg);
+            if size >= want.len() {
+                assert_eq!(
+                    (verdict, text(&bytes)),
+                    (want_verdict, text(&want)),
+                    "{size}"
+                );
+            } else {
+                assert!(
+                    !matches!(verdict, Verdict::Forward(_)),
+                    "{size}: {verdict:?}"
+                );
+            }
+        }
+    }
+}

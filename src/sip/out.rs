@@ -247,6 +247,25 @@ pub(crate) fn parse_hex(text: &[u8]) -> Option<u64> {
     Some(n)
 }
 
+/// [`parse_hex`] of exactly eight digits, inlined where it is called: the fixed-width
+/// fields of a branch skip the length checks and the call.
+#[inline(always)]
+pub(crate) fn parse_hex8(text: &[u8; 8]) -> Option<u32> {
+    hex8(u64::from_be_bytes(*text))
+}
+
+/// [`parse_hex`] of exactly sixteen digits, likewise.
+#[inline(always)]
+pub(crate) fn parse_hex16(text: &[u8; 16]) -> Option<u64> {
+    let (high, low) = text.split_at(8);
+    let word = |half: &[u8]| {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(half);
+        u64::from_be_bytes(word)
+    };
+    Some((u64::from(hex8(word(high))?) << 32) | u64::from(hex8(word(low))?))
+}
+
 /// The value of eight hex digits, the first in the most significant byte of `w`, if all
 /// of them are hex digits.
 #[inline]
@@ -375,6 +394,13 @@ mod tests {
                 "{:?}",
                 String::from_utf8_lossy(&t)
             );
+            // The fixed-width readers agree with the general one on their widths.
+            if let Ok(eight) = <&[u8; 8]>::try_from(t.as_slice()) {
+                assert_eq!(parse_hex8(eight).map(u64::from), parse_hex(&t));
+            }
+            if let Ok(sixteen) = <&[u8; 16]>::try_from(t.as_slice()) {
+                assert_eq!(parse_hex16(sixteen), parse_hex(&t));
+            }
         }
     }
 
