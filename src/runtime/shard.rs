@@ -191,11 +191,74 @@ impl Future for WritePending<'_> {
     }
 }
 
-/// Yields to the scheduler once, so other tasks (timers, the handoff loop) run. Under the
-/// epoll driver a socket that always has data would otherwise never yield.
 /// Task slots of monoio's run queue (`monoio::scheduler::TaskQueue`, 0.2).
 const RUN_QUEUE_SLOTS: usize = 4096;
 
+/// Moves the head of monoio's run queue once round its ring, so every slot is written now.
+///
+/// A task woken while it runs (a plain yield) goes back to the *front* of the queue
+/// (`LocalScheduler::yield_now` is a `push_front`), which leaves the head where it was; a task
+/// woken by another goes to the back, and the head moves one slot when it runs. So two tasks
+/// take turns, each waking the other and waiting for its turn, one slot per turn.
+async fn lap_run_queue() {
+    let relay = Rc::new(Relay {
+        waiting: RefCell::new(None),
+        turns_left: Cell::new(RUN_QUEUE_SLOTS + 1),
+    });
+    let runners = [Rc::clone(&relay), relay].map(|relay| {
+        monoio::spawn(async move {
+            while relay.turns_left.get() > 0 {
+                Turn {
+                    relay: &relay,
+                    taken: false,
+                }
+                .await;
+            }
+            if let Some(partner) = relay.waiting.take() {
+                partner.wake();
+            }
+        })
+    });
+    for runner in runners {
+        runner.await;
+    }
+}
+
+/// What the two tasks of [`lap_run_queue`] share.
+struct Relay {
+    /// The task waiting for its turn.
+    waiting: RefCell<Option<Waker>>,
+    turns_left: Cell<usize>,
+}
+
+/// One turn: wake the partner, then wait until it hands the turn back.
+struct Turn<'a> {
+    relay: &'a Relay,
+    taken: bool,
+}
+
+impl Future for Turn<'_> {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.taken {
+            return Poll::Ready(());
+        }
+        if let Some(partner) = self.relay.waiting.take() {
+            partner.wake();
+        }
+        let left = self.relay.turns_left.get();
+        if left == 0 {
+            return Poll::Ready(());
+        }
+        self.relay.turns_left.set(left - 1);
+        *self.relay.waiting.borrow_mut() = Some(cx.waker().clone());
+        self.taken = true;
+        Poll::Pending
+    }
+}
+
+/// Yields to the scheduler once, so other tasks (timers, the handoff loop) run. Under the
+/// epoll driver a socket that always has data would otherwise never yield.
 struct YieldNow(bool);
 
 impl Future for YieldNow {
@@ -375,15 +438,9 @@ async fn shard_main(setup: ShardSetup, shared: Arc<Shared>) -> io::Result<()> {
     }
     // monoio's run queue is a ring of 4,096 task slots (32 KiB) whose head moves one slot per
     // wake-up of a spawned task: left alone, its pages become resident over the first minutes
-    // of traffic, which reads as growth. One lap of yields by a spawned task (this future is
-    // the runtime's root, which the queue does not carry) makes them resident now (see
-    // `crate::shard`), for about a millisecond.
-    monoio::spawn(async {
-        for _ in 0..RUN_QUEUE_SLOTS {
-            YieldNow(false).await;
-        }
-    })
-    .await;
+    // of traffic, which reads as growth. Two tasks that wake each other in turn go once round
+    // it now (see `crate::shard`), for about a millisecond.
+    lap_run_queue().await;
     shard.shared.started.fetch_add(1, Ordering::SeqCst);
     handoff_loop(shard, bell).await;
     Ok(())
