@@ -1277,40 +1277,14 @@ impl Core {
             .len()
             .saturating_mul(2)
             .saturating_add(SCRATCH);
-        match out.len().checked_sub(SCRATCH) {
-            Some(head) if head >= room => {
-                let (out, scratch) = out.split_at_mut(head);
-                self.rewrite(input, msg, routing, target, branch, affinity, scratch, out)
-            }
+        let mut own_scratch;
+        let (out, scratch): (&mut [u8], &mut [u8]) = match out.len().checked_sub(SCRATCH) {
+            Some(head) if head >= room => out.split_at_mut(head),
             _ => {
-                let mut scratch = [0u8; SCRATCH];
-                self.rewrite(
-                    input,
-                    msg,
-                    routing,
-                    target,
-                    branch,
-                    affinity,
-                    &mut scratch,
-                    out,
-                )
+                own_scratch = [0u8; SCRATCH];
+                (out, &mut own_scratch[..])
             }
-        }
-    }
-
-    /// [`Self::forward_request`] with its generated text going to `scratch`.
-    #[allow(clippy::too_many_arguments)]
-    fn rewrite(
-        &self,
-        input: &Inbound<'_>,
-        msg: &Message<'_, '_>,
-        routing: &Routing,
-        target: &Target,
-        branch: Branch,
-        affinity: Option<BackendId>,
-        scratch: &mut [u8],
-        out: &mut [u8],
-    ) -> Result<usize, Rejection> {
+        };
         let egress = match target.dest {
             Dest::Addr(t, _) => self.egress_listener(t, target.ip),
             Dest::Flow(_) => self.egress_listener(Transport::Tcp, None),
