@@ -22,7 +22,7 @@
 
 use super::FlowId;
 use super::siphash::SipHasher;
-use crate::sip::out::{Out, parse_hex, parse_hex8, parse_hex16};
+use crate::sip::out::{Out, hex_digit, parse_hex, parse_hex8, parse_hex16};
 
 /// The RFC 3261 §8.1.1.7 magic cookie.
 pub(crate) const MAGIC_COOKIE: &[u8] = b"z9hG4bK";
@@ -113,16 +113,6 @@ impl Branch {
             loop_hash,
             ret: ReturnPath { listener, flow },
         })
-    }
-}
-
-/// The value of one hex digit, upper or lower case, as [`parse_hex`] reads it.
-fn hex_digit(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
     }
 }
 
@@ -247,13 +237,6 @@ mod tests {
         }
         assert!(!may_contain_ours(b""));
         assert!(!may_contain_ours(b"z9hG4bK"));
-    }
-
-    #[test]
-    fn hex_digit_reads_as_parse_hex() {
-        for b in 0..=255u8 {
-            assert_eq!(hex_digit(b).map(u64::from), parse_hex(&[b]), "{b}");
-        }
     }
 
     #[test]

@@ -221,6 +221,17 @@ pub(crate) fn itoa(n: u64, buf: &mut [u8; 20]) -> &[u8] {
     &buf[i..]
 }
 
+/// The value of one hex digit (either case).
+#[inline(always)]
+pub(crate) fn hex_digit(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
 /// Parses lower- or upper-case hex of at most 16 digits.
 ///
 /// Eight digits at a time in a word: a response's branch check reads 32 of them.
@@ -236,13 +247,7 @@ pub(crate) fn parse_hex(text: &[u8]) -> Option<u64> {
         n = (n << 32) | u64::from(hex8(u64::from_be_bytes(word))?);
     }
     for &b in words.remainder() {
-        let d = match b {
-            b'0'..=b'9' => b - b'0',
-            b'a'..=b'f' => b - b'a' + 10,
-            b'A'..=b'F' => b - b'A' + 10,
-            _ => return None,
-        };
-        n = (n << 4) | u64::from(d);
+        n = (n << 4) | u64::from(hex_digit(b)?);
     }
     Some(n)
 }
@@ -258,12 +263,9 @@ pub(crate) fn parse_hex8(text: &[u8; 8]) -> Option<u32> {
 #[inline(always)]
 pub(crate) fn parse_hex16(text: &[u8; 16]) -> Option<u64> {
     let (high, low) = text.split_at(8);
-    let word = |half: &[u8]| {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(half);
-        u64::from_be_bytes(word)
-    };
-    Some((u64::from(hex8(word(high))?) << 32) | u64::from(hex8(word(low))?))
+    let high = parse_hex8(high.try_into().ok()?)?;
+    let low = parse_hex8(low.try_into().ok()?)?;
+    Some((u64::from(high) << 32) | u64::from(low))
 }
 
 /// The value of eight hex digits, the first in the most significant byte of `w`, if all
@@ -297,6 +299,17 @@ fn hex8(w: u64) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_digit_reads_what_std_reads() {
+        for b in 0..=255u8 {
+            assert_eq!(
+                hex_digit(b).map(u32::from),
+                char::from(b).to_digit(16),
+                "{b}"
+            );
+        }
+    }
 
     fn render(f: impl FnOnce(&mut Out<'_>)) -> String {
         let mut buf = [0u8; 128];
