@@ -219,7 +219,8 @@ class Setup:
 
 
 def start_relay(s, threads, cpus):
-    cmd = [s.exe("udp-relay"), "--listen", f"127.0.0.1:{s.port}", "--threads", str(threads)]
+    cmd = [s.exe("udp-relay"), "--listen", f"127.0.0.1:{s.port}", "--threads", str(threads),
+           "--scheduling", scheduling(s)]
     for b in s.backends:
         cmd += ["--backend", f"127.0.0.1:{b}"]
     p = Proc("udp-relay", cmd, s.workdir, cpus)
@@ -257,10 +258,19 @@ def start_kamailio(s, workers, cpus, transport="udp"):
     return p
 
 
+def scheduling(s):
+    """The shard threads' policy (sipedge's `--scheduling`), also the raw relay's: the floor is
+    measured under the policy of the proxy beside it. Kamailio runs as its reference config."""
+    return getattr(s.args, "scheduling", None) or "batch"
+
+
 def start_sipedge(s, shards, cpus, transport="udp", exe=None, extra=()):
+    # A given `exe` is another build (the baseline, ab.py's A and B), which may predate
+    # `--scheduling`: it runs with its own default unless its `extra` says otherwise.
+    own = () if exe else ("--scheduling", scheduling(s))
     cmd = [exe or s.exe("sipedge"), "--listen", f"{transport}:127.0.0.1:{s.port}", "--shards", str(shards),
            "--metrics", f"127.0.0.1:{s.args.base_port + 50}", "--driver", s.args.sipedge_driver,
-           "--drain-grace", "0", "--log-level", "info", *extra]
+           "--drain-grace", "0", "--log-level", "info", *own, *extra]
     suffix = ";transport=tcp" if transport == "tcp" else ""
     for b in s.backends:
         cmd += ["--backend", f"sip:127.0.0.1:{b}{suffix}"]
@@ -710,7 +720,9 @@ def render(res, cmd, smoke):
     out = ["## Side by side", ""]
     out.append(f"Run {res['date']} with `{cmd}`{' (smoke: seconds-long runs, figures not meaningful)' if smoke else ''}.")
     out.append(f"Machine: {m['nproc']} vCPU ({m['cpu']}), kernel {m['kernel']}, {m['kamailio']}, {m['sipp']}; "
-               f"sipedge driver: {res.get('sipedge_driver', '?')} (`--driver {res.get('driver_arg')}`). All on loopback (127.0.0.1). "
+               f"sipedge driver: {res.get('sipedge_driver', '?')} (`--driver {res.get('driver_arg')}`); sipedge shards and "
+               f"relay threads `--scheduling {res.get('scheduling', 'batch')}`, Kamailio's processes as its reference "
+               "runs them (SCHED_OTHER). All on loopback (127.0.0.1). "
                f"Load average (1/5/15 min) at the start {m['loadavg_start']}, at the end {res.get('loadavg_end', '?')}: "
                "other work on the machine shares the two vCPUs, which is why only same-run ratios are reported.")
     out.append("")
@@ -969,6 +981,8 @@ def main():
     ap.add_argument("--base-port", type=int, default=5060,
                     help="proxy port; backends at +10/+11, sipp UAC at +30, sipp media from +100")
     ap.add_argument("--sipedge-driver", default="auto", help="sipedge --driver: auto, io_uring or epoll")
+    ap.add_argument("--scheduling", default="batch", choices=("batch", "normal"),
+                    help="sipedge's and the raw relay's shard/thread scheduling (Kamailio runs as configured)")
     ap.add_argument("--phases", default="udp,latency,ceiling,rss,tcp")
     ap.add_argument("--systems", default=",".join(SYSTEMS), help="subset of: " + ", ".join(SYSTEMS))
     ap.add_argument("--results", default=os.path.join(ROOT, "perf", "RESULTS.md"),
@@ -998,7 +1012,8 @@ def main():
     global CEILING
     CEILING = [c for c in CEILING if c[0] in chosen or c[0].replace("-n1", "-n2") in chosen]
     res = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-           "machine": machine(), "plan": plan, "command": cmd, "driver_arg": args.sipedge_driver}
+           "machine": machine(), "plan": plan, "command": cmd, "driver_arg": args.sipedge_driver,
+           "scheduling": args.scheduling}
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     try:
         systems = [n for n in SYSTEMS if n in chosen]

@@ -27,6 +27,13 @@ pub const DEFAULT_TOML: &str = r#"# sipedge configuration (this is the built-in 
 shards = 0
 # I/O driver: "auto" (io_uring when the kernel allows it, else epoll), "io_uring" or "epoll".
 driver = "auto"
+# CPU scheduling of the shard threads: "batch" (SCHED_BATCH) or "normal" (SCHED_OTHER). A batch
+# shard woken by a datagram does not preempt the task running on its core: it runs when that
+# task blocks or its slice ends, and reads what arrived meanwhile in the same wake-up. On cores
+# of its own this changes nothing; on cores shared with other work it saves context switches
+# (perf/RESULTS.md: about 12 % less CPU per call at 1,000 calls/s with the load on the same
+# cores) for at most one scheduler slice (a few ms) of delay behind a busy neighbour.
+scheduling = "batch"
 # SIP listeners, "udp:IP:PORT" or "tcp:IP:PORT"; IPv6 as "udp:[::1]:5060". Any number of each.
 # The address written into Via and Record-Route is the bound one; behind NAT, or to use a
 # name, add ";advertise=HOST[:PORT]": "udp:0.0.0.0:5060;advertise=sip.example.net:5060".
@@ -182,6 +189,39 @@ impl fmt::Display for Driver {
             Self::Auto => "auto",
             Self::IoUring => "io_uring",
             Self::Epoll => "epoll",
+        })
+    }
+}
+
+/// How the kernel schedules the shard threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Scheduling {
+    /// `SCHED_BATCH`: a woken shard waits for the running task's slice instead of
+    /// preempting it (see [`DEFAULT_TOML`]).
+    #[default]
+    Batch,
+    /// `SCHED_OTHER`, the kernel's default for every thread.
+    Normal,
+}
+
+impl FromStr for Scheduling {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "batch" => Ok(Self::Batch),
+            "normal" | "other" => Ok(Self::Normal),
+            _ => Err(format!(
+                "unknown scheduling {s:?}: expected \"batch\" or \"normal\""
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Scheduling {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Batch => "batch",
+            Self::Normal => "normal",
         })
     }
 }
@@ -508,6 +548,8 @@ pub struct Config {
     pub shards: Option<u16>,
     /// I/O driver choice.
     pub driver: Driver,
+    /// Scheduling policy of the shard threads.
+    pub scheduling: Scheduling,
     /// SIP listeners (at least one).
     pub listen: Vec<Listener>,
     /// Admin/metrics HTTP address.
@@ -683,6 +725,7 @@ struct RawFailover {
 struct RawConfig {
     shards: Option<u16>,
     driver: Option<Parsed<Driver>>,
+    scheduling: Option<Parsed<Scheduling>>,
     listen: Option<Vec<Parsed<Listener>>>,
     metrics: Option<Parsed<AdminAddr>>,
     drain_grace_secs: Option<u64>,
@@ -749,6 +792,7 @@ impl Config {
                 Some(n) => Some(n),
             },
             driver: raw.driver.map_or(d.driver, |p| p.0),
+            scheduling: raw.scheduling.map_or(d.scheduling, |p| p.0),
             listen: raw
                 .listen
                 .map_or(d.listen, |v| v.into_iter().map(|p| p.0).collect()),
@@ -1025,6 +1069,7 @@ impl Config {
         Self {
             shards: None,
             driver: Driver::Auto,
+            scheduling: Scheduling::Batch,
             listen: vec![
                 Listener {
                     transport: ListenTransport::Udp,
@@ -1153,6 +1198,7 @@ mod tests {
             r#"
 shards = 2
 driver = "epoll"
+scheduling = "normal"
 listen = ["udp:[::1]:5062", "tcp:0.0.0.0:5060;advertise=edge.example.net:5060", "udp:10.0.0.1:5060"]
 metrics = "[::1]:9100"
 backends = ["sip:10.0.0.7:5060;transport=tcp", { uri = "sip:10.0.0.8", weight = 3, priority = 1 }]
@@ -1169,6 +1215,7 @@ probe_interval_ms = 0
         };
         assert_eq!(c.shards, Some(2));
         assert_eq!(c.driver, Driver::Epoll);
+        assert_eq!(c.scheduling, Scheduling::Normal);
         assert_eq!(c.listen.len(), 3);
         assert_eq!(c.listen[0].to_string(), "udp:[::1]:5062");
         assert_eq!(
@@ -1288,6 +1335,7 @@ probe_interval_ms = 0
             ("backends = []\n", &["`backends`"]),
             ("[log]\nlevel = \"=\"\n", &["log.level"]),
             ("driver = \"kqueue\"\n", &["line 1", "kqueue"]),
+            ("scheduling = \"fifo\"\n", &["line 1", "fifo", "batch"]),
             (
                 "listen = [\"udp:0.0.0.0:5060;adv=x\"]\n",
                 &["line 1", "advertise"],

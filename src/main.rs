@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use clap::Parser;
 use mimalloc::MiMalloc;
-use sipedge::config::{BackendConfig, Config, DEFAULT_TOML, Driver, Listener, LogFormat};
+use sipedge::config::{
+    BackendConfig, Config, DEFAULT_TOML, Driver, Listener, LogFormat, Scheduling,
+};
 
 #[global_allocator]
 static GLOBAL: MiMalloc = MiMalloc;
@@ -48,6 +50,10 @@ struct Cli {
     /// I/O driver: auto, io_uring or epoll.
     #[arg(long, value_name = "DRIVER", value_parser = parse_driver)]
     driver: Option<Driver>,
+
+    /// CPU scheduling of the shard threads: batch or normal.
+    #[arg(long, value_name = "POLICY", value_parser = parse_scheduling)]
+    scheduling: Option<Scheduling>,
 
     /// Address of the metrics and admin HTTP endpoint.
     #[arg(long, value_name = "IP:PORT")]
@@ -115,6 +121,9 @@ fn parse_backend(s: &str) -> Result<BackendConfig, String> {
 fn parse_driver(s: &str) -> Result<Driver, String> {
     s.parse()
 }
+fn parse_scheduling(s: &str) -> Result<Scheduling, String> {
+    s.parse()
+}
 fn parse_log_format(s: &str) -> Result<LogFormat, String> {
     s.parse()
 }
@@ -137,6 +146,9 @@ impl Cli {
         }
         if let Some(d) = self.driver {
             config.driver = d;
+        }
+        if let Some(p) = self.scheduling {
+            config.scheduling = p;
         }
         if let Some(m) = self.metrics {
             config.metrics = m;

@@ -519,3 +519,79 @@ fn e2e_idle_main_thread_sleeps_until_a_signal() {
         signalled.elapsed()
     );
 }
+
+/// Each thread's scheduling policy by name: field 41 of `/proc/PID/task/TID/stat` (proc(5)),
+/// counted after the `)` that ends the name.
+fn thread_policies(pid: u32) -> Vec<(String, u32)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("read tasks") {
+        let path = task.expect("task entry").path();
+        let stat = std::fs::read_to_string(path.join("stat")).expect("read stat");
+        let comm = std::fs::read_to_string(path.join("comm")).expect("read comm");
+        let after_name = stat.rsplit_once(')').expect("stat has a name").1;
+        // Fields from 3 on; policy is field 41.
+        let policy = after_name
+            .split_whitespace()
+            .nth(41 - 3)
+            .and_then(|f| f.parse().ok())
+            .expect("policy field");
+        out.push((comm.trim().to_owned(), policy));
+    }
+    out
+}
+
+#[test]
+fn e2e_shard_threads_run_with_the_configured_scheduling() {
+    let dir = TempDir::new("scheduling");
+    for (extra, want) in [
+        (vec![], libc::SCHED_BATCH),
+        (
+            vec!["--scheduling".to_owned(), "normal".to_owned()],
+            libc::SCHED_OTHER,
+        ),
+    ] {
+        let node = Sipedge::start(
+            &dir,
+            &SipedgeOptions {
+                backends: vec!["sip:127.0.0.1:9".to_owned()],
+                wait_ready: false,
+                extra: extra.clone(),
+                ..SipedgeOptions::default()
+            },
+        );
+        // The shards are running once the start is logged (the log line comes after they
+        // started; `/health` may answer before).
+        let named = if want == libc::SCHED_BATCH {
+            "batch"
+        } else {
+            "normal"
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !node.log_text().contains("sipedge started") {
+            assert!(
+                Instant::now() < deadline,
+                "no start logged:\n{}",
+                node.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let log = node.log_text();
+        assert!(log.contains(&format!("scheduling={named}")), "{log}");
+        let policies = thread_policies(node.pid());
+        let shards: Vec<_> = policies
+            .iter()
+            .filter(|(name, _)| name.starts_with("sipedge-shard-"))
+            .collect();
+        assert_eq!(shards.len(), 2, "{policies:?}");
+        for (name, policy) in &shards {
+            assert_eq!(*policy, want as u32, "{name} with {extra:?}: {policies:?}");
+        }
+        // The other threads (main, admin) keep the kernel's default.
+        for (name, policy) in policies
+            .iter()
+            .filter(|(n, _)| !n.starts_with("sipedge-shard-"))
+        {
+            assert_eq!(*policy, libc::SCHED_OTHER as u32, "{name}: {policies:?}");
+        }
+    }
+}

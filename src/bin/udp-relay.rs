@@ -23,6 +23,7 @@ use std::os::fd::AsRawFd;
 use std::process::ExitCode;
 
 use clap::Parser;
+use sipedge::config::Scheduling;
 
 /// Datagrams moved per system call.
 const BATCH: usize = 64;
@@ -47,6 +48,14 @@ struct Args {
     /// thread by the Call-ID, as sipedge steers them to its shards.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     threads: u16,
+    /// CPU scheduling of the relay threads, as sipedge's `scheduling`: batch or normal. The
+    /// floor is measured under the policy the proxy beside it runs with.
+    #[arg(long, default_value = "batch", value_parser = parse_scheduling)]
+    scheduling: Scheduling,
+}
+
+fn parse_scheduling(s: &str) -> Result<Scheduling, String> {
+    s.parse()
 }
 
 fn main() -> ExitCode {
@@ -97,6 +106,7 @@ fn same_addr(a: &libc::sockaddr_in, b: &libc::sockaddr_in) -> bool {
 fn run(args: &Args) -> std::io::Result<()> {
     if args.threads == 1 {
         let socket = bind(args, false)?;
+        set_scheduling(args);
         return relay(args, &socket);
     }
     let sockets = (0..args.threads)
@@ -113,6 +123,7 @@ fn run(args: &Args) -> std::io::Result<()> {
             .map(|(index, socket)| {
                 scope.spawn(move || {
                     pin_to_cpu(index % cpus);
+                    set_scheduling(args);
                     relay(args, socket)
                 })
             })
@@ -134,6 +145,14 @@ fn bind(args: &Args, reuse_port: bool) -> std::io::Result<UdpSocket> {
     socket.set_send_buffer_size(args.socket_buffer)?;
     socket.bind(&SocketAddr::V4(args.listen).into())?;
     Ok(socket.into())
+}
+
+fn set_scheduling(args: &Args) {
+    if args.scheduling == Scheduling::Batch {
+        if let Err(e) = sipedge::runtime::set_batch_scheduling() {
+            eprintln!("udp-relay: could not make a thread SCHED_BATCH: {e}");
+        }
+    }
 }
 
 fn pin_to_cpu(cpu: usize) {

@@ -26,7 +26,7 @@ mod shard;
 mod sockopt;
 pub mod steer;
 
-pub use sockopt::disable_transparent_huge_pages;
+pub use sockopt::{disable_transparent_huge_pages, set_batch_scheduling};
 
 use std::io;
 use std::net::SocketAddr;
@@ -43,7 +43,7 @@ use crate::balance::{
     AliveCodes, BackendEntry, BackendSpec, Blacklist, BlacklistConfig, HealthConfig, Pool,
     SpecError,
 };
-use crate::config::{Config, Driver, ListenTransport, Listener};
+use crate::config::{Config, Driver, ListenTransport, Listener, Scheduling};
 use crate::metrics::{BlacklistReason, Metrics};
 use crate::shard::ShardId;
 
@@ -426,6 +426,7 @@ pub fn start(config: Config) -> Result<Running, RunError> {
     }
 
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let scheduling = config.scheduling;
     for setup in setups {
         let shared = Arc::clone(&shared);
         let id = setup.id;
@@ -435,6 +436,11 @@ pub fn start(config: Config) -> Result<Running, RunError> {
                 // Pinning keeps a shard's caches warm; without it the shard still runs.
                 if let Err(e) = monoio::utils::bind_to_cpu_set([usize::from(id) % cpus]) {
                     tracing::warn!(shard = id, error = ?e, "could not pin shard to its CPU");
+                }
+                if scheduling == Scheduling::Batch {
+                    if let Err(e) = sockopt::set_batch_scheduling() {
+                        tracing::warn!(shard = id, error = %e, "could not make the shard SCHED_BATCH");
+                    }
                 }
                 if let Err(e) = shard::run(setup, shared) {
                     tracing::error!(shard = id, error = %e, "shard stopped");
@@ -456,6 +462,7 @@ pub fn start(config: Config) -> Result<Running, RunError> {
     tracing::info!(
         shards,
         driver = driver.name(),
+        scheduling = %config.scheduling,
         listeners = %listen_list.join(","),
         backends = %names.join(","),
         metrics = %admin_addr,
@@ -558,6 +565,7 @@ fn reload_config(
     if next.listen != running.listen
         || next.shards != running.shards
         || next.driver != running.driver
+        || next.scheduling != running.scheduling
         || next.metrics != running.metrics
         || next.tcp != running.tcp
         || next.proxy != running.proxy
@@ -565,7 +573,7 @@ fn reload_config(
         || next.sigcomp != running.sigcomp
     {
         tracing::warn!(
-            "listeners, shards, driver, metrics address, [proxy], [tcp], [health] and [sigcomp] change only on restart"
+            "listeners, shards, driver, scheduling, metrics address, [proxy], [tcp], [health] and [sigcomp] change only on restart"
         );
     }
     tracing::info!(backends = %labels.join(","), "configuration reloaded");

@@ -137,6 +137,25 @@ pub fn disable_transparent_huge_pages() -> io::Result<()> {
     }
 }
 
+/// Puts the calling thread under `SCHED_BATCH` (`sched_setscheduler(0, …)` acts on the
+/// caller only). A batch thread woken by a datagram does not preempt the task running on its
+/// CPU; it runs when that task blocks or its slice ends, so datagrams that arrive meanwhile
+/// are read in the same wake-up, and the shard is not itself preempted half-way through a
+/// batch by the peers its `sendmmsg` wakes. On a core the shard has to itself this changes
+/// nothing (there is no task to preempt); on a shared one it trades at most one slice of
+/// latency (a few ms, `sched_base_slice_ns`) for fewer context switches. Any user may choose
+/// it (sched(7)).
+pub fn set_batch_scheduling() -> io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid sched_param for the whole call; pid 0 is this thread.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Receive buffers for `recvmmsg`, allocated once per receive loop: one system call reads
 /// every datagram queued (up to [`RECV_BATCH`]), and a short batch tells the loop the queue
 /// is (almost certainly) empty, so it can wait for readiness without a `recvfrom` that only
