@@ -12,6 +12,8 @@ of pairs, never as one run. See perf/README.md.
   perf/ab.py --b-driver epoll                            one build, io_uring against epoll
   perf/ab.py --b-args "--config other.toml"              one build, two option sets
   perf/ab.py --load loadgen --rate 8000 --pairs 6         near the ceiling
+  perf/ab.py --a-scheduling normal --b-scheduling batch  one build, two scheduling policies
+  perf/ab.py --system relay-2 --a-scheduling normal ...  the raw relay (or kamailio-n2) instead
   perf/ab.py --smoke ...                                  one short pair (the test suite)
 """
 import argparse
@@ -25,16 +27,32 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402  (perf/bench.py: process control, sipp and load generator runs)
 
 
+def start_proxy(s, args, bin_dir, extra, scheduling):
+    """The system under test, from `bin_dir`, with `extra` options and `scheduling` (None: as
+    the build or configuration has it)."""
+    if args.system == "sipedge":
+        exe = os.path.join(os.path.abspath(bin_dir), "sipedge")
+        if not os.access(exe, os.X_OK):
+            raise bench.Fatal(f"{exe} missing: build it first (cargo build --release --bins)")
+        policy = ["--scheduling", scheduling] if scheduling else []
+        return bench.start_sipedge(s, args.shards, None, "udp", exe=exe, extra=shlex.split(extra) + policy)
+    if args.system.startswith("relay"):
+        s.bin, s.args.scheduling = os.path.abspath(bin_dir), scheduling
+        return bench.start_relay(s, 2 if args.system == "relay-2" else 1, None)
+    # Kamailio has no batch policy of its own: "batch" starts its processes under `chrt -b 0`.
+    wrap = [bench.need("chrt"), "-b", "0"] if scheduling == "batch" else []
+    return bench.start_kamailio(s, 2, None, wrap=wrap)
+
+
 def measure(s, side, args):
     """One run of `side` ("A" or "B"): µs of proxy CPU (scheduler run time) per call."""
     if side == "A":
         bin_dir, extra, s.args.sipedge_driver = args.a_bin_dir, args.a_args, args.a_driver
+        scheduling = args.a_scheduling
     else:
         bin_dir, extra, s.args.sipedge_driver = args.b_bin_dir or args.a_bin_dir, args.b_args, args.b_driver
-    exe = os.path.join(os.path.abspath(bin_dir), "sipedge")
-    if not os.access(exe, os.X_OK):
-        raise bench.Fatal(f"{exe} missing: build it first (cargo build --release --bins)")
-    proxy = bench.start_sipedge(s, args.shards, None, "udp", exe=exe, extra=shlex.split(extra))
+        scheduling = args.b_scheduling
+    proxy = start_proxy(s, args, bin_dir, extra, scheduling)
     try:
         calls = int(args.rate * args.seconds)
         m = bench.Measure(proxy)
@@ -60,6 +78,11 @@ def main():
     ap.add_argument("--b-args", default="", help="extra sipedge options for B")
     ap.add_argument("--a-driver", default="auto", help="sipedge --driver for A: auto, io_uring or epoll")
     ap.add_argument("--b-driver", default="auto", help="sipedge --driver for B")
+    ap.add_argument("--a-scheduling", choices=("batch", "normal"),
+                    help="A's scheduling policy (default: the build's own; kamailio-n2: as configured)")
+    ap.add_argument("--b-scheduling", choices=("batch", "normal"), help="B's scheduling policy")
+    ap.add_argument("--system", choices=("sipedge", "relay", "relay-2", "kamailio-n2"), default="sipedge",
+                    help="what runs in the proxy's place (relay: the build's udp-relay)")
     ap.add_argument("--shards", type=int, default=2)
     ap.add_argument("--load", choices=("sipp", "loadgen"), default="sipp")
     ap.add_argument("--rate", type=int, default=1000, help="calls/s")
@@ -69,9 +92,9 @@ def main():
                     help="proxy port; backends at +10/+11, sipp UAC at +30, metrics at +50, sipp media from +100")
     ap.add_argument("--smoke", action="store_true", help="one pair of one second at 200 calls/s")
     args = ap.parse_args()
-    if (not args.b_bin_dir and (args.a_args, args.a_driver) == (args.b_args, args.b_driver)
-            and not args.smoke):
-        ap.error("A and B are the same: give --b-bin-dir, --b-driver or different --a-args/--b-args")
+    if (not args.b_bin_dir and (args.a_args, args.a_driver, args.a_scheduling)
+            == (args.b_args, args.b_driver, args.b_scheduling) and not args.smoke):
+        ap.error("A and B are the same: give --b-bin-dir, --b-driver, --b-scheduling or different --a-args/--b-args")
     if args.smoke:
         args.pairs, args.seconds, args.rate = 1, 1.0, 200
     args.bin_dir, args.sipedge_driver = args.a_bin_dir, args.a_driver
@@ -85,8 +108,10 @@ def main():
                 bench.start_sipp_uas(s, b)
         else:
             bench.start_responder(s)
-        print(f"A: {args.a_bin_dir} --driver {args.a_driver} {args.a_args}".rstrip())
-        print(f"B: {args.b_bin_dir or args.a_bin_dir} --driver {args.b_driver} {args.b_args}".rstrip())
+        policy = lambda p: f" --scheduling {p}" if p else ""
+        print(f"A: {args.system} {args.a_bin_dir} --driver {args.a_driver}{policy(args.a_scheduling)} {args.a_args}".rstrip())
+        print(f"B: {args.system} {args.b_bin_dir or args.a_bin_dir} --driver {args.b_driver}"
+              f"{policy(args.b_scheduling)} {args.b_args}".rstrip())
         print(f"{args.load} at {args.rate} calls/s, {args.seconds:g} s per run, {args.shards} shard(s)\n")
         print("| pair | A µs/call | B µs/call | B ÷ A | calls A / B |")
         print("|---|---|---|---|---|")

@@ -28,7 +28,7 @@ REFERENCE = os.path.normpath(os.path.join(ROOT, "..", "shared", "reference"))
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # Which Debian package provides each external tool (a missing tool is an error, never a skip).
-PACKAGES = {"sipp": "sip-tester", "kamailio": "kamailio", "taskset": "util-linux"}
+PACKAGES = {"sipp": "sip-tester", "kamailio": "kamailio", "taskset": "util-linux", "chrt": "util-linux"}
 
 
 class Fatal(Exception):
@@ -228,7 +228,7 @@ def start_relay(s, threads, cpus):
     return p
 
 
-def start_kamailio(s, workers, cpus, transport="udp"):
+def start_kamailio(s, workers, cpus, transport="udp", wrap=()):
     need("kamailio")
     rundir = os.path.join(s.workdir, f"kamailio-{workers}-{transport}")
     os.makedirs(rundir, exist_ok=True)
@@ -249,7 +249,7 @@ def start_kamailio(s, workers, cpus, transport="udp"):
     ds_list = os.path.join(rundir, "dispatcher.list")
     with open(ds_list, "w") as f:
         f.write("".join(f"1 sip:127.0.0.1:{b}{suffix}\n" for b in s.backends))
-    cmd = [need("kamailio"), "-f", cfg, "-DD", "-E",
+    cmd = [*wrap, need("kamailio"), "-f", cfg, "-DD", "-E",
            "-m", "64", "-M", "8", "-n", str(workers), "-Y", rundir, "-w", rundir,
            "-A", f"LISTEN_PORT={s.port}", "-A", f'DS_LIST="{ds_list}"',
            "-A", f'CTL_SOCK="unix:{rundir}/kamailio.ctl"']

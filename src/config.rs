@@ -31,8 +31,8 @@ driver = "auto"
 # shard woken by a datagram does not preempt the task running on its core: it runs when that
 # task blocks or its slice ends, and reads what arrived meanwhile in the same wake-up. On cores
 # of its own this changes nothing; on cores shared with other work it saves context switches
-# (perf/RESULTS.md: about 12 % less CPU per call at 1,000 calls/s with the load on the same
-# cores) for at most one scheduler slice (a few ms) of delay behind a busy neighbour.
+# (perf/RESULTS.md: a fifth less CPU per call at 1,000 calls/s, a third at 7,200, with the load
+# on the same cores) for at most one scheduler slice (a few ms) of delay behind a busy neighbour.
 scheduling = "batch"
 # SIP listeners, "udp:IP:PORT" or "tcp:IP:PORT"; IPv6 as "udp:[::1]:5060". Any number of each.
 # The address written into Via and Record-Route is the bound one; behind NAT, or to use a
