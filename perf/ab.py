@@ -14,12 +14,14 @@ of pairs, never as one run. See perf/README.md.
   perf/ab.py --load loadgen --rate 8000 --pairs 6         near the ceiling
   perf/ab.py --a-scheduling normal --b-scheduling batch  one build, two scheduling policies
   perf/ab.py --system relay-2 --a-scheduling normal ...  the raw relay (or kamailio-n2) instead
+  perf/ab.py --load loadgen --neighbour ...              with a CPU-bound process on every CPU
   perf/ab.py --smoke ...                                  one short pair (the test suite)
 """
 import argparse
 import os
 import shlex
 import statistics
+import subprocess
 import sys
 import tempfile
 
@@ -44,6 +46,22 @@ def start_proxy(s, args, bin_dir, extra, scheduling):
     return bench.start_kamailio(s, 2, None, wrap=wrap)
 
 
+def start_neighbours(limit_s):
+    """One CPU-bound process pinned to each CPU, for at most `limit_s` seconds: the busy
+    neighbour a shard's scheduling policy has to get past."""
+    spin = f"import time\nend = time.time() + {limit_s}\nwhile time.time() < end:\n    pass\n"
+    # taskset execs the interpreter, so the PID kept is the loop's own.
+    return [subprocess.Popen([bench.need("taskset"), "-c", str(cpu), sys.executable, "-c", spin],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for cpu in range(os.cpu_count() or 1)]
+
+
+def stop_neighbours(procs):
+    for p in procs:
+        p.kill()
+        p.wait()
+
+
 def measure(s, side, args):
     """One run of `side` ("A" or "B"): µs of proxy CPU (scheduler run time) per call."""
     if side == "A":
@@ -53,6 +71,8 @@ def measure(s, side, args):
         bin_dir, extra, s.args.sipedge_driver = args.b_bin_dir or args.a_bin_dir, args.b_args, args.b_driver
         scheduling = args.b_scheduling
     proxy = start_proxy(s, args, bin_dir, extra, scheduling)
+    neighbours = start_neighbours(args.seconds * 3 + 15) if args.neighbour else []
+    p99 = None
     try:
         calls = int(args.rate * args.seconds)
         m = bench.Measure(proxy)
@@ -61,13 +81,14 @@ def measure(s, side, args):
             done = r["successful"]
         else:
             r = bench.run_loadgen(s, s.port, args.rate, calls, args.seconds + 5)
-            done = r["completed"]
+            done, p99 = r["completed"], r["invite_rtt_us"]["p99"]
         cpu = m.done(done)
     finally:
+        stop_neighbours(neighbours)
         proxy.stop()
     if not done:
         raise bench.Fatal(f"{side}: no call completed")
-    return cpu["cpu_sched_s"] / done * 1e6, done, calls
+    return cpu["cpu_sched_s"] / done * 1e6, done, calls, p99
 
 
 def main():
@@ -83,6 +104,8 @@ def main():
     ap.add_argument("--b-scheduling", choices=("batch", "normal"), help="B's scheduling policy")
     ap.add_argument("--system", choices=("sipedge", "relay", "relay-2", "kamailio-n2"), default="sipedge",
                     help="what runs in the proxy's place (relay: the build's udp-relay)")
+    ap.add_argument("--neighbour", action="store_true",
+                    help="a CPU-bound process pinned to every CPU while each run lasts")
     ap.add_argument("--shards", type=int, default=2)
     ap.add_argument("--load", choices=("sipp", "loadgen"), default="sipp")
     ap.add_argument("--rate", type=int, default=1000, help="calls/s")
@@ -112,16 +135,20 @@ def main():
         print(f"A: {args.system} {args.a_bin_dir} --driver {args.a_driver}{policy(args.a_scheduling)} {args.a_args}".rstrip())
         print(f"B: {args.system} {args.b_bin_dir or args.a_bin_dir} --driver {args.b_driver}"
               f"{policy(args.b_scheduling)} {args.b_args}".rstrip())
-        print(f"{args.load} at {args.rate} calls/s, {args.seconds:g} s per run, {args.shards} shard(s)\n")
-        print("| pair | A µs/call | B µs/call | B ÷ A | calls A / B |")
-        print("|---|---|---|---|---|")
+        neighbours = ", a CPU-bound process on every CPU" if args.neighbour else ""
+        print(f"{args.load} at {args.rate} calls/s, {args.seconds:g} s per run, {args.shards} shard(s){neighbours}\n")
+        # The round trip is the load generator's (µs timestamps); sipp's has 1 ms resolution.
+        print("| pair | A µs/call | B µs/call | B ÷ A | calls A / B | INVITE→200 p99 µs A / B |")
+        print("|---|---|---|---|---|---|")
         ratios = []
         for pair in range(args.pairs):
             order = ("A", "B") if pair % 2 == 0 else ("B", "A")
             got = {side: measure(s, side, args) for side in order}
-            (a, a_done, calls), (b, b_done, _) = got["A"], got["B"]
+            (a, a_done, calls, a_p99), (b, b_done, _, b_p99) = got["A"], got["B"]
             ratios.append(b / a)
-            print(f"| {pair + 1} | {a:.1f} | {b:.1f} | {b / a:.3f} | {a_done} / {b_done} of {calls} |", flush=True)
+            rtt = f"{a_p99} / {b_p99}" if a_p99 is not None else "–"
+            print(f"| {pair + 1} | {a:.1f} | {b:.1f} | {b / a:.3f} | {a_done} / {b_done} of {calls} | {rtt} |",
+                  flush=True)
         lower = sum(r < 1 for r in ratios)
         print(f"\nmedian B ÷ A: {statistics.median(ratios):.3f} ({lower} of {len(ratios)} pairs lower)")
     except bench.Fatal as e:

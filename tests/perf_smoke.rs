@@ -7,12 +7,17 @@
 mod common;
 
 use std::path::Path;
+use std::sync::Mutex;
 
 use common::{require, run_perf_script};
 
 /// Ports 41060..41460 (proxy, backends +10/+11, UAC +30, sipp media from +100): a range no
 /// other test of this crate uses.
 const BASE_PORT: &str = "41060";
+
+/// The two tests take turns: the A/B smoke run spins a CPU-bound process on every CPU, which
+/// the side-by-side smoke run should not have to share the machine with.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn number(json: &str, key: &str) -> Vec<f64> {
     let needle = format!("\"{key}\": ");
@@ -27,6 +32,7 @@ fn number(json: &str, key: &str) -> Vec<f64> {
 
 #[test]
 fn perf_scripts_smoke_run() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     require("sipp", "sip-tester");
     require("kamailio", "kamailio");
     require("python3", "python3");
@@ -91,10 +97,12 @@ fn perf_scripts_smoke_run() {
     );
 }
 
-/// `perf/ab.py --smoke`: one short pair of the same build, so the A/B script cannot rot unseen.
+/// `perf/ab.py --smoke`: one short pair of the same build, so the A/B script cannot rot unseen;
+/// then one pair of the two scheduling policies with a busy neighbour on every CPU.
 /// Ports 41560..41760, beside the range of the test above.
 #[test]
 fn ab_script_smoke_run() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     require("sipp", "sip-tester");
     require("python3", "python3");
     let bin_dir = Path::new(env!("CARGO_BIN_EXE_sipedge"))
@@ -124,4 +132,41 @@ fn ab_script_smoke_run() {
         "a side completed no call: {row}"
     );
     assert!(stdout.contains("median B ÷ A:"), "no summary:\n{stdout}");
+
+    // The load generator's pair with a busy neighbour on every CPU, one policy each: both
+    // sides give a round trip, and no spinning neighbour outlives the script.
+    let (stdout, _) = run_perf_script(
+        "ab.py",
+        &[
+            "--smoke".as_ref(),
+            "--load".as_ref(),
+            "loadgen".as_ref(),
+            "--neighbour".as_ref(),
+            "--a-scheduling".as_ref(),
+            "normal".as_ref(),
+            "--b-scheduling".as_ref(),
+            "batch".as_ref(),
+            "--a-bin-dir".as_ref(),
+            bin_dir.as_os_str(),
+            "--base-port".as_ref(),
+            "41560".as_ref(),
+        ],
+    );
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with("| 1 |"))
+        .unwrap_or_else(|| panic!("no pair row:\n{stdout}"));
+    let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+    let p99s: Vec<u64> = cells[6]
+        .split(" / ")
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    assert!(
+        p99s.len() == 2 && p99s.iter().all(|&v| v > 0),
+        "no round trip for both sides: {row}"
+    );
+    assert!(
+        stdout.contains("a CPU-bound process on every CPU"),
+        "{stdout}"
+    );
 }
