@@ -97,33 +97,27 @@ fn perf_scripts_smoke_run() {
     );
 }
 
-/// `perf/ab.py --smoke`: one short pair of the same build, so the A/B script cannot rot unseen;
-/// then one pair of the two scheduling policies with a busy neighbour on every CPU.
-/// Ports 41560..41760, beside the range of the test above.
-#[test]
-fn ab_script_smoke_run() {
-    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    require("sipp", "sip-tester");
-    require("python3", "python3");
+/// Runs `perf/ab.py --smoke` with `extra` on this build and returns its output and the cells
+/// of its one pair row, after checking what every pair must show: both sides with completed
+/// calls and a CPU figure, and the summary line.
+fn ab_smoke_pair(extra: &[&str]) -> (String, Vec<String>) {
     let bin_dir = Path::new(env!("CARGO_BIN_EXE_sipedge"))
         .parent()
         .expect("binary has a directory");
-    let (stdout, _) = run_perf_script(
-        "ab.py",
-        &[
-            "--smoke".as_ref(),
-            "--a-bin-dir".as_ref(),
-            bin_dir.as_os_str(),
-            "--base-port".as_ref(),
-            "41560".as_ref(),
-        ],
-    );
-    // One pair, both sides with completed calls and a CPU figure, and the summary line.
+    let mut args: Vec<&std::ffi::OsStr> = vec![
+        "--smoke".as_ref(),
+        "--a-bin-dir".as_ref(),
+        bin_dir.as_os_str(),
+        "--base-port".as_ref(),
+        "41560".as_ref(),
+    ];
+    args.extend(extra.iter().map(|a| std::ffi::OsStr::new(*a)));
+    let (stdout, _) = run_perf_script("ab.py", &args);
     let row = stdout
         .lines()
         .find(|l| l.starts_with("| 1 |"))
         .unwrap_or_else(|| panic!("no pair row:\n{stdout}"));
-    let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+    let cells: Vec<String> = row.split('|').map(|c| c.trim().to_owned()).collect();
     let a: f64 = cells[2].parse().unwrap_or(0.0);
     let b: f64 = cells[3].parse().unwrap_or(0.0);
     assert!(a > 0.0 && b > 0.0, "no CPU per call measured: {row}");
@@ -132,41 +126,52 @@ fn ab_script_smoke_run() {
         "a side completed no call: {row}"
     );
     assert!(stdout.contains("median B ÷ A:"), "no summary:\n{stdout}");
+    (stdout, cells)
+}
+
+/// Processes still running the neighbours' busy loop (`perf/ab.py --neighbour`).
+fn spinning_neighbours() -> usize {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    procs
+        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+        .filter(|cmdline| String::from_utf8_lossy(cmdline).contains("while time.time() < end"))
+        .count()
+}
+
+/// `perf/ab.py --smoke`: one short pair of the same build, so the A/B script cannot rot unseen;
+/// then one pair of the two scheduling policies with a busy neighbour on every CPU.
+/// Ports 41560..41760, beside the range of the test above.
+#[test]
+fn ab_script_smoke_run() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    require("sipp", "sip-tester");
+    require("python3", "python3");
+    ab_smoke_pair(&[]);
 
     // The load generator's pair with a busy neighbour on every CPU, one policy each: both
     // sides give a round trip, and no spinning neighbour outlives the script.
-    let (stdout, _) = run_perf_script(
-        "ab.py",
-        &[
-            "--smoke".as_ref(),
-            "--load".as_ref(),
-            "loadgen".as_ref(),
-            "--neighbour".as_ref(),
-            "--a-scheduling".as_ref(),
-            "normal".as_ref(),
-            "--b-scheduling".as_ref(),
-            "batch".as_ref(),
-            "--a-bin-dir".as_ref(),
-            bin_dir.as_os_str(),
-            "--base-port".as_ref(),
-            "41560".as_ref(),
-        ],
-    );
-    let row = stdout
-        .lines()
-        .find(|l| l.starts_with("| 1 |"))
-        .unwrap_or_else(|| panic!("no pair row:\n{stdout}"));
-    let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+    let (stdout, cells) = ab_smoke_pair(&[
+        "--load",
+        "loadgen",
+        "--neighbour",
+        "--a-scheduling",
+        "normal",
+        "--b-scheduling",
+        "batch",
+    ]);
     let p99s: Vec<u64> = cells[6]
         .split(" / ")
         .filter_map(|v| v.parse().ok())
         .collect();
     assert!(
         p99s.len() == 2 && p99s.iter().all(|&v| v > 0),
-        "no round trip for both sides: {row}"
+        "no round trip for both sides: {cells:?}"
     );
     assert!(
         stdout.contains("a CPU-bound process on every CPU"),
         "{stdout}"
     );
+    assert_eq!(spinning_neighbours(), 0, "a neighbour outlived perf/ab.py");
 }
