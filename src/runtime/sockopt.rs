@@ -636,16 +636,8 @@ impl SendBatch {
 pub(crate) fn drain(fd: RawFd) {
     let mut scratch = [0u8; 64];
     for _ in 0..1024 {
-        // SAFETY: `scratch` is a live, writable buffer of the given length.
-        let n = unsafe {
-            libc::recv(
-                fd,
-                scratch.as_mut_ptr().cast(),
-                scratch.len(),
-                libc::MSG_DONTWAIT,
-            )
-        };
-        if n <= 0 {
+        // An empty datagram or an error (`WouldBlock` once the queue is empty) ends it.
+        if !matches!(recv_from(fd, &mut scratch), Ok((n, _)) if n > 0) {
             return;
         }
     }

@@ -540,6 +540,13 @@ mod tests {
         }
     }
 
+    /// The first CR or LF at or after `from`, or `buf.len()`, one byte at a time.
+    fn plain_line_break(buf: &[u8], from: usize) -> usize {
+        buf.get(from..)
+            .and_then(|rest| rest.iter().position(|&b| b == b'\r' || b == b'\n'))
+            .map_or(buf.len(), |p| from + p)
+    }
+
     #[test]
     fn colon_and_line_break_match_a_plain_scan() {
         let text = b"Via:a\r\nX-Trace-1: carried as written\r\n\ra:b\n:\nContent-Length : 12\r\nabcdefghijklmnopqrs:";
@@ -548,14 +555,7 @@ mod tests {
                 let plain = buf
                     .get(start..)
                     .and_then(|rest| rest.iter().position(|&b| b == b':'))
-                    .map(|colon| {
-                        let colon = start + colon;
-                        let line_break = buf[colon..]
-                            .iter()
-                            .position(|&b| b == b'\r' || b == b'\n')
-                            .map_or(buf.len(), |p| colon + p);
-                        (colon, line_break)
-                    });
+                    .map(|colon| (start + colon, plain_line_break(buf, start + colon)));
                 let found = find_colon_and_line_break(buf, start);
                 assert_eq!(found, plain, "{at} start {start}");
             }
@@ -567,10 +567,7 @@ mod tests {
         let text = b"Via: SIP/2.0/UDP a\tb;x=\"q\\\"\"\r\n f\0oo\x0c\rbar\nbaz\x0d\x8d\x8a\xff abcdefghijklmnop\n";
         every_window(text, |buf, at| {
             for from in 0..=buf.len() + 1 {
-                let plain = buf
-                    .get(from..)
-                    .and_then(|rest| rest.iter().position(|&b| b == b'\r' || b == b'\n'))
-                    .map_or(buf.len(), |p| from + p);
+                let plain = plain_line_break(buf, from);
                 assert_eq!(find_line_break(buf, from), plain, "{at} from {from}");
                 assert_eq!(
                     swar::find_line_break(buf, from),
