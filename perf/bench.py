@@ -400,9 +400,9 @@ def run_sipp_uac(s, target_port, rate, calls, limit_s, transport="u1", tag="uac"
     }
 
 
-def run_loadgen(s, target_port, rate, calls, limit_s, window=1000, cpus=None):
+def run_loadgen(s, target_port, rate, calls, limit_s, window=1000, cpus=None, extra=()):
     cmd = [s.exe("sipedge-loadgen"), "--target", f"127.0.0.1:{target_port}", "--calls", str(int(calls)),
-           "--duration", str(limit_s), "--rate", str(rate), "--window", str(window), "--json"]
+           "--duration", str(limit_s), "--rate", str(rate), "--window", str(window), "--json", *extra]
     if cpus is not None:
         cmd = [need("taskset"), "-c", cpus] + cmd
     out = subprocess.run(cmd, capture_output=True, timeout=limit_s + 30)
@@ -947,10 +947,10 @@ def targets(res):
             "|---|---|---|---|"] + rows + [""]
 
 
-def write_section(path, section):
-    """Replace `## Side by side` in RESULTS.md (other sections belong to other parts)."""
+def write_section(path, section, title="## Side by side"):
+    """Replace the section `title` in RESULTS.md (other sections belong to other parts)."""
     text = open(path).read() if os.path.exists(path) else "# sipedge performance results\n\n"
-    start = text.find("## Side by side")
+    start = text.find(title + "\n")
     if start < 0:
         text = text.rstrip("\n") + "\n\n" + section
     else:

@@ -175,3 +175,64 @@ fn ab_script_smoke_run() {
     );
     assert_eq!(spinning_neighbours(), 0, "a neighbour outlived perf/ab.py");
 }
+
+/// `perf/junk.py --smoke`: one short round of requests a proxy must refuse, against sipedge
+/// and Kamailio. sipedge must answer each SIP kind with its RFC 3261 status, send nothing back
+/// to the HTTP probe, and lose no call of the load beside the junk.
+#[test]
+fn junk_script_smoke_run() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    require("kamailio", "kamailio");
+    require("python3", "python3");
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_sipedge"))
+        .parent()
+        .expect("binary has a directory");
+    let _ = (
+        env!("CARGO_BIN_EXE_sipedge-loadgen"),
+        env!("CARGO_BIN_EXE_sipedge-responder"),
+    );
+    let (stdout, _) = run_perf_script(
+        "junk.py",
+        &[
+            "--smoke".as_ref(),
+            "--bin-dir".as_ref(),
+            bin_dir.as_os_str(),
+            "--base-port".as_ref(),
+            "41660".as_ref(),
+        ],
+    );
+    let row = |system: &str| -> Vec<String> {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("| {system} |")))
+            .unwrap_or_else(|| panic!("no row for {system}:\n{stdout}"));
+        line.split('|').map(|c| c.trim().to_owned()).collect()
+    };
+    let sipedge = row("sipedge-2");
+    let kamailio = row("kamailio-n2");
+    for cells in [&sipedge, &kamailio] {
+        let us: f64 = cells[2].parse().unwrap_or(0.0);
+        assert!(us > 0.0, "no CPU per junk request measured: {cells:?}");
+    }
+    // Columns: max_forwards_0, no_call_id, cseq_method_mismatch, not_sip.
+    assert!(sipedge[4].starts_with("483 × "), "{sipedge:?}");
+    assert!(sipedge[5].starts_with("400 × "), "{sipedge:?}");
+    assert!(sipedge[6].starts_with("400 × "), "{sipedge:?}");
+    assert!(sipedge[7].starts_with("nothing"), "{sipedge:?}");
+    for answered in &sipedge[4..7] {
+        let (got, of) = answered
+            .split_once(" × ")
+            .and_then(|(_, rest)| rest.split_once(" (of "))
+            .unwrap_or_else(|| panic!("unreadable cell {answered}"));
+        assert_eq!(
+            got,
+            of.trim_end_matches(')'),
+            "a junk request went unanswered: {answered}"
+        );
+    }
+    let lost = &sipedge[8];
+    assert!(
+        lost.starts_with("0 of ") && lost.contains(" / 0 of ") && !lost.contains("0 of 0"),
+        "calls lost or none run: {lost}"
+    );
+}

@@ -12,6 +12,10 @@
 //! lost datagram is a lost call, which is what a loss figure should show. Replies are read with
 //! the crate's own parser.
 //!
+//! `--junk-rate` adds, from a second socket, requests a proxy must refuse (the traffic of a
+//! scanner or a broken client at a carrier's edge, see [`Junk`]), and counts the replies each
+//! kind gets. `--calls 0` sends the junk alone.
+//!
 //! ```text
 //! sipedge-loadgen --target 127.0.0.1:5060 --rate 5000 --calls 50000 --duration 20 --json
 //! ```
@@ -55,6 +59,48 @@ struct Args {
     /// Socket receive and send buffer size in bytes.
     #[arg(long, default_value_t = 4 << 20)]
     socket_buffer: usize,
+    /// Requests per second that a proxy must refuse, sent from a second socket for as long as
+    /// calls may start (--duration); 0 = none.
+    #[arg(long, default_value_t = 0.0)]
+    junk_rate: f64,
+}
+
+/// The requests `--junk-rate` sends, in turn, each with its own Call-ID and branch. A proxy
+/// that checks what RFC 3261 §16.3 asks of it refuses each statelessly; none reaches a backend.
+#[derive(Clone, Copy)]
+enum Junk {
+    /// §16.3 step 3: an INVITE with Max-Forwards 0 (483).
+    MaxForwardsZero,
+    /// §8.1.1: no Call-ID, which every request carries (400).
+    NoCallId,
+    /// §8.1.1.5: the CSeq method differs from the request's (400).
+    CseqMethodMismatch,
+    /// §7.1: a request line that is not SIP, a scanner's HTTP probe (dropped: it names no
+    /// SIP transaction to answer).
+    NotSip,
+}
+
+impl Junk {
+    const ALL: [Self; 4] = [
+        Self::MaxForwardsZero,
+        Self::NoCallId,
+        Self::CseqMethodMismatch,
+        Self::NotSip,
+    ];
+
+    /// The kind of the `index`th junk request.
+    fn of(index: u64) -> Self {
+        Self::ALL[(index % Self::ALL.len() as u64) as usize]
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::MaxForwardsZero => "max_forwards_0",
+            Self::NoCallId => "no_call_id",
+            Self::CseqMethodMismatch => "cseq_method_mismatch",
+            Self::NotSip => "not_sip",
+        }
+    }
 }
 
 /// Progress of one call; the index into the table is the number in its Call-ID.
@@ -140,6 +186,11 @@ struct Counters {
     datagrams_sent: u64,
     datagrams_received: u64,
     send_errors: u64,
+    junk_sent: u64,
+    /// Replies the junk got: per kind (`Junk::ALL` order), by status code.
+    junk_replies: [Vec<(u16, u64)>; Junk::ALL.len()],
+    /// Datagrams on the junk socket that are not a response to a junk request.
+    junk_stray: u64,
 }
 
 /// The parts of a response the generator acts on.
@@ -184,6 +235,45 @@ fn parse_reply<'a>(datagram: &'a [u8], run_tag: &str) -> Option<Reply<'a>> {
     })
 }
 
+/// A response to a junk request: `(index, status)`, the index read from its branch
+/// (`z9hG4bK-junk-INDEX`). Read from the bytes alone, not with the parser: the refusal of a
+/// request without a Call-ID has none either, and the parser would reject it.
+fn junk_reply(datagram: &[u8]) -> Option<(u64, u16)> {
+    let status = match datagram.strip_prefix(b"SIP/2.0 ")? {
+        [a @ b'1'..=b'6', b @ b'0'..=b'9', c @ b'0'..=b'9', ..] => {
+            u16::from(a - b'0') * 100 + u16::from(b - b'0') * 10 + u16::from(c - b'0')
+        }
+        _ => return None,
+    };
+    const MARK: &[u8] = b"z9hG4bK-junk-";
+    let at = datagram.windows(MARK.len()).position(|w| w == MARK)? + MARK.len();
+    let digits = datagram[at..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    let index = std::str::from_utf8(&datagram[at..at + digits])
+        .ok()?
+        .parse()
+        .ok()?;
+    Some((index, status))
+}
+
+/// The junk's replies as JSON: `{"kind": {"status": count, ...}, ...}`.
+fn junk_replies_json(replies: &[Vec<(u16, u64)>; Junk::ALL.len()]) -> String {
+    let mut json = String::from("{");
+    for (i, (kind, by_status)) in Junk::ALL.iter().zip(replies).enumerate() {
+        let sep = if i == 0 { "" } else { "," };
+        let _ = write!(json, "{sep}\"{}\":{{", kind.name());
+        for (j, (status, n)) in by_status.iter().enumerate() {
+            let sep = if j == 0 { "" } else { "," };
+            let _ = write!(json, "{sep}\"{status}\":{n}");
+        }
+        json.push('}');
+    }
+    json.push('}');
+    json
+}
+
 /// SDP offer carried by every INVITE (one audio stream, like sipp's UAC).
 const SDP_OFFER: &str = "v=0\r\no=user1 53655765 2353687637 IN IP4 127.0.0.1\r\ns=-\r\n\
 c=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 6000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n";
@@ -196,6 +286,46 @@ struct Builder {
 }
 
 impl Builder {
+    /// The `index`th request of `--junk-rate` (of kind [`Junk::of`]), its Via naming `local`
+    /// (the junk socket) and its branch the index.
+    fn junk(&mut self, local: SocketAddr, index: u64) -> &[u8] {
+        let Self {
+            target,
+            run_tag,
+            out,
+            ..
+        } = self;
+        out.clear();
+        let (method, cseq_method, max_forwards, call_id) = match Junk::of(index) {
+            Junk::MaxForwardsZero => ("INVITE", "INVITE", 0, true),
+            Junk::NoCallId => ("INVITE", "INVITE", 70, false),
+            Junk::CseqMethodMismatch => ("INVITE", "BYE", 70, true),
+            Junk::NotSip => {
+                let _ = write!(
+                    out,
+                    "GET /{index} HTTP/1.1\r\nHost: {target}\r\nUser-Agent: scanner\r\n\r\n"
+                );
+                return out.as_bytes();
+            }
+        };
+        let _ = write!(
+            out,
+            "{method} sip:{index}@{target} SIP/2.0\r\n\
+             Via: SIP/2.0/UDP {local};branch=z9hG4bK-junk-{index};rport\r\n\
+             Max-Forwards: {max_forwards}\r\n\
+             From: \"scanner\" <sip:{index}@{local}>;tag=j{index}\r\n\
+             To: <sip:{index}@{target}>\r\n"
+        );
+        if call_id {
+            let _ = write!(out, "Call-ID: junk-{index}-{run_tag}\r\n");
+        }
+        let _ = write!(
+            out,
+            "CSeq: 1 {cseq_method}\r\nUser-Agent: scanner\r\nContent-Length: 0\r\n\r\n"
+        );
+        out.as_bytes()
+    }
+
     /// `method` with CSeq `cseq`; `to_value` is the To header value of the dialog (tag
     /// included) for ACK and BYE.
     fn request(&mut self, method: &str, index: u32, cseq: u32, to_value: Option<&[u8]>) -> &[u8] {
@@ -247,6 +377,9 @@ fn run(args: &Args) -> std::io::Result<()> {
     sock2.set_send_buffer_size(args.socket_buffer)?;
     let local = socket.local_addr()?;
     let run_tag = format!("{}.{}@loadgen.invalid", std::process::id(), local.port());
+    let junk_socket = UdpSocket::bind(SocketAddr::new(args.bind.ip(), 0))?;
+    junk_socket.set_nonblocking(true)?;
+    let junk_local = junk_socket.local_addr()?;
     let mut builder = Builder {
         local,
         target: args.target,
@@ -271,6 +404,33 @@ fn run(args: &Args) -> std::io::Result<()> {
     loop {
         let now = start.elapsed();
         let starting = now < start_window && c.started < u64::from(args.calls);
+        let junking = args.junk_rate > 0.0 && now < start_window;
+        if junking {
+            let due = (now.as_secs_f64() * args.junk_rate) as u64 + 1;
+            while c.junk_sent < due {
+                match junk_socket.send_to(builder.junk(junk_local, c.junk_sent), args.target) {
+                    Ok(_) => c.junk_sent += 1,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        c.send_errors += 1;
+                        c.junk_sent += 1;
+                    }
+                }
+            }
+        }
+        // What the junk got back: counted by class, never waited for.
+        while let Ok((len, _)) = junk_socket.recv_from(&mut buf) {
+            match junk_reply(&buf[..len]) {
+                Some((index, status)) => {
+                    let replies = &mut c.junk_replies[index as usize % Junk::ALL.len()];
+                    match replies.iter_mut().find(|(s, _)| *s == status) {
+                        Some((_, n)) => *n += 1,
+                        None => replies.push((status, 1)),
+                    }
+                }
+                None => c.junk_stray += 1,
+            }
+        }
         // Start the calls that are due.
         if starting {
             let due = if args.rate > 0.0 {
@@ -306,7 +466,7 @@ fn run(args: &Args) -> std::io::Result<()> {
             }
             oldest += 1;
         }
-        if !starting && in_flight == 0 {
+        if !starting && !junking && in_flight == 0 {
             break;
         }
         // Wait for a reply no longer than until the next call is due.
@@ -315,6 +475,12 @@ fn run(args: &Args) -> std::io::Result<()> {
             next_due.saturating_sub(now).max(Duration::from_micros(20))
         } else {
             Duration::from_millis(5)
+        };
+        let wait = if junking {
+            let next_junk = Duration::from_secs_f64((c.junk_sent as f64) / args.junk_rate);
+            wait.min(next_junk.saturating_sub(now).max(Duration::from_micros(20)))
+        } else {
+            wait
         };
         let wait = wait.min(Duration::from_millis(5));
         if wait.abs_diff(current_timeout) > current_timeout / 4 {
@@ -413,7 +579,8 @@ fn run(args: &Args) -> std::io::Result<()> {
             "{{\"started\":{},\"completed\":{},\"failed\":{},\"timed_out\":{},\"loss_pct\":{loss_pct:.4},\
              \"reordered\":{},\"duplicates\":{},\"stray\":{},\"datagrams_sent\":{},\"datagrams_received\":{},\
              \"send_errors\":{},\"elapsed_s\":{elapsed:.4},\"calls_per_s\":{calls_per_s:.1},\
-             \"datagrams_per_s\":{datagrams_per_s:.1},\"invite_rtt_us\":{},\"bye_rtt_us\":{}}}",
+             \"datagrams_per_s\":{datagrams_per_s:.1},\"invite_rtt_us\":{},\"bye_rtt_us\":{},\
+             \"junk_sent\":{},\"junk_replies\":{},\"junk_stray\":{}}}",
             c.started,
             c.completed,
             c.failed,
@@ -425,7 +592,10 @@ fn run(args: &Args) -> std::io::Result<()> {
             c.datagrams_received,
             c.send_errors,
             invite_rtt.summary(),
-            bye_rtt.summary()
+            bye_rtt.summary(),
+            c.junk_sent,
+            junk_replies_json(&c.junk_replies),
+            c.junk_stray
         )?;
     } else {
         writeln!(
@@ -433,7 +603,8 @@ fn run(args: &Args) -> std::io::Result<()> {
             "calls: {} started, {} completed, {} failed, {} timed out ({loss_pct:.3} % lost)\n\
              replies: {} reordered, {} duplicates, {} stray; {} send errors\n\
              rate: {calls_per_s:.0} calls/s, {datagrams_per_s:.0} datagrams/s over {elapsed:.3} s\n\
-             INVITE->200 us: {}\nBYE->200 us: {}",
+             INVITE->200 us: {}\nBYE->200 us: {}\n\
+             junk: {} sent, replies by kind and status {}, {} stray",
             c.started,
             c.completed,
             c.failed,
@@ -443,7 +614,10 @@ fn run(args: &Args) -> std::io::Result<()> {
             c.stray,
             c.send_errors,
             invite_rtt.summary(),
-            bye_rtt.summary()
+            bye_rtt.summary(),
+            c.junk_sent,
+            junk_replies_json(&c.junk_replies),
+            c.junk_stray
         )?;
     }
     Ok(())
