@@ -236,3 +236,60 @@ fn junk_script_smoke_run() {
         "calls lost or none run: {lost}"
     );
 }
+
+/// `perf/failover.py --smoke`: one short round per way a backend dies (killed, hung) under
+/// sipedge and Kamailio. sipedge must lose (almost) no call: the killed backend's ICMP errors
+/// and the hung one's silence both move its calls to the other. Kamailio with the reference
+/// configuration loses the calls hashed to the dead backend, which shows the backend did die.
+#[test]
+fn failover_script_smoke_run() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    require("kamailio", "kamailio");
+    require("python3", "python3");
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_sipedge"))
+        .parent()
+        .expect("binary has a directory");
+    let _ = (
+        env!("CARGO_BIN_EXE_sipedge-loadgen"),
+        env!("CARGO_BIN_EXE_sipedge-responder"),
+    );
+    let (stdout, _) = run_perf_script(
+        "failover.py",
+        &[
+            "--smoke".as_ref(),
+            "--bin-dir".as_ref(),
+            bin_dir.as_os_str(),
+            "--base-port".as_ref(),
+            "41760".as_ref(),
+        ],
+    );
+    // (started, lost) of a row.
+    let row = |system: &str, mode: &str| -> (u64, u64) {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("| {system} | {mode} |")))
+            .unwrap_or_else(|| panic!("no row for {system} {mode}:\n{stdout}"));
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let count = |cell: &str| -> u64 {
+            cell.split_whitespace()
+                .next()
+                .and_then(|n| n.replace(',', "").parse().ok())
+                .unwrap_or_else(|| panic!("unreadable cell {cell} in {line}"))
+        };
+        (count(cells[3]), count(cells[7]))
+    };
+    for mode in ["killed", "hung"] {
+        let (started, lost) = row("sipedge-2", mode);
+        assert!(started > 0, "no call started ({mode})");
+        // A call in flight when the backend is killed may lose its BYE: at most a handful.
+        assert!(
+            lost * 100 <= started,
+            "sipedge lost {lost} of {started} ({mode})"
+        );
+        let (started, lost) = row("kamailio-n2", mode);
+        assert!(
+            started > 0 && lost > 0,
+            "the backend did not die ({mode}): Kamailio lost none"
+        );
+    }
+}
