@@ -960,6 +960,65 @@ def write_section(path, section, title="## Side by side"):
         f.write(text)
 
 
+# The proxies a scenario script (perf/junk.py, perf/failover.py) may run.
+SCENARIO_PROXIES = ("sipedge-1", "sipedge-2", "kamailio-n2")
+
+
+def scenario_arguments(doc, base_port, seconds, rounds, smoke):
+    """The options every scenario script takes; the script adds its own."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--bin-dir", default=os.path.join(ROOT, "target", "release"))
+    ap.add_argument("--base-port", type=int, default=base_port, help="proxy port; backends at +10/+11")
+    ap.add_argument("--systems", default="sipedge-2,kamailio-n2", help="subset of: " + ", ".join(SCENARIO_PROXIES))
+    ap.add_argument("--seconds", type=int, default=seconds)
+    ap.add_argument("--rounds", type=int, default=rounds)
+    ap.add_argument("--scheduling", default="batch", choices=("batch", "normal"))
+    ap.add_argument("--smoke", action="store_true", help=smoke + ", printed only")
+    ap.add_argument("--results", default=os.path.join(ROOT, "perf", "RESULTS.md"))
+    ap.set_defaults(sipedge_driver="auto")
+    return ap
+
+
+def run_scenario(name, a, section, cases, one, describe, render, setup=None):
+    """The frame of a scenario script: checks `a.systems`, calls `setup(s)` once, then in each
+    of `a.rounds` rounds `one(s, case)` for every case of `cases(systems)` in turn (the
+    systems interleaved), logging `describe(case, result)`; every process started is stopped
+    by PID afterwards, whatever happens. Prints `render(results, cmd, date)` (results: case ->
+    one result per round) and, unless `a.smoke`, writes it as `section` of `a.results`.
+    Returns the exit code."""
+    cmd = f"python3 perf/{name}.py " + " ".join(sys.argv[1:])
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    systems = a.systems.split(",")
+    unknown = [n for n in systems if n not in SCENARIO_PROXIES]
+    if unknown:
+        print(f"{name}: unknown system {unknown[0]} (choose from {', '.join(SCENARIO_PROXIES)})", file=sys.stderr)
+        return 2
+    if "kamailio-n2" in systems:
+        need("kamailio")
+    workdir = tempfile.mkdtemp(prefix=f"sipedge-{name}-")
+    s = Setup(a, workdir)
+    res = {case: [] for case in cases(systems)}
+    try:
+        if setup:
+            setup(s)
+        for rnd in range(a.rounds):
+            for case, rounds in res.items():
+                rounds.append(one(s, case))
+                log(f"round {rnd + 1} {describe(case, rounds[-1])}")
+    except Fatal as e:
+        print(f"{name}: {e}\n(logs kept in {workdir})", file=sys.stderr)
+        return 2
+    finally:
+        stop_all()
+    report = render(res, cmd, date)
+    print(report)
+    if not a.smoke:
+        write_section(a.results, report, section)
+        log(f"wrote {a.results}")
+    shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------
 
 FULL = {

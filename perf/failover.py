@@ -18,13 +18,9 @@ stopped by PID.
   perf/failover.py                  writes `## A backend dies` in perf/RESULTS.md
   perf/failover.py --smoke          one short round, printed only (tests/perf_smoke.rs)
 """
-import argparse
-import datetime
 import os
 import signal
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 
@@ -103,58 +99,26 @@ def render(a, res, cmd, date):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--bin-dir", default=os.path.join(bench.ROOT, "target", "release"))
-    ap.add_argument("--base-port", type=int, default=5360, help="proxy port; backends at +10/+11")
-    ap.add_argument("--systems", default="sipedge-2,kamailio-n2", help="subset of: sipedge-1, sipedge-2, kamailio-n2")
+    ap = bench.scenario_arguments(__doc__, base_port=5360, seconds=9, rounds=3,
+                                  smoke="one round of three seconds at 200 calls/s")
     ap.add_argument("--modes", default=",".join(MODES), help="subset of: " + ", ".join(MODES))
     ap.add_argument("--rate", type=int, default=1000, help="calls per second")
-    ap.add_argument("--seconds", type=int, default=9)
     ap.add_argument("--timeout-ms", type=int, default=5000, help="how long the load generator waits for a call")
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--scheduling", default="batch", choices=("batch", "normal"))
-    ap.add_argument("--smoke", action="store_true", help="one round of three seconds, printed only")
-    ap.add_argument("--results", default=os.path.join(bench.ROOT, "perf", "RESULTS.md"))
     a = ap.parse_args()
-    a.sipedge_driver = "auto"
     if a.smoke:
         a.rounds, a.seconds, a.rate = 1, 3, 200
-    cmd = "python3 perf/failover.py " + " ".join(sys.argv[1:])
-    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    systems = a.systems.split(",")
     modes = a.modes.split(",")
-    for name in systems:
-        if name not in ("sipedge-1", "sipedge-2", "kamailio-n2"):
-            print(f"failover: unknown system {name}", file=sys.stderr)
-            return 2
-    for mode in modes:
-        if mode not in MODES:
-            print(f"failover: unknown mode {mode}", file=sys.stderr)
-            return 2
-    if "kamailio-n2" in systems:
-        bench.need("kamailio")
-    workdir = tempfile.mkdtemp(prefix="sipedge-failover-")
-    s = bench.Setup(a, workdir)
-    res = {(name, mode): [] for mode in modes for name in systems}
-    try:
-        for rnd in range(a.rounds):
-            for mode in modes:
-                for name in systems:
-                    r = one_round(s, name, mode, a)
-                    res[(name, mode)].append(r)
-                    bench.log(f"round {rnd + 1} {name} {mode}: {r['completed']} of {r['started']} calls completed, "
-                              f"{r['failed']} failed, {r['timed_out']} timed out")
-    except bench.Fatal as e:
-        print(f"failover: {e}\n(logs kept in {workdir})", file=sys.stderr)
+    if any(mode not in MODES for mode in modes):
+        print(f"failover: --modes takes {', '.join(MODES)}", file=sys.stderr)
         return 2
-    finally:
-        bench.stop_all()
-    report = render(a, res, cmd, date)
-    print(report)
-    if not a.smoke:
-        bench.write_section(a.results, report, "## A backend dies")
-        bench.log(f"wrote {a.results}")
-    return 0
+
+    return bench.run_scenario(
+        "failover", a, "## A backend dies",
+        cases=lambda systems: [(name, mode) for mode in modes for name in systems],
+        one=lambda s, case: one_round(s, *case, a),
+        describe=lambda case, r: (f"{case[0]} {case[1]}: {r['completed']} of {r['started']} calls completed, "
+                                  f"{r['failed']} failed, {r['timed_out']} timed out"),
+        render=lambda res, cmd, date: render(a, res, cmd, date))
 
 
 if __name__ == "__main__":

@@ -15,12 +15,9 @@ sipedge-responder, all on loopback):
   perf/junk.py                      writes `## Junk traffic` in perf/RESULTS.md
   perf/junk.py --smoke              one short round, printed only (tests/perf_smoke.rs)
 """
-import argparse
-import datetime
 import os
 import statistics
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402  (perf/bench.py: process control and load generator runs)
@@ -100,52 +97,20 @@ def render(a, res, cmd, date):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--bin-dir", default=os.path.join(bench.ROOT, "target", "release"))
-    ap.add_argument("--base-port", type=int, default=5260, help="proxy port; responder at +10/+11")
-    ap.add_argument("--systems", default="sipedge-2,kamailio-n2", help="subset of: sipedge-1, sipedge-2, kamailio-n2")
+    ap = bench.scenario_arguments(__doc__, base_port=5260, seconds=5, rounds=5,
+                                  smoke="one round of one second")
     ap.add_argument("--junk-rate", type=float, default=4000, help="junk requests per second")
     ap.add_argument("--call-rate", type=int, default=1000, help="calls per second beside the junk")
-    ap.add_argument("--seconds", type=int, default=5)
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--scheduling", default="batch", choices=("batch", "normal"))
-    ap.add_argument("--smoke", action="store_true", help="one round of one second, printed only")
-    ap.add_argument("--results", default=os.path.join(bench.ROOT, "perf", "RESULTS.md"))
     a = ap.parse_args()
-    a.sipedge_driver = "auto"
     if a.smoke:
         a.rounds, a.seconds, a.junk_rate, a.call_rate = 1, 1, 400, 200
-    cmd = "python3 perf/junk.py " + " ".join(sys.argv[1:])
-    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    systems = a.systems.split(",")
-    for name in systems:
-        if name not in ("sipedge-1", "sipedge-2", "kamailio-n2"):
-            print(f"junk: unknown system {name}", file=sys.stderr)
-            return 2
-    if "kamailio-n2" in systems:
-        bench.need("kamailio")
-    workdir = tempfile.mkdtemp(prefix="sipedge-junk-")
-    s = bench.Setup(a, workdir)
-    res = {name: [] for name in systems}
-    try:
-        bench.start_responder(s)
-        for rnd in range(a.rounds):
-            for name in systems:
-                r = one_round(s, name, a)
-                res[name].append(r)
-                bench.log(f"round {rnd + 1} {name}: {r['us_per_junk']:.1f} µs per junk request, "
-                          f"calls {r['calls'][1]}/{r['calls'][0]} alone, {r['beside'][1]}/{r['beside'][0]} beside junk")
-    except bench.Fatal as e:
-        print(f"junk: {e}\n(logs kept in {workdir})", file=sys.stderr)
-        return 2
-    finally:
-        bench.stop_all()
-    report = render(a, res, cmd, date)
-    print(report)
-    if not a.smoke:
-        bench.write_section(a.results, report, "## Junk traffic")
-        bench.log(f"wrote {a.results}")
-    return 0
+
+    return bench.run_scenario(
+        "junk", a, "## Junk traffic", cases=lambda systems: systems,
+        one=lambda s, name: one_round(s, name, a),
+        describe=lambda name, r: (f"{name}: {r['us_per_junk']:.1f} µs per junk request, calls "
+                                  f"{r['calls'][1]}/{r['calls'][0]} alone, {r['beside'][1]}/{r['beside'][0]} beside junk"),
+        render=lambda res, cmd, date: render(a, res, cmd, date), setup=bench.start_responder)
 
 
 if __name__ == "__main__":

@@ -30,21 +30,26 @@ fn number(json: &str, key: &str) -> Vec<f64> {
         .collect()
 }
 
+/// Where this build's binaries are: sipedge and, built with the test beside it, the load
+/// generator, the responder and the raw relay the scripts drive.
+fn built_bin_dir() -> &'static Path {
+    let _ = (
+        env!("CARGO_BIN_EXE_udp-relay"),
+        env!("CARGO_BIN_EXE_sipedge-loadgen"),
+        env!("CARGO_BIN_EXE_sipedge-responder"),
+    );
+    Path::new(env!("CARGO_BIN_EXE_sipedge"))
+        .parent()
+        .expect("binary has a directory")
+}
+
 #[test]
 fn perf_scripts_smoke_run() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     require("sipp", "sip-tester");
     require("kamailio", "kamailio");
     require("python3", "python3");
-    let bin_dir = Path::new(env!("CARGO_BIN_EXE_sipedge"))
-        .parent()
-        .expect("binary has a directory");
-    // The other binaries the script drives are built with the test, beside sipedge.
-    let _ = (
-        env!("CARGO_BIN_EXE_udp-relay"),
-        env!("CARGO_BIN_EXE_sipedge-loadgen"),
-        env!("CARGO_BIN_EXE_sipedge-responder"),
-    );
+    let bin_dir = built_bin_dir();
     let json_path =
         std::env::temp_dir().join(format!("sipedge-perf-smoke-{}.json", std::process::id()));
     let (stdout, _) = run_perf_script(
@@ -101,9 +106,7 @@ fn perf_scripts_smoke_run() {
 /// of its one pair row, after checking what every pair must show: both sides with completed
 /// calls and a CPU figure, and the summary line.
 fn ab_smoke_pair(extra: &[&str]) -> (String, Vec<String>) {
-    let bin_dir = Path::new(env!("CARGO_BIN_EXE_sipedge"))
-        .parent()
-        .expect("binary has a directory");
+    let bin_dir = built_bin_dir();
     let mut args: Vec<&std::ffi::OsStr> = vec![
         "--smoke".as_ref(),
         "--a-bin-dir".as_ref(),
@@ -176,40 +179,43 @@ fn ab_script_smoke_run() {
     assert_eq!(spinning_neighbours(), 0, "a neighbour outlived perf/ab.py");
 }
 
+/// Runs `perf/SCRIPT --smoke` (a scenario script: sipedge and Kamailio, the load generator and
+/// responder) on this build with its proxy on `base_port`, and returns its output.
+fn scenario_smoke_run(script: &str, base_port: &str) -> String {
+    require("kamailio", "kamailio");
+    require("python3", "python3");
+    let bin_dir = built_bin_dir();
+    let (stdout, _) = run_perf_script(
+        script,
+        &[
+            "--smoke".as_ref(),
+            "--bin-dir".as_ref(),
+            bin_dir.as_os_str(),
+            "--base-port".as_ref(),
+            base_port.as_ref(),
+        ],
+    );
+    stdout
+}
+
+/// The cells of the report's table row that starts with `| {first} |`.
+fn table_row(stdout: &str, first: &str) -> Vec<String> {
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with(&format!("| {first} |")))
+        .unwrap_or_else(|| panic!("no row for {first}:\n{stdout}"));
+    line.split('|').map(|c| c.trim().to_owned()).collect()
+}
+
 /// `perf/junk.py --smoke`: one short round of requests a proxy must refuse, against sipedge
 /// and Kamailio. sipedge must answer each SIP kind with its RFC 3261 status, send nothing back
 /// to the HTTP probe, and lose no call of the load beside the junk.
 #[test]
 fn junk_script_smoke_run() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    require("kamailio", "kamailio");
-    require("python3", "python3");
-    let bin_dir = Path::new(env!("CARGO_BIN_EXE_sipedge"))
-        .parent()
-        .expect("binary has a directory");
-    let _ = (
-        env!("CARGO_BIN_EXE_sipedge-loadgen"),
-        env!("CARGO_BIN_EXE_sipedge-responder"),
-    );
-    let (stdout, _) = run_perf_script(
-        "junk.py",
-        &[
-            "--smoke".as_ref(),
-            "--bin-dir".as_ref(),
-            bin_dir.as_os_str(),
-            "--base-port".as_ref(),
-            "41660".as_ref(),
-        ],
-    );
-    let row = |system: &str| -> Vec<String> {
-        let line = stdout
-            .lines()
-            .find(|l| l.starts_with(&format!("| {system} |")))
-            .unwrap_or_else(|| panic!("no row for {system}:\n{stdout}"));
-        line.split('|').map(|c| c.trim().to_owned()).collect()
-    };
-    let sipedge = row("sipedge-2");
-    let kamailio = row("kamailio-n2");
+    let stdout = scenario_smoke_run("junk.py", "41660");
+    let sipedge = table_row(&stdout, "sipedge-2");
+    let kamailio = table_row(&stdout, "kamailio-n2");
     for cells in [&sipedge, &kamailio] {
         let us: f64 = cells[2].parse().unwrap_or(0.0);
         assert!(us > 0.0, "no CPU per junk request measured: {cells:?}");
@@ -244,49 +250,27 @@ fn junk_script_smoke_run() {
 #[test]
 fn failover_script_smoke_run() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    require("kamailio", "kamailio");
-    require("python3", "python3");
-    let bin_dir = Path::new(env!("CARGO_BIN_EXE_sipedge"))
-        .parent()
-        .expect("binary has a directory");
-    let _ = (
-        env!("CARGO_BIN_EXE_sipedge-loadgen"),
-        env!("CARGO_BIN_EXE_sipedge-responder"),
-    );
-    let (stdout, _) = run_perf_script(
-        "failover.py",
-        &[
-            "--smoke".as_ref(),
-            "--bin-dir".as_ref(),
-            bin_dir.as_os_str(),
-            "--base-port".as_ref(),
-            "41760".as_ref(),
-        ],
-    );
+    let stdout = scenario_smoke_run("failover.py", "41760");
     // (started, lost) of a row.
-    let row = |system: &str, mode: &str| -> (u64, u64) {
-        let line = stdout
-            .lines()
-            .find(|l| l.starts_with(&format!("| {system} | {mode} |")))
-            .unwrap_or_else(|| panic!("no row for {system} {mode}:\n{stdout}"));
-        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+    let counts = |system: &str, mode: &str| -> (u64, u64) {
+        let cells = table_row(&stdout, &format!("{system} | {mode}"));
         let count = |cell: &str| -> u64 {
             cell.split_whitespace()
                 .next()
                 .and_then(|n| n.replace(',', "").parse().ok())
-                .unwrap_or_else(|| panic!("unreadable cell {cell} in {line}"))
+                .unwrap_or_else(|| panic!("unreadable cell {cell} in {cells:?}"))
         };
-        (count(cells[3]), count(cells[7]))
+        (count(&cells[3]), count(&cells[7]))
     };
     for mode in ["killed", "hung"] {
-        let (started, lost) = row("sipedge-2", mode);
+        let (started, lost) = counts("sipedge-2", mode);
         assert!(started > 0, "no call started ({mode})");
         // A call in flight when the backend is killed may lose its BYE: at most a handful.
         assert!(
             lost * 100 <= started,
             "sipedge lost {lost} of {started} ({mode})"
         );
-        let (started, lost) = row("kamailio-n2", mode);
+        let (started, lost) = counts("kamailio-n2", mode);
         assert!(
             started > 0 && lost > 0,
             "the backend did not die ({mode}): Kamailio lost none"
