@@ -193,6 +193,26 @@ struct Counters {
     junk_stray: u64,
 }
 
+impl Counters {
+    /// Counts a datagram that came to the junk socket.
+    fn count_junk_reply(&mut self, datagram: &[u8]) {
+        match junk_reply(datagram) {
+            Some((index, status)) => {
+                let replies = &mut self.junk_replies[index as usize % Junk::ALL.len()];
+                match replies.iter_mut().find(|(s, _)| *s == status) {
+                    Some((_, n)) => *n += 1,
+                    None => replies.push((status, 1)),
+                }
+            }
+            None => self.junk_stray += 1,
+        }
+    }
+}
+
+/// How long the junk socket is read after the last junk request left: a reply slower than
+/// this is not counted.
+const JUNK_GRACE: Duration = Duration::from_millis(200);
+
 /// The parts of a response the generator acts on.
 struct Reply<'a> {
     status: u16,
@@ -420,16 +440,7 @@ fn run(args: &Args) -> std::io::Result<()> {
         }
         // What the junk got back: counted by class, never waited for.
         while let Ok((len, _)) = junk_socket.recv_from(&mut buf) {
-            match junk_reply(&buf[..len]) {
-                Some((index, status)) => {
-                    let replies = &mut c.junk_replies[index as usize % Junk::ALL.len()];
-                    match replies.iter_mut().find(|(s, _)| *s == status) {
-                        Some((_, n)) => *n += 1,
-                        None => replies.push((status, 1)),
-                    }
-                }
-                None => c.junk_stray += 1,
-            }
+            c.count_junk_reply(&buf[..len]);
         }
         // Start the calls that are due.
         if starting {
@@ -560,6 +571,15 @@ fn run(args: &Args) -> std::io::Result<()> {
                 in_flight -= 1;
             }
             _ => c.stray += 1,
+        }
+    }
+
+    // The replies to the last junk requests are still on their way: read them for a moment.
+    if args.junk_rate > 0.0 {
+        junk_socket.set_nonblocking(false)?;
+        junk_socket.set_read_timeout(Some(JUNK_GRACE))?;
+        while let Ok((len, _)) = junk_socket.recv_from(&mut buf) {
+            c.count_junk_reply(&buf[..len]);
         }
     }
 
