@@ -872,8 +872,9 @@ impl Shard {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    self.udp_error(endpoint, Some(to), &e);
-                    break;
+                    if !self.udp_send_failed(endpoint, to, &e) {
+                        break;
+                    }
                 }
             }
         }
@@ -912,8 +913,7 @@ impl Shard {
                             attempts < 4 && endpoint.sock.writable(false).await.is_ok()
                         }
                         (_, Some(endpoint)) => {
-                            self.udp_error(endpoint, Some(to), &error);
-                            false
+                            self.udp_send_failed(endpoint, to, &error) && attempts < 4
                         }
                         (_, None) => false,
                     };
@@ -944,14 +944,34 @@ impl Shard {
         reported
     }
 
-    /// Counts a UDP socket error and reports the destinations behind it to the blacklist.
+    /// After a send to `to` failed with `e`: whether to send the same datagram again.
+    ///
+    /// An ICMP error that came back for an earlier datagram (IP_RECVERR) is reported by the
+    /// socket's next send, which then sends nothing (on loopback it is there before the next
+    /// send even starts). That is an earlier destination's failure, not `to`'s: the error
+    /// queue names who it was, and this datagram goes again. `ECONNREFUSED` is always such an
+    /// error (the kernel refuses no datagram of an unconnected socket itself), even when its
+    /// queue entry is gone. Any other error is this datagram's own and reported against `to`.
+    fn udp_send_failed(&self, endpoint: &UdpEndpoint, to: SocketAddr, e: &io::Error) -> bool {
+        if self.udp_icmp_errors(endpoint) > 0 {
+            return true;
+        }
+        if e.raw_os_error() == Some(libc::ECONNREFUSED) {
+            self.metrics().error(ErrorReason::UdpSend);
+            return true;
+        }
+        self.udp_error(endpoint, Some(to), e);
+        false
+    }
+
+    /// Counts a UDP socket error and reports the destinations behind it to the blacklist: the
+    /// ones the error queue names, or else `to` when the error says it has no route.
     fn udp_error(&self, endpoint: &UdpEndpoint, to: Option<SocketAddr>, e: &io::Error) {
         let metrics = self.metrics();
         let now = Instant::now();
         if self.udp_icmp_errors(endpoint) == 0 {
             metrics.error(ErrorReason::UdpSend);
-            if let (Some(to), Some(libc::ECONNREFUSED | libc::EHOSTUNREACH | libc::ENETUNREACH)) =
-                (to, e.raw_os_error())
+            if let (Some(to), Some(libc::EHOSTUNREACH | libc::ENETUNREACH)) = (to, e.raw_os_error())
             {
                 self.shared
                     .blacklist

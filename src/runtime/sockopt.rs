@@ -667,6 +667,39 @@ mod tests {
         assert_eq!(seen, vec![dead_addr]);
     }
 
+    /// What `Shard::udp_send_failed` relies on: the ICMP error of a datagram to a closed port
+    /// fails the socket's next send, to anyone, which sends nothing; the error queue names the
+    /// closed port, and the same datagram goes out when sent again.
+    #[test]
+    fn an_icmp_error_fails_the_next_send_to_another_destination_which_sends_nothing() {
+        use std::os::fd::AsRawFd;
+        let sock = bind_udp("127.0.0.1:0".parse().unwrap()).unwrap();
+        let fd = sock.as_raw_fd();
+        let dead = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let dead_addr = dead.local_addr().unwrap();
+        drop(dead);
+        let live = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        live.set_nonblocking(true).unwrap();
+        let live_addr = live.local_addr().unwrap();
+        send_to(fd, b"INVITE", dead_addr).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let err = send_to(fd, b"for the live one", live_addr).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ECONNREFUSED));
+        let mut buf = [0u8; 64];
+        assert_eq!(
+            live.recv_from(&mut buf).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock,
+            "the failed send sent nothing"
+        );
+        let mut named = Vec::new();
+        drain_error_queue(fd, |a| named.push(a));
+        assert_eq!(named, vec![dead_addr]);
+        send_to(fd, b"for the live one", live_addr).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let (n, _) = live.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"for the live one");
+    }
+
     #[test]
     fn reuseport_lets_two_shards_bind_the_same_address() {
         let a = bind_udp("127.0.0.1:0".parse().unwrap()).unwrap();
