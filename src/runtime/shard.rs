@@ -883,9 +883,9 @@ impl Shard {
 
     /// Sends every datagram of [`Shard::udp_out`]: one `sendmmsg` per socket, more only when
     /// a datagram fails. A failed datagram gets what [`Shard::send_udp`] does to one: a full
-    /// socket buffer is waited for a few times at most (UDP may drop), `EINTR` retried, any
-    /// other error reported by [`Shard::udp_error`] and the datagram dropped; the others
-    /// still go. The batch is never borrowed across an await, so another task may push or
+    /// socket buffer is waited for a few times at most (UDP may drop), `EINTR` retried, an
+    /// earlier datagram's ICMP error reported and the datagram sent again, its own error
+    /// reported and the datagram dropped ([`Shard::udp_send_failed`]); the others still go. The batch is never borrowed across an await, so another task may push or
     /// flush meanwhile.
     async fn flush_udp(&self) {
         // Attempts on the datagram heading the batch.
@@ -956,28 +956,26 @@ impl Shard {
         if self.udp_icmp_errors(endpoint) > 0 {
             return true;
         }
-        if e.raw_os_error() == Some(libc::ECONNREFUSED) {
-            self.metrics().error(ErrorReason::UdpSend);
-            return true;
-        }
-        self.udp_error(endpoint, Some(to), e);
-        false
-    }
-
-    /// Counts a UDP socket error and reports the destinations behind it to the blacklist: the
-    /// ones the error queue names, or else `to` when the error says it has no route.
-    fn udp_error(&self, endpoint: &UdpEndpoint, to: Option<SocketAddr>, e: &io::Error) {
-        let metrics = self.metrics();
-        let now = Instant::now();
-        if self.udp_icmp_errors(endpoint) == 0 {
-            metrics.error(ErrorReason::UdpSend);
-            if let (Some(to), Some(libc::EHOSTUNREACH | libc::ENETUNREACH)) = (to, e.raw_os_error())
-            {
+        self.metrics().error(ErrorReason::UdpSend);
+        match e.raw_os_error() {
+            Some(libc::ECONNREFUSED) => true,
+            Some(libc::EHOSTUNREACH | libc::ENETUNREACH) => {
+                // No route to `to` itself: this datagram's own failure.
                 self.shared
                     .blacklist
-                    .report(to, BlockReason::SendError, now);
+                    .report(to, BlockReason::SendError, Instant::now());
                 self.core_transport_error(to, BlockReason::SendError);
+                false
             }
+            _ => false,
+        }
+    }
+
+    /// Counts a UDP receive error and reports the destinations the error queue names (the
+    /// ICMP errors behind it) to the blacklist.
+    fn udp_recv_error(&self, endpoint: &UdpEndpoint) {
+        if self.udp_icmp_errors(endpoint) == 0 {
+            self.metrics().error(ErrorReason::UdpSend);
         }
     }
 
@@ -1154,7 +1152,7 @@ async fn udp_loop(shard: Rc<Shard>, index: usize, mut batch: sockopt::RecvBatch)
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
-                shard.udp_error(endpoint, None, &e);
+                shard.udp_recv_error(endpoint);
                 sbuf = shard
                     .drain_core(sbuf, SendMode::Batched, Instant::now())
                     .await;
